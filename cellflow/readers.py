@@ -1,0 +1,223 @@
+"""Read an AnnData time course into time-ordered populations, without modifying it."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Mapping
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+from anndata import AnnData
+
+_NUMBER = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?")
+
+
+@dataclass
+class TimeCourse:
+    """Cells of a time course grouped by time point.
+
+    Attributes
+    ----------
+    times
+        Sorted, distinct time points (float, in the user's unit).
+    populations
+        One ``(n_k, d)`` float32 array per time point, the representation of its cells.
+    indices
+        One integer array per time point: the rows of the AnnData the cells came from.
+    weights
+        One positive array per time point (per-cell mass), or ``None`` for unit mass.
+    use_rep, time_key
+        Where the representation and the times were read from.
+    """
+
+    times: np.ndarray
+    populations: list[np.ndarray]
+    indices: list[np.ndarray]
+    weights: list[np.ndarray] | None = None
+    use_rep: str = "X_pca"
+    time_key: str = "time"
+    obs_times: np.ndarray = field(default=None, repr=False)
+
+    @property
+    def n_dims(self) -> int:
+        """Dimension of the representation."""
+        return self.populations[0].shape[1]
+
+    def population(self, time: float) -> np.ndarray:
+        """The cells measured at ``time`` (one of :attr:`times`)."""
+        return self.populations[self.index_of(time)]
+
+    def index_of(self, time: float) -> int:
+        """Position of a measured time point in :attr:`times`."""
+        hits = np.flatnonzero(np.isclose(self.times, float(time)))
+        if hits.size == 0:
+            raise ValueError(
+                f"time {time!r} is not a measured time point of {self.time_key!r}; "
+                f"measured: {self.times.tolist()}"
+            )
+        return int(hits[0])
+
+    def without(self, k: int) -> "TimeCourse":
+        """The same course with time point ``k`` left out (for leave-one-out)."""
+        keep = [i for i in range(len(self.times)) if i != k]
+        return TimeCourse(
+            times=self.times[keep],
+            populations=[self.populations[i] for i in keep],
+            indices=[self.indices[i] for i in keep],
+            weights=None if self.weights is None else [self.weights[i] for i in keep],
+            use_rep=self.use_rep,
+            time_key=self.time_key,
+            obs_times=self.obs_times,
+        )
+
+
+def parse_times(values: pd.Series, time_key: str, time_map: Mapping | None = None) -> np.ndarray:
+    """Turn a column of time labels into floats.
+
+    Numbers are taken as they are; strings or categories must hold exactly one number
+    (``"day 2.5"``, ``"D3"``, ``"12h"``) unless ``time_map`` maps each label to a number.
+    """
+    if time_map is not None:
+        labels = values.astype(str)
+        lookup = {str(k): float(v) for k, v in time_map.items()}
+        missing = sorted(set(labels) - set(lookup))
+        if missing:
+            raise ValueError(
+                f"time_map has no entry for the labels {missing[:5]} of obs[{time_key!r}]; "
+                "add them to time_map"
+            )
+        return labels.map(lookup).to_numpy(dtype=float)
+    if pd.api.types.is_numeric_dtype(values) and not isinstance(values.dtype, pd.CategoricalDtype):
+        return values.to_numpy(dtype=float)
+    parsed = {}
+    for label in pd.unique(values.astype(str)):
+        numbers = _NUMBER.findall(label)
+        if len(numbers) != 1:
+            raise ValueError(
+                f"cannot read a time from the label {label!r} of obs[{time_key!r}] "
+                f"({'no number' if not numbers else 'several numbers'} in it); "
+                "pass time_map={label: time, ...} to say which time each label means"
+            )
+        parsed[label] = float(numbers[0])
+    return values.astype(str).map(parsed).to_numpy(dtype=float)
+
+
+def _dense_rows(matrix) -> np.ndarray:
+    """A float32 numpy array from a dense, sparse or backed matrix."""
+    if hasattr(matrix, "to_memory"):  # anndata's backed sparse datasets
+        matrix = matrix.to_memory()
+    elif not isinstance(matrix, (np.ndarray, pd.DataFrame)) and not sp.issparse(matrix):
+        matrix = matrix[()]  # h5py dataset behind a backed AnnData
+    if sp.issparse(matrix):
+        matrix = matrix.toarray()
+    return np.asarray(matrix, dtype=np.float32)
+
+
+def get_representation(adata: AnnData, use_rep) -> np.ndarray:
+    """The representation ``use_rep`` as a dense ``(n_obs, d)`` float32 array.
+
+    ``use_rep`` is an ``obsm`` key, ``"X"``, a layer name, or an array with one row per cell.
+    """
+    if isinstance(use_rep, str):
+        if use_rep == "X":
+            rep = _dense_rows(adata.X)
+        elif use_rep in adata.obsm:
+            rep = _dense_rows(adata.obsm[use_rep])
+        elif use_rep in adata.layers:
+            rep = _dense_rows(adata.layers[use_rep])
+        else:
+            hint = " (run scanpy.pp.pca first)" if use_rep == "X_pca" else ""
+            raise KeyError(
+                f"use_rep={use_rep!r} is neither 'X', an obsm key {list(adata.obsm.keys())} "
+                f"nor a layer {list(adata.layers.keys())}{hint}"
+            )
+    else:
+        rep = _dense_rows(use_rep)
+    if rep.ndim != 2 or rep.shape[0] != adata.n_obs:
+        raise ValueError(
+            f"the representation has shape {rep.shape}, but the AnnData has {adata.n_obs} cells; "
+            "it needs one row per cell"
+        )
+    bad = ~np.isfinite(rep).all(axis=1)
+    if bad.any():
+        first = adata.obs_names[np.flatnonzero(bad)[0]]
+        raise ValueError(
+            f"the representation {use_rep if isinstance(use_rep, str) else 'array'!r} has NaN or "
+            f"inf values in {int(bad.sum())} cells (first: {first!r}); remove or impute them first"
+        )
+    return rep
+
+
+def read_time_course(
+    adata: AnnData,
+    time_key: str = "time",
+    use_rep="X_pca",
+    weight_key: str | None = None,
+    time_map: Mapping | None = None,
+) -> TimeCourse:
+    """Group the cells of ``adata`` by time point.
+
+    Parameters
+    ----------
+    adata
+        The time course; it is read, never modified. A backed AnnData loads only ``use_rep``.
+    time_key
+        ``obs`` column with the time of each cell: numbers, or labels holding one number.
+    use_rep
+        ``obsm`` key, ``"X"``, a layer, or an ``(n_obs, d)`` array.
+    weight_key
+        Optional ``obs`` column of positive per-cell weights (mass).
+    time_map
+        Optional mapping from time labels (e.g. stage names) to numbers.
+
+    Returns
+    -------
+    The populations, sorted by time.
+    """
+    if time_key not in adata.obs:
+        raise KeyError(
+            f"time_key={time_key!r} is not a column of adata.obs (columns: {list(adata.obs.columns)}); "
+            "name the column that holds each cell's time point"
+        )
+    times = parse_times(adata.obs[time_key], time_key, time_map)
+    if not np.isfinite(times).all():
+        first = adata.obs_names[np.flatnonzero(~np.isfinite(times))[0]]
+        raise ValueError(f"obs[{time_key!r}] has missing or infinite times (first cell: {first!r}); drop those cells")
+    rep = get_representation(adata, use_rep)
+    weights = None
+    if weight_key is not None:
+        if weight_key not in adata.obs:
+            raise KeyError(f"weight_key={weight_key!r} is not a column of adata.obs")
+        weights_all = adata.obs[weight_key].to_numpy(dtype=float)
+        if not (np.isfinite(weights_all) & (weights_all > 0)).all():
+            raise ValueError(f"obs[{weight_key!r}] must be positive and finite for every cell")
+        weights = []
+    unique = np.unique(times)
+    if unique.size < 2:
+        raise ValueError(
+            f"obs[{time_key!r}] holds {unique.size} time point(s) ({unique.tolist()}); "
+            "at least 2 are needed to learn dynamics"
+        )
+    populations, indices = [], []
+    for t in unique:
+        idx = np.flatnonzero(times == t)
+        if idx.size < 2:
+            raise ValueError(
+                f"time point {t:g} of obs[{time_key!r}] has {idx.size} cell; each time point needs "
+                "at least 2 cells (drop it or merge it with a neighbour)"
+            )
+        indices.append(idx)
+        populations.append(rep[idx])
+        if weights is not None:
+            weights.append(weights_all[idx])
+    return TimeCourse(
+        times=unique.astype(float),
+        populations=populations,
+        indices=indices,
+        weights=weights,
+        use_rep=use_rep if isinstance(use_rep, str) else "array",
+        time_key=time_key,
+        obs_times=times,
+    )
