@@ -1,0 +1,146 @@
+"""The reusable pieces on their own: couplings, paths, integrator, metrics."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from scipy.linalg import expm
+
+from cellflow import metrics
+from cellflow.couplings import EntropicOTCoupling, ExactOTCoupling, IndependentCoupling
+from cellflow.integration import integrate
+from cellflow.paths import BrownianBridgePath, LinearPath, VariancePreservingPath
+
+
+def _gaussian_pair(n, seed=0):
+    rng = np.random.default_rng(seed)
+    m0, m1 = np.array([0.0, 0.0]), np.array([3.0, 1.0])
+    s0 = np.array([[1.0, 0.3], [0.3, 0.5]])
+    s1 = np.array([[0.6, -0.2], [-0.2, 1.2]])
+    return rng.multivariate_normal(m0, s0, n), rng.multivariate_normal(m1, s1, n), (m0, m1, s0, s1)
+
+
+def monge_map(x, m0, m1, s0, s1):
+    """Closed-form OT map between Gaussians: m1 + A (x - m0)."""
+    from scipy.linalg import sqrtm
+
+    root = np.real(sqrtm(s0))
+    inv = np.linalg.inv(root)
+    a = inv @ np.real(sqrtm(root @ s1 @ root)) @ inv
+    return m1 + (x - m0) @ a.T
+
+
+@pytest.mark.parametrize("coupling", [ExactOTCoupling(), ExactOTCoupling(block_size=150)])
+def test_exact_plan_has_uniform_marginals(coupling):
+    x0, x1, _ = _gaussian_pair(400)
+    plan = coupling.plan(x0, x1).toarray()
+    assert plan.sum() == pytest.approx(1.0)
+    np.testing.assert_allclose(plan.sum(axis=1), 1 / 400, rtol=1e-6)
+    np.testing.assert_allclose(plan.sum(axis=0), 1 / 400, rtol=1e-6)
+
+
+def test_exact_plan_follows_gaussian_monge_map():
+    x0, x1, params = _gaussian_pair(1500)
+    plan = ExactOTCoupling().plan(x0, x1).tocsr()
+    projected = plan @ x1 / np.asarray(plan.sum(axis=1))  # barycentric projection
+    error = np.linalg.norm(projected - monge_map(x0, *params), axis=1)
+    assert np.median(error) < 0.15
+
+
+def test_exact_plan_is_monotone_in_1d():
+    rng = np.random.default_rng(3)
+    x0, x1 = rng.normal(size=(50, 1)), rng.normal(2, 0.5, size=(50, 1))
+    plan = ExactOTCoupling().plan(x0, x1).tocoo()
+    order = np.argsort(x0[plan.row, 0])
+    assert np.all(np.diff(x1[plan.col[order], 0]) >= 0)
+
+
+def test_weighted_marginals_and_sampler_frequencies():
+    rng = np.random.default_rng(0)
+    x0, x1 = rng.normal(size=(30, 2)), rng.normal(size=(40, 2))
+    a = rng.uniform(0.5, 2, 30)
+    sampler = ExactOTCoupling().sampler(x0, x1, a=a)
+    np.testing.assert_allclose(np.asarray(sampler.plan.sum(axis=1)).ravel(), a / a.sum(), rtol=1e-6)
+    i, j = sampler.sample(200_000, rng)
+    freq = np.bincount(i, minlength=30) / i.size
+    np.testing.assert_allclose(freq, a / a.sum(), atol=4e-3)
+    assert set(zip(i[:1000], j[:1000])) <= set(zip(*sampler.plan.nonzero()))
+
+
+def test_entropic_plan_marginals_and_blur():
+    x0, x1, _ = _gaussian_pair(300)
+    exact = ExactOTCoupling().plan(x0, x1)
+    entropic = EntropicOTCoupling(reg=0.5).plan(x0, x1)
+    np.testing.assert_allclose(np.asarray(entropic.sum(axis=1)).ravel(), 1 / 300, rtol=1e-3)
+    assert entropic.nnz > 10 * exact.nnz  # entropic plans spread mass
+
+
+def test_independent_sampler_covers_both_populations():
+    rng = np.random.default_rng(0)
+    sampler = IndependentCoupling().sampler(np.zeros((5, 2)), np.zeros((7, 2)))
+    i, j = sampler.sample(20_000, rng)
+    assert set(i) == set(range(5)) and set(j) == set(range(7))
+    assert abs(np.corrcoef(i, j)[0, 1]) < 0.05
+
+
+@pytest.mark.parametrize("path", [LinearPath(0.0), LinearPath(0.3), BrownianBridgePath(0.5), VariancePreservingPath(0.2)])
+def test_path_target_is_its_derivative(path):
+    torch.manual_seed(0)
+    x0, x1, eps = torch.randn(64, 3, dtype=torch.float64), torch.randn(64, 3, dtype=torch.float64), torch.randn(64, 3, dtype=torch.float64)
+    s = torch.rand(64, 1, dtype=torch.float64) * 0.8 + 0.1
+    h = 1e-6
+    derivative = (path.sample(x0, x1, s + h, eps).x - path.sample(x0, x1, s - h, eps).x) / (2 * h)
+    torch.testing.assert_close(path.sample(x0, x1, s, eps).u, derivative, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("path", [LinearPath(0.0), BrownianBridgePath(0.5), VariancePreservingPath(0.0)])
+def test_path_endpoints(path):
+    x0, x1 = torch.randn(8, 2, dtype=torch.float64), torch.randn(8, 2, dtype=torch.float64)
+    eps = torch.randn(8, 2, dtype=torch.float64)
+    zeros, ones = torch.zeros(8, 1, dtype=torch.float64), torch.ones(8, 1, dtype=torch.float64)
+    torch.testing.assert_close(path.sample(x0, x1, zeros, eps).x, x0, atol=0.05, rtol=0)
+    torch.testing.assert_close(path.sample(x0, x1, ones, eps).x, x1, atol=0.05, rtol=0)
+
+
+def test_brownian_bridge_rejects_zero_noise():
+    with pytest.raises(ValueError, match="sigma"):
+        BrownianBridgePath(0.0)
+
+
+def test_integrator_matches_matrix_exponential_both_ways():
+    a = torch.tensor([[0.0, 1.0], [-1.0, -0.1]], dtype=torch.float64)
+    x = torch.randn(10, 2, dtype=torch.float64)
+    times = torch.tensor([0.0, 0.7, 2.0], dtype=torch.float64)
+    out = integrate(lambda z, t: z @ a.T, x, times, rtol=1e-9, atol=1e-9)
+    for k, t in enumerate(times):
+        expected = x @ torch.as_tensor(expm(a.numpy() * t.item())).T
+        torch.testing.assert_close(out[k], expected, rtol=1e-6, atol=1e-7)
+    back = integrate(lambda z, t: z @ a.T, out[-1], times.flip(0), rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(back[-1], x, rtol=1e-6, atol=1e-6)
+    fixed = integrate(lambda z, t: z @ a.T, x, times, method="rk4", step_size=0.01, chunk_size=3)
+    torch.testing.assert_close(fixed, out, rtol=1e-5, atol=1e-6)
+
+
+def test_integrator_fixed_step_needs_step_size():
+    with pytest.raises(ValueError, match="step_size"):
+        integrate(lambda z, t: z, torch.zeros(2, 2), torch.tensor([0.0, 1.0]), method="euler")
+
+
+def test_wasserstein_of_a_translation_is_its_length():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(100, 3))
+    shift = np.array([0.3, -0.4, 0.0])
+    assert metrics.w1(x, x + shift) == pytest.approx(0.5, rel=1e-6)
+    assert metrics.w2(x, x + shift) == pytest.approx(0.5, rel=1e-6)
+    assert metrics.mmd(x, x) == pytest.approx(0.0, abs=1e-6)
+    assert metrics.mmd(x, x + 3) > 0.1
+
+
+def test_weighted_wasserstein():
+    x = np.array([[0.0], [1.0]])
+    y = np.array([[0.0]])
+    assert metrics.w1(x, y, x_weights=[3, 1]) == pytest.approx(0.25)
+    assert metrics.w2(x, y, x_weights=[3, 1]) == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="weights"):
+        metrics.w1(x, y, x_weights=[1, -1])

@@ -1,0 +1,141 @@
+"""Reading time courses from AnnData: parsing, representations, and every documented error."""
+
+from __future__ import annotations
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+
+import cellflow as cf
+from cellflow.readers import parse_times, read_time_course
+
+
+def _course(n=12, times=(0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3), d=3, seed=0):
+    rng = np.random.default_rng(seed)
+    adata = ad.AnnData(X=rng.normal(size=(n, 5)).astype(np.float32))
+    adata.obs["time"] = np.asarray(times, dtype=float)
+    adata.obsm["X_pca"] = rng.normal(size=(n, d)).astype(np.float32)
+    adata.layers["counts"] = sp.csr_matrix(rng.poisson(1.0, size=(n, 5)).astype(np.float32))
+    return adata
+
+
+@pytest.mark.parametrize(
+    "labels, expected",
+    [
+        (["day 2.5", "day 3"], [2.5, 3.0]),
+        (["D3", "D10"], [3.0, 10.0]),
+        (["12h", "0.5h"], [12.0, 0.5]),
+        (["E8.25", "E-1e1"], [8.25, -10.0]),
+    ],
+)
+def test_time_labels_hold_one_number(labels, expected):
+    np.testing.assert_allclose(parse_times(pd.Series(labels).astype("category"), "t"), expected)
+
+
+def test_time_map_for_stage_names():
+    values = pd.Series(["early", "late", "early"])
+    np.testing.assert_allclose(parse_times(values, "stage", {"early": 1, "late": 4}), [1, 4, 1])
+    with pytest.raises(ValueError, match="time_map has no entry.*'late'"):
+        parse_times(values, "stage", {"early": 1})
+
+
+@pytest.mark.parametrize("label", ["stage A", "day 1 to 2"])
+def test_unparseable_time_label(label):
+    with pytest.raises(ValueError, match=f"{label!r}.*time_map"):
+        parse_times(pd.Series([label, "day 3"]), "stage")
+
+
+def test_populations_sorted_and_unchanged_input():
+    adata = _course(times=[2, 0, 1, 2, 0, 1, 2, 0, 1, 3, 3, 3])
+    before = adata.copy()
+    course = read_time_course(adata, "time", "X_pca")
+    np.testing.assert_array_equal(course.times, [0, 1, 2, 3])
+    for t, idx, pop in zip(course.times, course.indices, course.populations):
+        assert (adata.obs["time"].to_numpy()[idx] == t).all()
+        np.testing.assert_array_equal(pop, adata.obsm["X_pca"][idx])
+    assert list(adata.obs.columns) == list(before.obs.columns)
+    assert set(adata.obsm) == set(before.obsm) and set(adata.uns) == set(before.uns)
+    np.testing.assert_array_equal(adata.obsm["X_pca"], before.obsm["X_pca"])
+
+
+@pytest.mark.parametrize("use_rep, width", [("X", 5), ("X_pca", 3), ("counts", 5)])
+def test_representations_dense_sparse_layer(use_rep, width):
+    adata = _course()
+    adata.X = sp.csr_matrix(adata.X)
+    course = read_time_course(adata, "time", use_rep)
+    assert course.n_dims == width and course.populations[0].dtype == np.float32
+
+
+def test_backed_anndata_reads_only_the_representation(tmp_path):
+    adata = _course()
+    adata.X = sp.csr_matrix(adata.X)
+    adata.write_h5ad(tmp_path / "course.h5ad")
+    backed = ad.read_h5ad(tmp_path / "course.h5ad", backed="r")
+    for rep in ("X_pca", "X"):
+        course = read_time_course(backed, "time", rep)
+        np.testing.assert_allclose(np.concatenate(course.populations), np.concatenate(read_time_course(adata, "time", rep).populations))
+    backed.file.close()
+
+
+def test_weights_read_per_time_point():
+    adata = _course()
+    adata.obs["mass"] = np.arange(1, 13, dtype=float)
+    course = read_time_course(adata, "time", "X_pca", weight_key="mass")
+    np.testing.assert_array_equal(course.weights[1], [4, 5, 6])
+    adata.obs["mass"] = -1.0
+    with pytest.raises(ValueError, match="'mass'.*positive"):
+        read_time_course(adata, "time", "X_pca", weight_key="mass")
+
+
+def test_error_missing_time_key():
+    with pytest.raises(KeyError, match="time_key='day'.*columns"):
+        read_time_course(_course(), "day")
+
+
+def test_error_missing_representation():
+    with pytest.raises(KeyError, match="use_rep='X_umap'"):
+        read_time_course(_course(), "time", "X_umap")
+    adata = _course()
+    del adata.obsm["X_pca"]
+    with pytest.raises(KeyError, match="scanpy.pp.pca"):
+        read_time_course(adata, "time")
+
+
+def test_error_single_time_point():
+    with pytest.raises(ValueError, match="1 time point.*at least 2"):
+        read_time_course(_course(times=[5] * 12), "time")
+
+
+def test_error_time_point_with_one_cell():
+    with pytest.raises(ValueError, match="time point 3 .* 1 cell"):
+        read_time_course(_course(times=[0] * 6 + [1] * 5 + [3]), "time")
+
+
+def test_error_nan_in_representation():
+    adata = _course()
+    adata.obsm["X_pca"][4, 1] = np.nan
+    adata.obsm["X_pca"][7, 0] = np.inf
+    with pytest.raises(ValueError, match="NaN or inf values in 2 cells \\(first: '4'\\)"):
+        read_time_course(adata, "time")
+
+
+def test_error_wrong_number_of_rows():
+    with pytest.raises(ValueError, match="shape \\(5, 3\\).*12 cells"):
+        read_time_course(_course(), "time", np.zeros((5, 3)))
+
+
+def test_error_missing_times():
+    adata = _course()
+    adata.obs["time"] = adata.obs["time"].where(adata.obs["time"] != 2)
+    with pytest.raises(ValueError, match="missing or infinite times"):
+        read_time_course(adata, "time")
+
+
+def test_numeric_time_preprocessing():
+    adata = _course()
+    adata.obs["stage"] = [f"day {t:g}" for t in adata.obs["time"]]
+    out = cf.pp.numeric_time(adata, "stage", key_added="day_number", copy=True)
+    np.testing.assert_array_equal(out.obs["day_number"], adata.obs["time"])
+    assert "day_number" not in adata.obs
