@@ -37,6 +37,12 @@ def score(predicted, observed, weights=None) -> dict:
     }
 
 
+def mass_error(predicted_ratio: float, n_start: float, n_end: float) -> float:
+    """Relative error of a predicted population-size ratio: ``|M_hat - n_end/n_start| / (n_end/n_start)``."""
+    truth = n_end / n_start
+    return abs(predicted_ratio - truth) / truth
+
+
 def leave_one_out(
     course: TimeCourse,
     methods: Sequence[str] = ("otcfm",),
@@ -62,7 +68,8 @@ def leave_one_out(
             points, masses = ot_interpolation(before, after, (t_held - t_prev) / (t_next - t_prev))
             rows.append(
                 dict(method="ot_interpolation", held_out_time=t_held, seed=0,
-                     seconds=time.perf_counter() - start, **score(points, held, masses))
+                     seconds=time.perf_counter() - start, **score(points, held, masses),
+                     mass_error=mass_error(1.0, len(before), len(held)))
             )
             bar.update()
         training = course.without(k)
@@ -70,10 +77,11 @@ def leave_one_out(
             for seed in seeds:
                 start = time.perf_counter()
                 model = CellFlow(method, seed=seed, **model_kwargs).fit(training, progress=False)
-                predicted = model.push(before, t_prev, t_held)
+                predicted, mass = model.push(before, t_prev, t_held, return_mass=True)
                 rows.append(
                     dict(method=method, held_out_time=t_held, seed=seed,
-                         seconds=time.perf_counter() - start, **score(predicted, held))
+                         seconds=time.perf_counter() - start, **score(predicted, held, mass),
+                         mass_error=mass_error(mass.mean(), len(before), len(held)))
                 )
                 bar.update()
     bar.close()

@@ -8,10 +8,26 @@ Training then draws pairs from the stored plan, with replacement, at the cost of
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import ot
 import scipy.sparse as sp
+
+
+@dataclass
+class Pairs:
+    """Indices of paired cells, with the masses of the pair at both ends where transport is unbalanced.
+
+    ``died`` marks source cells with no partner: they stay where they are while their mass
+    ``m0`` decays to ``m1 = 0`` (their ``j`` is meaningless).
+    """
+
+    i: np.ndarray
+    j: np.ndarray
+    m0: np.ndarray | None = None
+    m1: np.ndarray | None = None
+    died: np.ndarray | None = None
 
 
 class IndependentSampler:
@@ -21,11 +37,11 @@ class IndependentSampler:
         self._cdf_a = np.cumsum(a) / a.sum()
         self._cdf_b = np.cumsum(b) / b.sum()
 
-    def sample(self, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-        """Draw ``n`` pairs ``(i, j)``: source and target cell indices."""
+    def sample(self, n: int, rng: np.random.Generator) -> Pairs:
+        """Draw ``n`` pairs: source and target cell indices."""
         i = np.searchsorted(self._cdf_a, rng.random(n) * self._cdf_a[-1], side="right")
         j = np.searchsorted(self._cdf_b, rng.random(n) * self._cdf_b[-1], side="right")
-        return np.minimum(i, self._cdf_a.size - 1), np.minimum(j, self._cdf_b.size - 1)
+        return Pairs(np.minimum(i, self._cdf_a.size - 1), np.minimum(j, self._cdf_b.size - 1))
 
 
 class PlanSampler:
@@ -44,11 +60,14 @@ class PlanSampler:
         self._rows, self._cols = coo.row, coo.col
         self._cdf = np.cumsum(coo.data, dtype=float)
 
-    def sample(self, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-        """Draw ``n`` pairs ``(i, j)`` with probability proportional to the plan."""
+    def sample(self, n: int, rng: np.random.Generator) -> Pairs:
+        """Draw ``n`` pairs with probability proportional to the plan."""
+        k = self._draw(n, rng)
+        return Pairs(self._rows[k], self._cols[k])
+
+    def _draw(self, n: int, rng: np.random.Generator) -> np.ndarray:
         k = np.searchsorted(self._cdf, rng.random(n) * self._cdf[-1], side="right")
-        k = np.minimum(k, self._cdf.size - 1)
-        return self._rows[k], self._cols[k]
+        return np.minimum(k, self._cdf.size - 1)
 
 
 def _blocks(n0: int, n1: int, block_size: int, rng: np.random.Generator):
@@ -72,11 +91,18 @@ class _BlockwiseOT:
     def solve_block(self, a: np.ndarray, b: np.ndarray, cost: np.ndarray) -> np.ndarray:
         raise NotImplementedError
 
+    balanced = True
+
+    def cost(self, x0: np.ndarray, x1: np.ndarray) -> np.ndarray:
+        """Ground cost between two blocks of cells: squared Euclidean distance."""
+        return ot.dist(x0, x1)
+
     def plan(self, x0: np.ndarray, x1: np.ndarray, a=None, b=None, rng=None) -> sp.csr_matrix:
         """The transport plan between ``x0`` and ``x1`` as a sparse ``(n0, n1)`` matrix.
 
-        ``a`` and ``b`` are the masses of the cells (uniform when ``None``). Each block's
-        masses are normalised and its plan weighted by the block's share of the mass.
+        ``a`` and ``b`` are the masses of the cells (one each when ``None``). For balanced
+        couplings each block's masses are normalised and its plan weighted by the block's
+        share of the mass, so the plan sums to one; unbalanced plans keep the masses as they are.
         """
         rng = np.random.default_rng(0) if rng is None else rng
         n0, n1 = len(x0), len(x1)
@@ -84,13 +110,20 @@ class _BlockwiseOT:
         b = np.full(n1, 1.0) if b is None else np.asarray(b, dtype=float)
         rows, cols, vals = [], [], []
         for i0, i1 in _blocks(n0, n1, self.block_size, rng):
-            share = 0.5 * (a[i0].sum() / a.sum() + b[i1].sum() / b.sum())
-            cost = ot.dist(x0[i0].astype(np.float64), x1[i1].astype(np.float64))
-            block = self.solve_block(a[i0] / a[i0].sum(), b[i1] / b[i1].sum(), cost)
+            cost = self.cost(x0[i0].astype(np.float64), x1[i1].astype(np.float64))
+            if self.balanced:
+                share = 0.5 * (a[i0].sum() / a.sum() + b[i1].sum() / b.sum())
+                block = self.solve_block(a[i0] / a[i0].sum(), b[i1] / b[i1].sum(), cost) * share
+            else:
+                block = self.solve_block(a[i0], b[i1], cost)
+            if not block.any():
+                continue
             r, c = np.nonzero(block > 1e-12 * block.max())
             rows.append(i0[r])
             cols.append(i1[c])
-            vals.append(block[r, c] * share)
+            vals.append(block[r, c])
+        if not rows:
+            return sp.csr_matrix((n0, n1))
         return sp.csr_matrix(
             (np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(n0, n1)
         )
@@ -147,3 +180,111 @@ class EntropicOTCoupling(_BlockwiseOT):
         exponent = max(cost.min(axis=1).max(), cost.min(axis=0).max()) / self.reg
         method = "sinkhorn" if exponent < 600 else "sinkhorn_log"
         return ot.sinkhorn(a, b, cost, self.reg, method=method, numItermax=5000, stopThr=1e-6)
+
+
+class WFRSampler(PlanSampler):
+    """Pairs of a static Wasserstein-Fisher-Rao plan with the masses of its semi-couplings.
+
+    With the plan ``G``, source masses ``a`` and target masses ``b``:
+    ``gamma0_ij = G_ij a_i / sum_j G_ij`` and ``gamma1_ij = G_ij b_j / sum_i G_ij``. Pairs are
+    drawn in proportion to ``gamma0`` and carry ``m0 = gamma0_ij``, ``m1 = gamma1_ij``. Source
+    cells with no partner within ``pi * delta`` die where they are: they are drawn in
+    proportion to their mass with ``m1 = 0``.
+    """
+
+    def __init__(self, plan: sp.spmatrix, a: np.ndarray, b: np.ndarray):
+        plan = sp.csr_matrix(plan)
+        plan.eliminate_zeros()
+        coo = plan.tocoo()
+        row_sums = np.asarray(plan.sum(axis=1)).ravel()
+        col_sums = np.asarray(plan.sum(axis=0)).ravel()
+        m0 = coo.data * a[coo.row] / row_sums[coo.row]
+        m1 = coo.data * b[coo.col] / col_sums[coo.col]
+        orphans = np.flatnonzero(row_sums <= 0)
+        self.plan = plan
+        self.n_died = orphans.size
+        self._rows = np.concatenate([coo.row, orphans])
+        self._cols = np.concatenate([coo.col, np.zeros(orphans.size, dtype=coo.col.dtype)])
+        self._m0 = np.concatenate([m0, a[orphans]])
+        self._m1 = np.concatenate([m1, np.zeros(orphans.size)])
+        self._died = np.concatenate([np.zeros(coo.nnz, bool), np.ones(orphans.size, bool)])
+        self._cdf = np.cumsum(self._m0)
+
+    def sample(self, n: int, rng: np.random.Generator) -> Pairs:
+        """Draw ``n`` pairs in proportion to ``gamma0``, with their masses."""
+        k = self._draw(n, rng)
+        return Pairs(self._rows[k], self._cols[k], self._m0[k], self._m1[k], self._died[k])
+
+
+class WFRCoupling(_BlockwiseOT):
+    """Static unbalanced (Wasserstein-Fisher-Rao) transport between two populations.
+
+    Every cell carries its own mass (one by default, so a change in cell numbers is
+    growth), the cost is ``-log cos^2(min(|x - y| / (2 delta), pi/2))`` (infinite beyond
+    ``pi * delta``: no transport, only death and birth), and both marginals are relaxed by a
+    KL penalty of weight ``marginal_penalty``; solved by entropic unbalanced Sinkhorn
+    (``ot.unbalanced.sinkhorn_unbalanced``) in blocks.
+
+    Parameters
+    ----------
+    delta
+        Length scale trading transport against growth (``delta -> inf``: balanced OT).
+    reg
+        Entropic regularisation of the solver (in units of the cost).
+    marginal_penalty
+        Weight of the KL penalties on both marginals.
+    block_size
+        Largest problem per side.
+    """
+
+    balanced = False
+
+    def __init__(self, delta: float, reg: float = 0.01, marginal_penalty: float = 1.0, block_size: int = 2048):
+        super().__init__(block_size)
+        if not delta > 0:
+            raise ValueError(f"delta must be positive, got {delta}")
+        self.delta, self.reg, self.marginal_penalty = float(delta), float(reg), float(marginal_penalty)
+
+    def cost(self, x0, x1):
+        angle = np.minimum(np.sqrt(ot.dist(x0, x1)) / (2 * self.delta), np.pi / 2)
+        # cos^2 floored at 1e-30: a finite stand-in for infinity, removed after solving.
+        return -np.log(np.maximum(np.cos(angle) ** 2, 1e-30))
+
+    def solve_block(self, a, b, cost):
+        plan = ot.unbalanced.sinkhorn_unbalanced(
+            a, b, cost, self.reg, self.marginal_penalty, numItermax=3000, stopThr=1e-6
+        )
+        plan[cost >= -np.log(1e-30)] = 0.0
+        return np.nan_to_num(plan, nan=0.0)
+
+    def sampler(self, x0, x1, a=None, b=None, rng=None, source_mass=None) -> WFRSampler:
+        """A sampler of pairs with semi-coupling masses.
+
+        ``a``, ``b`` are the marginals the plan is fitted to (e.g. a growth prior on ``a``);
+        ``source_mass`` is the mass each source cell actually carries (``a`` when ``None``).
+        """
+        a = np.ones(len(x0)) if a is None else np.asarray(a, dtype=float)
+        b = np.ones(len(x1)) if b is None else np.asarray(b, dtype=float)
+        plan = self.plan(x0, x1, a, b, rng)
+        return WFRSampler(plan, a if source_mass is None else np.asarray(source_mass, dtype=float), b)
+
+
+def default_delta(populations, quantile: float = 0.9, block_size: int = 2048, seed: int = 0) -> float:
+    """Default ``delta`` of the WFR cost, from the data.
+
+    The exact balanced OT plan between each pair of neighbouring populations gives
+    displacement lengths; ``delta = 2 q / pi`` with ``q`` their ``quantile`` (over all
+    intervals), so that 90% of balanced displacements have ``cos^2 >= 1/2`` in the cost and
+    the transport horizon ``pi * delta`` is twice that quantile.
+    """
+    rng = np.random.default_rng(seed)
+    lengths, masses = [], []
+    for x0, x1 in zip(populations[:-1], populations[1:]):
+        plan = ExactOTCoupling(block_size).plan(np.asarray(x0), np.asarray(x1), rng=rng).tocoo()
+        lengths.append(np.linalg.norm(np.asarray(x0)[plan.row] - np.asarray(x1)[plan.col], axis=1))
+        masses.append(plan.data / plan.data.sum())
+    lengths, masses = np.concatenate(lengths), np.concatenate(masses)
+    order = np.argsort(lengths)
+    cumulative = np.cumsum(masses[order]) / masses.sum()
+    q = lengths[order][min(np.searchsorted(cumulative, quantile), lengths.size - 1)]
+    return float(2 * q / np.pi) if q > 0 else 1.0

@@ -8,19 +8,25 @@ import numpy as np
 import torch
 
 from ._utils import resolve_device, seed_everything
-from .couplings import EntropicOTCoupling, ExactOTCoupling, IndependentCoupling
+from .couplings import EntropicOTCoupling, ExactOTCoupling, IndependentCoupling, WFRCoupling, default_delta
 from .integration import integrate
-from .networks import TimeMLP
-from .paths import BrownianBridgePath, LinearPath, VariancePreservingPath
+from .networks import TimeMLP, VelocityGrowthField
+from .paths import BrownianBridgePath, LinearPath, VariancePreservingPath, WFRPath
 from .readers import TimeCourse
 from .training import PairObjective, train
 
-COUPLINGS = {"independent": IndependentCoupling, "exact": ExactOTCoupling, "entropic": EntropicOTCoupling}
-PATHS = {"linear": LinearPath, "brownian": BrownianBridgePath, "vp": VariancePreservingPath}
+COUPLINGS = {
+    "independent": IndependentCoupling,
+    "exact": ExactOTCoupling,
+    "entropic": EntropicOTCoupling,
+    "wfr": WFRCoupling,
+}
+PATHS = {"linear": LinearPath, "brownian": BrownianBridgePath, "vp": VariancePreservingPath, "wfr": WFRPath}
 METHODS = {
     "icfm": ("independent", "linear"),
     "otcfm": ("exact", "linear"),
     "sbcfm": ("entropic", "brownian"),
+    "wfr": ("wfr", "wfr"),
 }
 
 
@@ -36,15 +42,25 @@ class CellFlow:
     ----------
     method
         ``"icfm"`` (independent coupling, straight paths), ``"otcfm"`` (exact OT, straight
-        paths) or ``"sbcfm"`` (entropic OT with ``reg = 2 sigma**2``, Brownian bridges).
+        paths), ``"sbcfm"`` (entropic OT with ``reg = 2 sigma**2``, Brownian bridges) or
+        ``"wfr"`` (unbalanced Wasserstein-Fisher-Rao coupling and geodesics, WFR-FM: learns a
+        growth field too).
     coupling, path
-        Override the method's coupling (``"independent"``, ``"exact"``, ``"entropic"``) or
-        path (``"linear"``, ``"brownian"``, ``"vp"``).
+        Override the method's coupling (``"independent"``, ``"exact"``, ``"entropic"``,
+        ``"wfr"``) or path (``"linear"``, ``"brownian"``, ``"vp"``, ``"wfr"``). A growth field
+        is learned whenever the coupling or the path is ``"wfr"``.
     sigma
-        Noise of the path, in units of the data's overall standard deviation.
+        Noise of the path, in units of the data's overall standard deviation (``"wfr"``
+        method: no noise unless given).
     reg
         Entropic regularisation (relative units); default ``2 sigma**2`` with Brownian bridges,
-        else 0.05.
+        0.01 for the WFR coupling (its cost is in units of ``(d / 2 delta)^2``), else 0.05.
+    delta
+        WFR length scale, in the units of the representation; ``None`` chooses it from the data
+        (:func:`cellflow.couplings.default_delta`). Pairs farther apart than ``pi * delta`` are
+        never transported: the source cell dies in place and the target cell is not reached.
+    growth_weight
+        Weight of the growth error in the loss (``kappa``).
     hidden
         Hidden layer widths of the velocity network.
     n_steps, batch_size, lr, ema_decay
@@ -64,8 +80,10 @@ class CellFlow:
         *,
         coupling: str | None = None,
         path: str | None = None,
-        sigma: float = 0.1,
+        sigma: float | None = None,
         reg: float | None = None,
+        delta: float | None = None,
+        growth_weight: float = 1.0,
         hidden: tuple[int, ...] = (256, 256, 256),
         n_steps: int = 2000,
         batch_size: int = 256,
@@ -84,10 +102,13 @@ class CellFlow:
             raise ValueError(f"coupling={coupling!r} is unknown; choose one of {sorted(COUPLINGS)}")
         if path not in PATHS:
             raise ValueError(f"path={path!r} is unknown; choose one of {sorted(PATHS)}")
+        if sigma is None:
+            sigma = 0.0 if path == "wfr" else 0.1
         if reg is None:
-            reg = 2 * sigma**2 if path == "brownian" else 0.05
+            reg = {"brownian": 2 * sigma**2}.get(path, 0.01 if coupling == "wfr" else 0.05)
         self.params = dict(
             method=method, coupling=coupling, path=path, sigma=float(sigma), reg=float(reg),
+            delta=float(delta or 0.0), growth_weight=float(growth_weight),
             hidden=[int(h) for h in hidden], n_steps=int(n_steps), batch_size=int(batch_size),
             lr=float(lr), ema_decay=0.0 if ema_decay is None else float(ema_decay),
             block_size=int(block_size), seed=int(seed),
@@ -96,6 +117,11 @@ class CellFlow:
         self.net: TimeMLP | None = None
         self.history: dict[str, np.ndarray] = {}
 
+    @property
+    def has_growth(self) -> bool:
+        """Whether the model learns a growth field (a WFR coupling or path)."""
+        return "wfr" in (self.params["coupling"], self.params["path"])
+
     # -- the pieces a method is made of -------------------------------------------------
     def _coupling(self):
         name, p = self.params["coupling"], self.params
@@ -103,10 +129,18 @@ class CellFlow:
             return IndependentCoupling()
         if name == "exact":
             return ExactOTCoupling(block_size=p["block_size"])
-        return EntropicOTCoupling(reg=p["reg"], block_size=p["block_size"])
+        if name == "entropic":
+            return EntropicOTCoupling(reg=p["reg"], block_size=p["block_size"])
+        return WFRCoupling(delta=p["delta"] / self.scale, reg=p["reg"], block_size=p["block_size"])
 
     def _path(self):
+        if self.params["path"] == "wfr":
+            return WFRPath(delta=self.params["delta"] / self.scale, sigma=self.params["sigma"])
         return PATHS[self.params["path"]](sigma=self.params["sigma"])
+
+    def _network(self, n_dims: int):
+        hidden = tuple(self.params["hidden"])
+        return VelocityGrowthField(n_dims, hidden) if self.has_growth else TimeMLP(n_dims, hidden)
 
     # -- coordinates -----------------------------------------------------------------------
     def _set_scales(self, course: TimeCourse) -> None:
@@ -129,26 +163,40 @@ class CellFlow:
             raise RuntimeError("the model is not trained yet: call fit() first")
 
     # -- training --------------------------------------------------------------------------
+    def _samplers(self, course: TimeCourse, internal: list[np.ndarray], rng):
+        """One pair sampler per interval; a prior growth rate reweights the source marginal."""
+        coupling = self._coupling()
+        n = len(internal)
+        mass = course.weights or [np.ones(len(z)) for z in internal]
+        samplers = []
+        for k in range(n - 1):
+            a, b = mass[k], mass[k + 1]
+            if course.growth is not None:
+                a = a * np.exp(course.growth[k] * (course.times[k + 1] - course.times[k]))
+            if isinstance(coupling, WFRCoupling):
+                samplers.append(coupling.sampler(internal[k], internal[k + 1], a, b, rng, source_mass=mass[k]))
+            else:
+                samplers.append(coupling.sampler(internal[k], internal[k + 1], a, b, rng))
+        return samplers
+
     def fit(self, course: TimeCourse, progress: bool = True) -> "CellFlow":
         """Train on a time course (see :func:`cellflow.readers.read_time_course`)."""
         p = self.params
         rng = seed_everything(p["seed"])
         self._set_scales(course)
         internal = [self._to_internal(x) for x in course.populations]
-        weights = course.weights or [None] * len(internal)
+        cpu = [z.cpu().numpy().astype(np.float64) for z in internal]
         start = time.perf_counter()
-        coupling = self._coupling()
-        cpu = [z.cpu().numpy() for z in internal]
-        samplers = [
-            coupling.sampler(cpu[k], cpu[k + 1], weights[k], weights[k + 1], rng)
-            for k in range(len(cpu) - 1)
-        ]
+        if self.has_growth and not p["delta"]:
+            p["delta"] = default_delta(cpu, block_size=p["block_size"], seed=p["seed"]) * self.scale
+        samplers = self._samplers(course, cpu, rng)
         coupling_seconds = time.perf_counter() - start
-        objective = PairObjective(internal, self._tau(course.times), samplers, self._path(), p["batch_size"])
-        net = TimeMLP(course.n_dims, tuple(p["hidden"])).to(self.device)
+        objective = PairObjective(
+            internal, self._tau(course.times), samplers, self._path(), p["batch_size"], growth=self.has_growth
+        )
         net, loss = train(
-            net, objective, n_steps=p["n_steps"], lr=p["lr"], ema_decay=p["ema_decay"] or None,
-            rng=rng, progress=progress,
+            self._network(course.n_dims).to(self.device), objective, n_steps=p["n_steps"], lr=p["lr"],
+            ema_decay=p["ema_decay"] or None, growth_weight=p["growth_weight"], rng=rng, progress=progress,
         )
         self.net = net.eval()
         self.history = {
@@ -159,37 +207,66 @@ class CellFlow:
         return self
 
     # -- using the field ---------------------------------------------------------------
-    def _field(self, z: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
-        return self.net(z, tau)
+    def _evaluate(self, x, t) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Internal velocity and growth at user positions ``x`` and times ``t``."""
+        self._check_fitted()
+        x = np.asarray(x)
+        tau = torch.as_tensor(np.broadcast_to(self._tau(t), (x.shape[0],)).copy(), dtype=torch.float32)
+        with torch.no_grad():
+            out = self.net(self._to_internal(x), tau.to(self.device))
+        return out if isinstance(out, tuple) else (out, None)
 
     def velocity(self, x, t) -> np.ndarray:
         """Velocity ``dx/dt`` in the user's units at positions ``x`` ``(n, d)`` and times ``t``."""
-        self._check_fitted()
-        x = np.asarray(x)
-        tau = np.broadcast_to(self._tau(t), (x.shape[0],)).copy()
-        with torch.no_grad():
-            v = self._field(self._to_internal(x), torch.as_tensor(tau, dtype=torch.float32, device=self.device))
+        v, _ = self._evaluate(x, t)
         return v.cpu().numpy().astype(np.float64) * self.scale / self.t_scale
 
-    def transport(self, x, times, *, method: str = "dopri5", step_size: float | None = None) -> np.ndarray:
-        """Positions of cells starting at ``x`` at ``times[0]``, at every time of ``times``.
+    def growth(self, x, t) -> np.ndarray:
+        """Growth rate ``d log m / dt`` (per unit of the user's time); zeros for balanced methods."""
+        _, g = self._evaluate(x, t)
+        if g is None:
+            return np.zeros(len(np.asarray(x)))
+        return g[:, 0].cpu().numpy().astype(np.float64) / self.t_scale
 
-        ``step_size`` (for fixed-step solvers) is in the user's time unit.
+    def _augmented_field(self, state: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
+        """``d(z, log m)/dtau`` for the integrator; the log-mass is the last column."""
+        v, g = self.net(state[:, :-1], tau)
+        return torch.cat([v, g], dim=1)
+
+    def transport(
+        self, x, times, *, method: str = "dopri5", step_size: float | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Positions and masses of cells starting at ``x`` at ``times[0]``, at every time of ``times``.
+
+        ``step_size`` (for fixed-step solvers) is in the user's time unit. Masses start at one
+        and follow ``d log m / dt = g``; they stay one for balanced methods.
 
         Returns
         -------
-        Array ``(len(times), n, d)``.
+        Positions ``(len(times), n, d)`` and masses ``(len(times), n)``.
         """
         self._check_fitted()
         tau = torch.as_tensor(self._tau(np.atleast_1d(times)), dtype=torch.float32)
         step = None if step_size is None else step_size / self.t_scale
+        z = self._to_internal(x)
         with torch.no_grad():
-            z = integrate(self._field, self._to_internal(x), tau, method=method, step_size=step)
-        return z.cpu().numpy().astype(np.float64) * self.scale + self.center
+            if self.has_growth:
+                state = torch.cat([z, torch.zeros(len(z), 1, device=z.device)], dim=1)
+                out = integrate(self._augmented_field, state, tau, method=method, step_size=step)
+                z, log_mass = out[..., :-1], out[..., -1]
+            else:
+                z = integrate(self.net, z, tau, method=method, step_size=step)
+                log_mass = torch.zeros(z.shape[:2])
+        positions = z.cpu().numpy().astype(np.float64) * self.scale + self.center
+        return positions, np.exp(log_mass.cpu().numpy().astype(np.float64))
 
-    def push(self, x, t_from: float, t_to: float, **kwargs) -> np.ndarray:
-        """Positions at ``t_to`` of cells at ``x`` at ``t_from`` (forward or backward in time)."""
-        return self.transport(x, [t_from, t_to], **kwargs)[-1]
+    def push(self, x, t_from: float, t_to: float, *, return_mass: bool = False, **kwargs):
+        """Positions at ``t_to`` of cells at ``x`` at ``t_from`` (forward or backward in time).
+
+        With ``return_mass=True`` also each cell's mass at ``t_to`` (one at ``t_from``).
+        """
+        positions, mass = self.transport(x, [t_from, t_to], **kwargs)
+        return (positions[-1], mass[-1]) if return_mass else positions[-1]
 
     # -- plain-array state (for AnnData.uns and files) -----------------------------------
     def to_dict(self) -> dict:
@@ -212,14 +289,14 @@ class CellFlow:
         """Restore a model written by :meth:`to_dict` (e.g. read back from an ``.h5ad``)."""
         params = {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in state["params"].items()}
         params = {k: (v.item() if hasattr(v, "item") else v) for k, v in params.items()}
-        ema = params.pop("ema_decay")
-        model = cls(**params, ema_decay=ema or None, device=device)
+        ema, delta = params.pop("ema_decay"), params.pop("delta")
+        model = cls(**params, ema_decay=ema or None, delta=delta or None, device=device)
         model.center = np.asarray(state["center"], dtype=np.float64)
         model.scale = float(state["scale"])
         model.t_origin = float(state["t_origin"])
         model.t_scale = float(state["t_scale"])
         model.times = np.asarray(state["times"], dtype=float)
-        net = TimeMLP(int(state["n_dims"]), tuple(model.params["hidden"]))
+        net = model._network(int(state["n_dims"]))
         net.load_state_dict({k: torch.as_tensor(np.asarray(v)) for k, v in state["weights"].items()})
         model.net = net.to(model.device).eval()
         model.history = {k: np.asarray(v) for k, v in state.get("history", {}).items()}

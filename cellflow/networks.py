@@ -32,3 +32,24 @@ class TimeMLP(nn.Module):
         """Evaluate at positions ``x`` ``(n, dim)`` and times ``t`` (scalar, ``(n,)`` or ``(n, 1)``)."""
         t = torch.as_tensor(t, dtype=x.dtype, device=x.device).reshape(-1, 1).expand(x.shape[0], 1)
         return self.net(torch.cat([x, t], dim=1))
+
+
+class VelocityGrowthField(nn.Module):
+    """A velocity network and a growth network of the same inputs, for unbalanced methods.
+
+    Parameters
+    ----------
+    dim
+        Dimension of positions.
+    hidden
+        Hidden widths of both networks.
+    """
+
+    def __init__(self, dim: int, hidden: tuple[int, ...] = (256, 256, 256)):
+        super().__init__()
+        self.velocity = TimeMLP(dim, hidden)
+        self.growth = TimeMLP(dim, hidden, out_dim=1)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Velocity ``(n, dim)`` and growth rate ``(n, 1)``."""
+        return self.velocity(x, t), self.growth(x, t)

@@ -3,6 +3,10 @@
 Each path maps a pair ``(x0, x1)``, a fraction ``s`` of the interval in ``[0, 1]`` and standard
 normal noise ``eps`` to a point ``x_s`` on the path and its velocity ``u = dx_s/ds``. The
 training loop turns ``u`` into real-time velocity by dividing by the interval's length.
+
+Where the pair carries masses ``m0`` and ``m1`` (unbalanced couplings), a path also gives the
+growth target ``g = d log m / ds`` and the loss weight ``m(s) / m0``. The Wasserstein-Fisher-Rao
+geodesic moves mass and position together; the other paths interpolate the mass linearly.
 """
 
 from __future__ import annotations
@@ -15,10 +19,25 @@ import torch
 
 @dataclass
 class PathSample:
-    """Points on the path and their targets (per unit fraction of the interval)."""
+    """Points on the path and their targets (per unit fraction of the interval).
+
+    ``g`` (growth, ``d log m / ds``) and ``weight`` (``m(s) / m0``) are ``None`` without masses.
+    """
 
     x: torch.Tensor
     u: torch.Tensor
+    g: torch.Tensor | None = None
+    weight: torch.Tensor | None = None
+
+
+def _with_linear_mass(point: PathSample, s, m0, m1) -> PathSample:
+    """Add the growth target of the mass ``(1-s) m0 + s m1`` to a path sample."""
+    if m0 is None:
+        return point
+    mass = (1 - s[:, 0]) * m0 + s[:, 0] * m1
+    point.g = (m1 - m0) / mass
+    point.weight = mass / m0
+    return point
 
 
 class LinearPath:
@@ -27,9 +46,9 @@ class LinearPath:
     def __init__(self, sigma: float = 0.0):
         self.sigma = float(sigma)
 
-    def sample(self, x0, x1, s, eps) -> PathSample:
+    def sample(self, x0, x1, s, eps, m0=None, m1=None) -> PathSample:
         """Points and targets at fractions ``s`` (shape ``(n, 1)``)."""
-        return PathSample(x=(1 - s) * x0 + s * x1 + self.sigma * eps, u=x1 - x0)
+        return _with_linear_mass(PathSample(x=(1 - s) * x0 + s * x1 + self.sigma * eps, u=x1 - x0), s, m0, m1)
 
 
 class BrownianBridgePath:
@@ -40,14 +59,14 @@ class BrownianBridgePath:
             raise ValueError(f"the Brownian bridge needs sigma > 0, got {sigma}")
         self.sigma = float(sigma)
 
-    def sample(self, x0, x1, s, eps) -> PathSample:
+    def sample(self, x0, x1, s, eps, m0=None, m1=None) -> PathSample:
         """Points and targets at fractions ``s`` (shape ``(n, 1)``), ``0 < s < 1``."""
         s = s.clamp(1e-4, 1 - 1e-4)
         root = torch.sqrt(s * (1 - s))
         x = (1 - s) * x0 + s * x1 + self.sigma * root * eps
         # (1-2s) / (2 s (1-s)) * (x - mean) simplifies to (1-2s) / (2 root) * sigma * eps.
         u = (1 - 2 * s) / (2 * root) * self.sigma * eps + x1 - x0
-        return PathSample(x=x, u=u)
+        return _with_linear_mass(PathSample(x=x, u=u), s, m0, m1)
 
 
 class VariancePreservingPath:
@@ -56,9 +75,58 @@ class VariancePreservingPath:
     def __init__(self, sigma: float = 0.0):
         self.sigma = float(sigma)
 
-    def sample(self, x0, x1, s, eps) -> PathSample:
+    def sample(self, x0, x1, s, eps, m0=None, m1=None) -> PathSample:
         """Points and targets at fractions ``s`` (shape ``(n, 1)``)."""
         angle = 0.5 * math.pi * s
         x = torch.cos(angle) * x0 + torch.sin(angle) * x1 + self.sigma * eps
         u = 0.5 * math.pi * (torch.cos(angle) * x1 - torch.sin(angle) * x0)
-        return PathSample(x=x, u=u)
+        return _with_linear_mass(PathSample(x=x, u=u), s, m0, m1)
+
+
+class WFRPath:
+    """Closed-form Wasserstein-Fisher-Rao geodesic from mass ``m0`` at ``x0`` to ``m1`` at ``x1``.
+
+    With ``d = |x1 - x0| < pi delta``, ``phi = d / (2 delta)``, ``A = m0 + m1 - 2 sqrt(m0 m1) cos phi``
+    and ``B = m0 - sqrt(m0 m1) cos phi``: the mass is ``m(s) = A s^2 - 2 B s + m0``, the velocity
+    ``u = omega e / m(s)`` with ``omega e = 2 delta sqrt(m0 m1) sin(phi) (x1 - x0) / d``, and the
+    growth ``g = (2 A s - 2 B) / m(s)``. The position is ``x0 + theta(s) / w * omega e`` with
+    ``w = sqrt(m0 m1) sin phi`` and ``theta = atan2(s w, m0 - B s)``, a form that stays finite as
+    ``d -> 0`` or ``m1 -> 0`` (a cell that dies in place). Masses default to one (balanced ends).
+
+    Parameters
+    ----------
+    delta
+        Length scale of the WFR metric (``delta -> inf`` gives the straight OT-CFM path).
+    sigma
+        Optional Gaussian noise added to the position (not to the targets).
+    """
+
+    def __init__(self, delta: float, sigma: float = 0.0):
+        if not delta > 0:
+            raise ValueError(f"delta must be positive, got {delta}")
+        self.delta, self.sigma = float(delta), float(sigma)
+
+    def sample(self, x0, x1, s, eps, m0=None, m1=None) -> PathSample:
+        """Points, velocity, growth and weight at fractions ``s`` (shape ``(n, 1)``)."""
+        ones = torch.ones(x0.shape[0], dtype=x0.dtype, device=x0.device)
+        m0 = ones if m0 is None else m0
+        m1 = ones if m1 is None else m1
+        diff = x1 - x0
+        phi = (torch.linalg.vector_norm(diff, dim=1) / (2 * self.delta)).clamp(max=0.5 * math.pi)
+        root = torch.sqrt(m0 * m1)
+        a_coef = m0 + m1 - 2 * root * torch.cos(phi)
+        b_coef = m0 - root * torch.cos(phi)
+        w = root * torch.sin(phi)
+        omega = (root * torch.sinc(phi / math.pi))[:, None] * diff
+        s1 = s[:, 0]
+        mass = a_coef * s1**2 - 2 * b_coef * s1 + m0
+        denominator = m0 - b_coef * s1
+        ratio = torch.where(
+            w > 1e-12,
+            torch.atan2(s1 * w, denominator) / w.clamp(min=1e-12),
+            s1 / denominator.clamp(min=1e-12),
+        )
+        x = x0 + ratio[:, None] * omega + self.sigma * eps
+        return PathSample(
+            x=x, u=omega / mass[:, None], g=(2 * a_coef * s1 - 2 * b_coef) / mass, weight=mass / m0
+        )

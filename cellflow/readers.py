@@ -28,6 +28,8 @@ class TimeCourse:
         One integer array per time point: the rows of the AnnData the cells came from.
     weights
         One positive array per time point (per-cell mass), or ``None`` for unit mass.
+    growth
+        One array per time point of prior growth rates (per unit time), or ``None``.
     use_rep, time_key
         Where the representation and the times were read from.
     """
@@ -36,6 +38,7 @@ class TimeCourse:
     populations: list[np.ndarray]
     indices: list[np.ndarray]
     weights: list[np.ndarray] | None = None
+    growth: list[np.ndarray] | None = None
     use_rep: str = "X_pca"
     time_key: str = "time"
     obs_times: np.ndarray = field(default=None, repr=False)
@@ -67,6 +70,7 @@ class TimeCourse:
             populations=[self.populations[i] for i in keep],
             indices=[self.indices[i] for i in keep],
             weights=None if self.weights is None else [self.weights[i] for i in keep],
+            growth=None if self.growth is None else [self.growth[i] for i in keep],
             use_rep=self.use_rep,
             time_key=self.time_key,
             obs_times=self.obs_times,
@@ -150,12 +154,28 @@ def get_representation(adata: AnnData, use_rep) -> np.ndarray:
     return rep
 
 
+def _per_cell(adata: AnnData, key: str | None, argument: str, positive: bool) -> np.ndarray | None:
+    """A finite numeric ``obs`` column (positive if asked), or ``None`` when ``key`` is ``None``."""
+    if key is None:
+        return None
+    if key not in adata.obs:
+        raise KeyError(f"{argument}={key!r} is not a column of adata.obs (columns: {list(adata.obs.columns)})")
+    values = adata.obs[key].to_numpy(dtype=float)
+    bad = ~np.isfinite(values) | ((values <= 0) if positive else False)
+    if bad.any():
+        first = adata.obs_names[np.flatnonzero(bad)[0]]
+        need = "positive and finite" if positive else "finite"
+        raise ValueError(f"obs[{key!r}] must be {need} for every cell (first offending cell: {first!r})")
+    return values
+
+
 def read_time_course(
     adata: AnnData,
     time_key: str = "time",
     use_rep="X_pca",
     weight_key: str | None = None,
     time_map: Mapping | None = None,
+    growth_key: str | None = None,
 ) -> TimeCourse:
     """Group the cells of ``adata`` by time point.
 
@@ -171,6 +191,9 @@ def read_time_course(
         Optional ``obs`` column of positive per-cell weights (mass).
     time_map
         Optional mapping from time labels (e.g. stage names) to numbers.
+    growth_key
+        Optional ``obs`` column of prior growth rates (log growth per unit time), e.g. from
+        :func:`cellflow.pp.score_growth`.
 
     Returns
     -------
@@ -186,21 +209,15 @@ def read_time_course(
         first = adata.obs_names[np.flatnonzero(~np.isfinite(times))[0]]
         raise ValueError(f"obs[{time_key!r}] has missing or infinite times (first cell: {first!r}); drop those cells")
     rep = get_representation(adata, use_rep)
-    weights = None
-    if weight_key is not None:
-        if weight_key not in adata.obs:
-            raise KeyError(f"weight_key={weight_key!r} is not a column of adata.obs")
-        weights_all = adata.obs[weight_key].to_numpy(dtype=float)
-        if not (np.isfinite(weights_all) & (weights_all > 0)).all():
-            raise ValueError(f"obs[{weight_key!r}] must be positive and finite for every cell")
-        weights = []
+    weights_all = _per_cell(adata, weight_key, "weight_key", positive=True)
+    growth_all = _per_cell(adata, growth_key, "growth_key", positive=False)
     unique = np.unique(times)
     if unique.size < 2:
         raise ValueError(
             f"obs[{time_key!r}] holds {unique.size} time point(s) ({unique.tolist()}); "
             "at least 2 are needed to learn dynamics"
         )
-    populations, indices = [], []
+    populations, indices, weights, growth = [], [], [], []
     for t in unique:
         idx = np.flatnonzero(times == t)
         if idx.size < 2:
@@ -210,13 +227,16 @@ def read_time_course(
             )
         indices.append(idx)
         populations.append(rep[idx])
-        if weights is not None:
+        if weights_all is not None:
             weights.append(weights_all[idx])
+        if growth_all is not None:
+            growth.append(growth_all[idx])
     return TimeCourse(
         times=unique.astype(float),
         populations=populations,
         indices=indices,
-        weights=weights,
+        weights=weights or None,
+        growth=growth or None,
         use_rep=use_rep if isinstance(use_rep, str) else "array",
         time_key=time_key,
         obs_times=times,

@@ -22,7 +22,8 @@ def _basis(use_rep: str) -> str:
 def _claim(adata: AnnData, store: str, key: str, key_added: str, overwrite: bool) -> None:
     """Refuse to overwrite a key that cellflow did not write, unless told to."""
     ours = adata.uns.get(key_added, {}).get("written_keys", [])
-    if key in getattr(adata, store) and f"{store}/{key}" not in list(ours) and not overwrite:
+    existing = adata.obs.columns if store == "obs" else getattr(adata, store).keys()
+    if key in existing and f"{store}/{key}" not in list(ours) and not overwrite:
         raise ValueError(
             f"adata.{store}[{key!r}] already exists and was not written by cellflow; "
             "pass key_added='another_name' or overwrite=True"
@@ -36,6 +37,7 @@ def fit(
     method: str = "otcfm",
     *,
     weight_key: str | None = None,
+    growth_key: str | None = None,
     time_map: Mapping | None = None,
     key_added: str = "cellflow",
     overwrite: bool = False,
@@ -53,9 +55,14 @@ def fit(
     use_rep
         ``obsm`` key, ``"X"`` or a layer holding the representation to learn in.
     method
-        ``"otcfm"`` (default), ``"sbcfm"`` or ``"icfm"``; see :class:`cellflow.CellFlow`.
+        ``"otcfm"`` (default), ``"sbcfm"``, ``"icfm"``, or ``"wfr"`` (unbalanced, with growth);
+        see :class:`cellflow.CellFlow`.
     weight_key
         Optional ``obs`` column of per-cell masses.
+    growth_key
+        Optional ``obs`` column of prior growth rates (log growth per time unit, e.g. from
+        :func:`cellflow.pp.score_growth`): the source marginal of each interval's coupling
+        becomes ``mass * exp(rate * dt)``.
     time_map
         Optional mapping of time labels to numbers (stage names).
     key_added
@@ -72,12 +79,14 @@ def fit(
     The trained model. Writes ``obsm["{key_added}_velocity_{basis}"]`` (velocity in the
     representation, per unit of time), ``layers["{key_added}_velocity"]`` (gene space, when
     ``use_rep="X_pca"`` and ``varm["PCs"]`` exist), ``uns["{key_added}_velocity_params"]`` and
-    ``uns[key_added]`` (the model as plain arrays: an ``.h5ad`` round trip restores it).
+    ``uns[key_added]`` (the model as plain arrays: an ``.h5ad`` round trip restores it); for
+    methods with growth also ``obs["{key_added}_growth_rate"]`` (``d log m / dt`` per time unit).
     """
-    course = read_time_course(adata, time_key, use_rep, weight_key, time_map)
+    course = read_time_course(adata, time_key, use_rep, weight_key, time_map, growth_key)
     model = CellFlow(method, **model_kwargs).fit(course, progress=progress)
     rep = get_representation(adata, use_rep)
     velocity = model.velocity(rep, course.obs_times).astype(np.float32)
+    growth_key_added = f"{key_added}_growth_rate"
 
     basis = _basis(use_rep)
     obsm_key, layer_key = f"{key_added}_velocity_{basis}", f"{key_added}_velocity"
@@ -91,7 +100,12 @@ def fit(
     if gene_velocity is not None:
         _claim(adata, "layers", layer_key, key_added, overwrite)
         written.append(f"layers/{layer_key}")
+    if model.has_growth:
+        _claim(adata, "obs", growth_key_added, key_added, overwrite)
+        written.append(f"obs/{growth_key_added}")
 
+    if model.has_growth:
+        adata.obs[growth_key_added] = model.growth(rep, course.obs_times)
     adata.obsm[obsm_key] = velocity
     if gene_velocity is not None:
         adata.layers[layer_key] = gene_velocity
@@ -152,7 +166,8 @@ def interpolate(
     -------
     A new AnnData with one row per starting cell: predicted positions in ``obsm[use_rep]``,
     gene space in ``X`` where PCA loadings exist, ``obs["time"]``, ``obs["cellflow_mass"]``
-    (how many cells each row stands for) and ``obs["source_cell"]``.
+    (how many cells each row stands for: one at ``from_time``, changed by the growth field of
+    unbalanced methods, so that its sum predicts the population size) and ``obs["source_cell"]``.
     """
     if key not in adata.uns:
         raise KeyError(f"adata.uns[{key!r}] does not exist: run cellflow.tl.fit first")
@@ -161,10 +176,12 @@ def interpolate(
     use_rep = str(state["use_rep"])
     course = read_time_course(adata, str(state["time_key"]), use_rep, time_map=state.get("time_map"))
     k = course.index_of(from_time)
-    positions = model.push(course.populations[k], float(from_time), float(to_time), method=solver, step_size=step_size)
+    positions, mass = model.push(
+        course.populations[k], float(from_time), float(to_time), return_mass=True, method=solver, step_size=step_size
+    )
     source = adata.obs_names[course.indices[k]]
     obs = pd.DataFrame(
-        {"time": float(to_time), "cellflow_mass": 1.0, "source_cell": np.asarray(source)},
+        {"time": float(to_time), "cellflow_mass": mass, "source_cell": np.asarray(source)},
         index=[f"{name}@{float(to_time):g}" for name in source],
     )
     genes = _gene_space(adata, positions, use_rep)
@@ -213,7 +230,9 @@ def leave_one_out(
     Returns
     -------
     One row per method, held-out time and seed: ``w1``, ``w2``, ``mmd`` (see
-    :mod:`cellflow.metrics`) and ``seconds`` (fit and prediction).
+    :mod:`cellflow.metrics`; predicted cells weighted by their normalised mass),
+    ``mass_error`` (relative error of the predicted population size, DESIGN.md section 3) and
+    ``seconds`` (fit and prediction).
     """
     course = read_time_course(adata, time_key, use_rep, time_map=time_map)
     methods = [method] if isinstance(method, str) else list(method)

@@ -14,11 +14,14 @@ from ._utils import progress_bar
 
 @dataclass
 class Batch:
-    """Regression targets for the velocity field at points ``x`` and times ``t``."""
+    """Regression targets at points ``x`` and times ``t``: velocity ``u`` and, for unbalanced
+    methods, growth ``g`` (``d log m / dt``) with per-point loss weights ``weight``."""
 
     x: torch.Tensor
     t: torch.Tensor
     u: torch.Tensor
+    g: torch.Tensor | None = None
+    weight: torch.Tensor | None = None
 
 
 class PairObjective:
@@ -36,30 +39,45 @@ class PairObjective:
         Conditional path (see :mod:`cellflow.paths`).
     batch_size
         Pairs drawn per interval and step.
+    growth
+        Produce growth targets (zero where the path gives none).
     """
 
-    def __init__(self, populations, times, samplers, path, batch_size: int):
+    def __init__(self, populations, times, samplers, path, batch_size: int, growth: bool = False):
         self.populations = populations
         self.times = [float(t) for t in times]
         self.samplers = samplers
         self.path = path
         self.batch_size = int(batch_size)
+        self.growth = growth
 
     def draw(self, rng: np.random.Generator) -> Batch:
         """One batch: ``batch_size`` pairs from every interval, at uniform fractions of it."""
-        xs, ts, us = [], [], []
+        parts = []
         for k, sampler in enumerate(self.samplers):
-            i, j = sampler.sample(self.batch_size, rng)
             source, target = self.populations[k], self.populations[k + 1]
-            x0 = source[torch.from_numpy(i).to(source.device)]
-            x1 = target[torch.from_numpy(j).to(target.device)]
-            s = torch.rand(self.batch_size, 1, device=x0.device, dtype=x0.dtype)
-            point = self.path.sample(x0, x1, s, torch.randn_like(x0))
+            device, dtype = source.device, source.dtype
+            pairs = sampler.sample(self.batch_size, rng)
+            x0 = source[torch.from_numpy(pairs.i).to(device)]
+            x1 = target[torch.from_numpy(pairs.j).to(device)]
+            s = torch.rand(self.batch_size, 1, device=device, dtype=dtype)
+            m0 = m1 = None
+            if pairs.m0 is not None:
+                m0 = torch.as_tensor(pairs.m0, device=device, dtype=dtype)
+                m1 = torch.as_tensor(pairs.m1, device=device, dtype=dtype)
+                died = torch.from_numpy(pairs.died).to(device)[:, None]
+                x1 = torch.where(died, x0, x1)  # a dying cell stays where it is
+                s = torch.where(died, s.clamp(max=0.99), s)  # its growth target diverges at s = 1
+            point = self.path.sample(x0, x1, s, torch.randn_like(x0), m0, m1)
             span = self.times[k + 1] - self.times[k]
-            xs.append(point.x)
-            ts.append(self.times[k] + span * s)
-            us.append(point.u / span)
-        return Batch(x=torch.cat(xs), t=torch.cat(ts), u=torch.cat(us))
+            g = point.g / span if point.g is not None else torch.zeros_like(s[:, 0])
+            parts.append((point.x, self.times[k] + span * s, point.u / span, g, point.weight))
+        x, t, u, g, weight = zip(*parts)
+        return Batch(
+            x=torch.cat(x), t=torch.cat(t), u=torch.cat(u),
+            g=torch.cat(g) if self.growth else None,
+            weight=torch.cat(weight) if weight[0] is not None else None,
+        )
 
 
 def train(
@@ -69,21 +87,27 @@ def train(
     n_steps: int,
     lr: float = 1e-3,
     ema_decay: float | None = 0.999,
+    growth_weight: float = 1.0,
     rng: np.random.Generator,
     progress: bool = True,
 ) -> tuple[nn.Module, np.ndarray]:
     """Fit ``net(x, t)`` to the targets of ``objective`` by Adam on the squared error.
 
+    The loss is ``E[(|v - u|^2 + growth_weight |g_net - g|^2) * weight]``, the growth term and
+    the weight only where the batch has them.
+
     Parameters
     ----------
     net
-        The field, trained in place.
+        The field, trained in place: returns a velocity, or ``(velocity, growth)``.
     objective
         Anything with ``draw(rng) -> Batch``.
     n_steps
         Optimiser steps.
     lr
         Adam learning rate.
+    growth_weight
+        Weight ``kappa`` of the growth error.
     ema_decay
         Decay of an exponential moving average of the weights (``None``: no average). Early on
         the decay is ``min(ema_decay, (1 + step) / (10 + step))`` so the first weights do not linger.
@@ -102,7 +126,14 @@ def train(
     bar = progress_bar(n_steps, "training", progress)
     for step in range(n_steps):
         batch = objective.draw(rng)
-        loss = ((net(batch.x, batch.t) - batch.u) ** 2).sum(dim=1).mean()
+        output = net(batch.x, batch.t)
+        velocity, growth = output if isinstance(output, tuple) else (output, None)
+        error = ((velocity - batch.u) ** 2).sum(dim=1)
+        if batch.g is not None:
+            error = error + growth_weight * (growth[:, 0] - batch.g) ** 2
+        if batch.weight is not None:
+            error = error * batch.weight
+        loss = error.mean()
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         optimiser.step()
