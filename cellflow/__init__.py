@@ -1,9 +1,9 @@
 """cellflow: single-cell trajectory alignment by optimal transport and flow matching."""
 
-from . import datasets, metrics, pl, pp, tl
+from . import datasets, io, metrics, pl, pp, tl
 from .model import CellFlow
 from .readers import TimeCourse, read_time_course
 
 __version__ = "0.1.0"
 
-__all__ = ["CellFlow", "TimeCourse", "datasets", "metrics", "pl", "pp", "read_time_course", "tl", "__version__"]
+__all__ = ["CellFlow", "TimeCourse", "datasets", "io", "metrics", "pl", "pp", "read_time_course", "tl", "__version__"]

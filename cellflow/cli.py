@@ -32,6 +32,7 @@ def _fit(args) -> None:
     from . import tl
 
     adata = ad.read_h5ad(args.input)
+    print(f"read {adata.n_obs} cells x {adata.n_vars} genes; fitting {args.method} ({args.steps} steps)", flush=True)
     tl.fit(adata, time_key=args.time_key, use_rep=args.use_rep, method=args.method, seed=args.seed,
            n_steps=args.steps, device=args.device)
     adata.write_h5ad(args.out)
@@ -44,6 +45,7 @@ def _interpolate(args) -> None:
     from . import tl
 
     adata = ad.read_h5ad(args.input)
+    print(f"pushing the cells of time {args.from_time:g} to {args.to_time:g}", flush=True)
     pred = tl.interpolate(adata, args.from_time, args.to_time)
     pred.write_h5ad(args.out)
     print(f"wrote {pred.n_obs} predicted cells at time {args.to_time:g} to {Path(args.out).resolve()}")
@@ -55,6 +57,7 @@ def _benchmark(args) -> None:
     from . import tl
 
     adata = ad.read_h5ad(args.input)
+    print(f"read {adata.n_obs} cells; leave-one-out with {args.method}, seeds {args.seeds}", flush=True)
     table = tl.leave_one_out(adata, time_key=args.time_key, use_rep=args.use_rep, method=args.method,
                              seeds=args.seeds, n_steps=args.steps)
     if args.out:
@@ -66,12 +69,15 @@ def _benchmark(args) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``cellflow`` command."""
+    from .model import METHODS
+
+    method_help = f"one of {', '.join(METHODS)} (default: otcfm; wfr learns growth too)"
     parser = argparse.ArgumentParser(prog="cellflow", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
     demo = commands.add_parser("demo", help="fit the simulated default time course; write .h5ad and a velocity plot")
     demo.add_argument("--out", default="cellflow_demo", help="output folder (default: ./cellflow_demo)")
-    demo.add_argument("--method", default="otcfm")
+    demo.add_argument("--method", default="otcfm", help=method_help)
     demo.add_argument("--steps", type=int, default=2000, help="training steps")
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(run=_demo)
@@ -80,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("input", help="input .h5ad")
         sub.add_argument("--time-key", default="time", help="obs column with each cell's time")
         sub.add_argument("--use-rep", default="X_pca", help="obsm key, 'X' or a layer")
-        sub.add_argument("--method", default="otcfm")
+        sub.add_argument("--method", default="otcfm", help=method_help)
         sub.add_argument("--steps", type=int, default=2000, help="training steps")
 
     fit = commands.add_parser("fit", help="learn velocity; write it into a copy of the .h5ad")
@@ -112,7 +118,7 @@ def main(argv=None) -> int:
         args.run(args)
     except (KeyError, ValueError, FileNotFoundError, OSError) as err:
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
-        print(f"cellflow {args.command}: error: {message}", file=sys.stderr)
+        print(f"cellflow {args.command}: error: {' '.join(str(message).split())}", file=sys.stderr)
         return 1
     return 0
 

@@ -43,6 +43,14 @@ class IndependentSampler:
         j = np.searchsorted(self._cdf_b, rng.random(n) * self._cdf_b[-1], side="right")
         return Pairs(np.minimum(i, self._cdf_a.size - 1), np.minimum(j, self._cdf_b.size - 1))
 
+    def sources(self, n: int, rng: np.random.Generator) -> np.ndarray:
+        """Draw ``n`` source cells in proportion to their mass."""
+        return self.sample(n, rng).i
+
+    def conditional(self, i: np.ndarray, rng: np.random.Generator) -> Pairs:
+        """A partner for each source cell ``i``: independent of ``i``."""
+        return Pairs(i, self.sample(len(i), rng).j)
+
 
 class PlanSampler:
     """Pairs drawn in proportion to a sparse transport plan.
@@ -56,9 +64,10 @@ class PlanSampler:
     def __init__(self, plan: sp.spmatrix):
         self.plan = sp.csr_matrix(plan)
         self.plan.eliminate_zeros()
-        coo = self.plan.tocoo()
+        coo = self.plan.tocoo()  # row-major order, so each row's entries are contiguous
         self._rows, self._cols = coo.row, coo.col
         self._cdf = np.cumsum(coo.data, dtype=float)
+        self._row_start = self.plan.indptr
 
     def sample(self, n: int, rng: np.random.Generator) -> Pairs:
         """Draw ``n`` pairs with probability proportional to the plan."""
@@ -68,6 +77,22 @@ class PlanSampler:
     def _draw(self, n: int, rng: np.random.Generator) -> np.ndarray:
         k = np.searchsorted(self._cdf, rng.random(n) * self._cdf[-1], side="right")
         return np.minimum(k, self._cdf.size - 1)
+
+    def _draw_in_rows(self, i: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """For each source cell ``i``, an entry of its own row, in proportion to the plan."""
+        start, stop = self._row_start[i], self._row_start[i + 1]
+        low = np.where(start > 0, self._cdf[np.maximum(start - 1, 0)], 0.0)
+        high = self._cdf[np.maximum(stop - 1, 0)]
+        k = np.searchsorted(self._cdf, low + rng.random(len(i)) * (high - low), side="right")
+        return np.clip(k, start, np.maximum(stop - 1, start))
+
+    def sources(self, n: int, rng: np.random.Generator) -> np.ndarray:
+        """Draw ``n`` source cells in proportion to the plan's row sums."""
+        return self._rows[self._draw(n, rng)]
+
+    def conditional(self, i: np.ndarray, rng: np.random.Generator) -> Pairs:
+        """A partner for each source cell ``i`` from that cell's own row of the plan."""
+        return Pairs(i, self._cols[self._draw_in_rows(i, rng)])
 
 
 def _blocks(n0: int, n1: int, block_size: int, rng: np.random.Generator):
@@ -203,16 +228,25 @@ class WFRSampler(PlanSampler):
         orphans = np.flatnonzero(row_sums <= 0)
         self.plan = plan
         self.n_died = orphans.size
-        self._rows = np.concatenate([coo.row, orphans])
-        self._cols = np.concatenate([coo.col, np.zeros(orphans.size, dtype=coo.col.dtype)])
-        self._m0 = np.concatenate([m0, a[orphans]])
-        self._m1 = np.concatenate([m1, np.zeros(orphans.size)])
-        self._died = np.concatenate([np.zeros(coo.nnz, bool), np.ones(orphans.size, bool)])
+        rows = np.concatenate([coo.row, orphans])
+        order = np.argsort(rows, kind="stable")  # each row's entries contiguous, as for PlanSampler
+        self._rows = rows[order]
+        self._cols = np.concatenate([coo.col, np.zeros(orphans.size, dtype=coo.col.dtype)])[order]
+        self._m0 = np.concatenate([m0, a[orphans]])[order]
+        self._m1 = np.concatenate([m1, np.zeros(orphans.size)])[order]
+        self._died = np.concatenate([np.zeros(coo.nnz, bool), np.ones(orphans.size, bool)])[order]
         self._cdf = np.cumsum(self._m0)
+        self._row_start = np.searchsorted(self._rows, np.arange(plan.shape[0] + 1))
 
     def sample(self, n: int, rng: np.random.Generator) -> Pairs:
         """Draw ``n`` pairs in proportion to ``gamma0``, with their masses."""
-        k = self._draw(n, rng)
+        return self._pairs(self._draw(n, rng))
+
+    def conditional(self, i: np.ndarray, rng: np.random.Generator) -> Pairs:
+        """A partner for each source cell ``i`` from its own row, with the pair's masses."""
+        return self._pairs(self._draw_in_rows(i, rng))
+
+    def _pairs(self, k: np.ndarray) -> Pairs:
         return Pairs(self._rows[k], self._cols[k], self._m0[k], self._m1[k], self._died[k])
 
 
@@ -288,3 +322,24 @@ def default_delta(populations, quantile: float = 0.9, block_size: int = 2048, se
     cumulative = np.cumsum(masses[order]) / masses.sum()
     q = lengths[order][min(np.searchsorted(cumulative, quantile), lengths.size - 1)]
     return float(2 * q / np.pi) if q > 0 else 1.0
+
+
+def sample_chains(samplers, n: int, rng: np.random.Generator) -> list[Pairs]:
+    """Chain the plans of consecutive intervals into ``n`` tuples ``(x_0, ..., x_K)``.
+
+    ``x_0`` is drawn in proportion to the first plan's source marginal; each next cell is
+    drawn from the plan row of the cell just drawn (conditioning on that cell's own row, so
+    monotone plans give rank-preserving chains).
+
+    Returns
+    -------
+    One :class:`Pairs` per interval: the chain's cells (indices into the two populations)
+    at both ends, with masses where the coupling is unbalanced.
+    """
+    i = samplers[0].sources(n, rng)
+    links = []
+    for sampler in samplers:
+        pairs = sampler.conditional(i, rng)
+        links.append(pairs)
+        i = pairs.j
+    return links

@@ -11,9 +11,9 @@ from ._utils import resolve_device, seed_everything
 from .couplings import EntropicOTCoupling, ExactOTCoupling, IndependentCoupling, WFRCoupling, default_delta
 from .integration import integrate
 from .networks import TimeMLP, VelocityGrowthField
-from .paths import BrownianBridgePath, LinearPath, VariancePreservingPath, WFRPath
+from .paths import BrownianBridgePath, CubicSplinePath, LinearPath, VariancePreservingPath, WFRPath
 from .readers import TimeCourse
-from .training import PairObjective, train
+from .training import PairObjective, TupleObjective, train
 
 COUPLINGS = {
     "independent": IndependentCoupling,
@@ -21,12 +21,19 @@ COUPLINGS = {
     "entropic": EntropicOTCoupling,
     "wfr": WFRCoupling,
 }
-PATHS = {"linear": LinearPath, "brownian": BrownianBridgePath, "vp": VariancePreservingPath, "wfr": WFRPath}
+PATHS = {
+    "linear": LinearPath,
+    "brownian": BrownianBridgePath,
+    "vp": VariancePreservingPath,
+    "wfr": WFRPath,
+    "spline": CubicSplinePath,
+}
 METHODS = {
     "icfm": ("independent", "linear"),
     "otcfm": ("exact", "linear"),
     "sbcfm": ("entropic", "brownian"),
     "wfr": ("wfr", "wfr"),
+    "mmfm": ("exact", "spline"),
 }
 
 
@@ -44,11 +51,15 @@ class CellFlow:
         ``"icfm"`` (independent coupling, straight paths), ``"otcfm"`` (exact OT, straight
         paths), ``"sbcfm"`` (entropic OT with ``reg = 2 sigma**2``, Brownian bridges) or
         ``"wfr"`` (unbalanced Wasserstein-Fisher-Rao coupling and geodesics, WFR-FM: learns a
-        growth field too).
+        growth field too), or ``"mmfm"`` (multimarginal: the plans of consecutive intervals
+        chained into tuples through every time point, a cubic spline through each tuple).
     coupling, path
         Override the method's coupling (``"independent"``, ``"exact"``, ``"entropic"``,
-        ``"wfr"``) or path (``"linear"``, ``"brownian"``, ``"vp"``, ``"wfr"``). A growth field
-        is learned whenever the coupling or the path is ``"wfr"``.
+        ``"wfr"``) or path (``"linear"``, ``"brownian"``, ``"vp"``, ``"wfr"``, ``"spline"``).
+        A growth field is learned whenever the coupling or the path is ``"wfr"``. With
+        ``"mmfm"`` a pair path is applied piecewise to each chain's own segment (e.g.
+        ``path="linear"``: piecewise linear; ``coupling="wfr", path="wfr"``: unbalanced
+        multimarginal); the spline always trains on chains.
     sigma
         Noise of the path, in units of the data's overall standard deviation (``"wfr"``
         method: no noise unless given).
@@ -133,10 +144,17 @@ class CellFlow:
             return EntropicOTCoupling(reg=p["reg"], block_size=p["block_size"])
         return WFRCoupling(delta=p["delta"] / self.scale, reg=p["reg"], block_size=p["block_size"])
 
-    def _path(self):
+    def _path(self, knots):
         if self.params["path"] == "wfr":
             return WFRPath(delta=self.params["delta"] / self.scale, sigma=self.params["sigma"])
+        if self.params["path"] == "spline":
+            return CubicSplinePath(knots, sigma=self.params["sigma"])
         return PATHS[self.params["path"]](sigma=self.params["sigma"])
+
+    @property
+    def multimarginal(self) -> bool:
+        """Whether training draws chains through all time points rather than pairs."""
+        return self.params["method"] == "mmfm" or self.params["path"] == "spline"
 
     def _network(self, n_dims: int):
         hidden = tuple(self.params["hidden"])
@@ -191,8 +209,9 @@ class CellFlow:
             p["delta"] = default_delta(cpu, block_size=p["block_size"], seed=p["seed"]) * self.scale
         samplers = self._samplers(course, cpu, rng)
         coupling_seconds = time.perf_counter() - start
-        objective = PairObjective(
-            internal, self._tau(course.times), samplers, self._path(), p["batch_size"], growth=self.has_growth
+        tau = self._tau(course.times)
+        objective = (TupleObjective if self.multimarginal else PairObjective)(
+            internal, tau, samplers, self._path(tau), p["batch_size"], growth=self.has_growth
         )
         net, loss = train(
             self._network(course.n_dims).to(self.device), objective, n_steps=p["n_steps"], lr=p["lr"],

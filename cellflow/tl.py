@@ -10,6 +10,7 @@ import scipy.sparse as sp
 from anndata import AnnData
 
 from . import benchmark
+from .analysis import ancestors, fate, transitions, trajectories
 from .model import CellFlow
 from .readers import get_representation, read_time_course
 

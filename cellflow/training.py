@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from ._utils import progress_bar
+from .couplings import sample_chains
 
 
 @dataclass
@@ -78,6 +79,77 @@ class PairObjective:
             g=torch.cat(g) if self.growth else None,
             weight=torch.cat(weight) if weight[0] is not None else None,
         )
+
+
+class TupleObjective:
+    """Multimarginal flow matching: chains through every time point, one path per tuple.
+
+    Each step draws ``batch_size * K`` chains ``(x_0, ..., x_K)`` (see
+    :func:`cellflow.couplings.sample_chains`) and gives each one time, stratified so that every
+    segment gets ``batch_size`` of them. The path is either a spline through all the knots
+    (``through_knots``) or a pair path applied to the chain's own segment (piecewise).
+
+    Parameters
+    ----------
+    populations, times, samplers, batch_size, growth
+        As for :class:`PairObjective`.
+    path
+        A :class:`cellflow.paths.CubicSplinePath` or any pair path.
+    """
+
+    def __init__(self, populations, times, samplers, path, batch_size: int, growth: bool = False):
+        self.populations = populations
+        self.times = torch.as_tensor(np.asarray(times, dtype=float))
+        self.samplers = samplers
+        self.path = path
+        self.batch_size = int(batch_size)
+        self.growth = growth
+
+    def draw(self, rng: np.random.Generator) -> Batch:
+        """One batch of chains, each evaluated at one time in its segment."""
+        n_segments = len(self.samplers)
+        n = self.batch_size * n_segments
+        device, dtype = self.populations[0].device, self.populations[0].dtype
+        links = sample_chains(self.samplers, n, rng)
+        knots = [self.populations[0][torch.from_numpy(links[0].i).to(device)]]
+        alive = torch.ones(n, dtype=torch.bool, device=device)
+        alive_before = []
+        for k, link in enumerate(links):
+            alive_before.append(alive)
+            nxt = self.populations[k + 1][torch.from_numpy(link.j).to(device)]
+            if link.died is not None:
+                # a dying chain stays where it died: later knots repeat its last position
+                alive = alive & ~torch.from_numpy(link.died).to(device)
+            knots.append(torch.where(alive[:, None], nxt, knots[-1]))
+        tuples = torch.stack(knots)
+        segment = torch.arange(n, device=device) % n_segments
+        rows = torch.arange(n, device=device)
+        s = torch.rand(n, 1, device=device, dtype=dtype)
+        widths = (self.times[1:] - self.times[:-1]).to(device=device, dtype=dtype)[segment]
+        m0 = m1 = weight_alive = None
+        if links[0].m0 is not None:
+            pick = lambda name: torch.as_tensor(np.stack([getattr(l, name) for l in links]), device=device)  # noqa: E731
+            m0 = pick("m0").to(dtype)[segment, rows]
+            m1 = pick("m1").to(dtype)[segment, rows]
+            died = pick("died")[segment, rows]
+            s = torch.where(died[:, None], s.clamp(max=0.99), s)
+            weight_alive = torch.stack(alive_before)[segment, rows].to(dtype)
+        eps = torch.randn_like(tuples[0])
+        if getattr(self.path, "through_knots", False):
+            point = self.path.sample(tuples, segment, s, eps)
+            u = point.u
+            if m0 is not None:
+                mass = (1 - s[:, 0]) * m0 + s[:, 0] * m1
+                point.g, point.weight = (m1 - m0) / mass, mass / m0
+        else:
+            point = self.path.sample(tuples[segment, rows], tuples[segment + 1, rows], s, eps, m0, m1)
+            u = point.u / widths[:, None]
+        g = point.g / widths if point.g is not None else torch.zeros(n, device=device, dtype=dtype)
+        weight = point.weight
+        if weight_alive is not None:
+            weight = weight * weight_alive
+        t = self.times.to(device=device, dtype=dtype)[segment][:, None] + widths[:, None] * s
+        return Batch(x=point.x, t=t, u=u, g=g if self.growth else None, weight=weight)
 
 
 def train(
