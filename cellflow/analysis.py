@@ -21,7 +21,7 @@ from anndata import AnnData
 
 from ._utils import progress_bar
 from .model import CellFlow
-from .readers import TimeCourse, get_representation, read_time_course
+from .readers import TimeCourse, read_time_course
 
 _CHUNK = 8192  # cells pushed and matched together; bounds memory and paces the progress bar
 
@@ -50,7 +50,10 @@ def _fitted(adata: AnnData, key: str, model: CellFlow | None) -> _Fitted:
     use_rep, time_key = str(state["use_rep"]), str(state["time_key"])
     course = read_time_course(adata, time_key, use_rep, time_map=state.get("time_map"))
     model = model if model is not None else CellFlow.from_dict(state)
-    return _Fitted(model, course, get_representation(adata, use_rep), use_rep, time_key)
+    rep = np.empty((adata.n_obs, course.n_dims), dtype=np.float32)  # every cell has a time point
+    for rows, cells in zip(course.indices, course.populations):
+        rep[rows] = cells
+    return _Fitted(model, course, rep, use_rep, time_key)
 
 
 def _group_codes(adata: AnnData, groupby: str, rows: np.ndarray) -> tuple[np.ndarray, list[str]]:
@@ -63,11 +66,11 @@ def _group_codes(adata: AnnData, groupby: str, rows: np.ndarray) -> tuple[np.nda
     labels = adata.obs[groupby].iloc[rows]
     present = labels.dropna()
     if isinstance(labels.dtype, pd.CategoricalDtype):
-        names = [c for c in labels.cat.categories if c in set(present)]
+        seen = set(present)
+        names = [c for c in labels.cat.categories if c in seen]
     else:
         names = sorted(pd.unique(present), key=str)
-    lookup = {name: i for i, name in enumerate(names)}
-    codes = np.array([lookup.get(v, -1) if not pd.isna(v) else -1 for v in labels], dtype=np.int64)
+    codes = pd.Categorical(labels.to_numpy(), categories=names).codes.astype(np.int64)  # -1: no label
     return codes, [str(n) for n in names]
 
 
@@ -139,7 +142,7 @@ def _soft_labels(index: np.ndarray, weights: np.ndarray, codes: np.ndarray, n_gr
     probs = np.zeros((len(index), n_groups))
     rows = np.repeat(np.arange(len(index)), index.shape[1])
     np.add.at(probs, (rows, codes[index].ravel()), weights.ravel())
-    return probs
+    return np.minimum(probs, 1.0)  # a sum of normalised weights may round to just above one
 
 
 def _check_order(earlier: float, later: float, earlier_name: str, later_name: str, other: str) -> None:

@@ -105,6 +105,7 @@ def load_model(path: str | Path, device: str = "auto") -> CellFlow:
     version = int(flat.pop(_VERSION))
     if version > VERSION:
         raise ValueError(
-            f"{str(path)!r} is a model file of format version {version}; this cellflow reads up to {VERSION}: upgrade it"
+            f"{str(path)!r} is a model file of format version {version}; this cellflow reads up to {VERSION}: "
+            "upgrade cellflow"
         )
     return CellFlow.from_dict(_unflatten(flat), device=device)

@@ -74,7 +74,8 @@ def _colour_cells(fig, ax, points, values, label, cmap="viridis", s=6, **kwargs)
         codes, labels = categories.cat.codes.to_numpy(), categories.cat.categories
         scatter = ax.scatter(*points.T, c=codes, cmap="tab10" if len(labels) <= 10 else "tab20",
                              vmin=0, vmax=max(len(labels) - 1, 1), s=s, linewidths=0, **kwargs)
-        handles = [plt.Line2D([], [], marker="o", ls="", color=scatter.cmap(scatter.norm(i))) for i in range(len(labels))]
+        colours = [scatter.cmap(scatter.norm(i)) for i in range(len(labels))]
+        handles = [plt.Line2D([], [], marker="o", ls="", color=c) for c in colours]
         ax.legend(handles, labels, title=label, fontsize=7, frameon=False)
         return scatter
     scatter = ax.scatter(*points.T, c=None if values is None else np.asarray(values, dtype=float), cmap=cmap,
@@ -309,7 +310,9 @@ def fate(
     fate_key = fate_key or f"{key}_fate"
     table = adata.obsm[fate_key] if fate_key in adata.obsm else None
     if not isinstance(table, pd.DataFrame):
-        raise KeyError(f"adata.obsm[{fate_key!r}] is missing or not a table; run cellflow.tl.fate first (or pass fate_key=)")
+        raise KeyError(
+            f"adata.obsm[{fate_key!r}] is missing or not a table; run cellflow.tl.fate first (or pass fate_key=)"
+        )
     chosen = list(table.columns) if groups is None else ([groups] if isinstance(groups, str) else list(groups))
     unknown = [g for g in chosen if g not in table.columns]
     if unknown:

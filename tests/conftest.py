@@ -12,7 +12,7 @@ import cellflow as cf
 
 DATA_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 os.environ.setdefault("CELLFLOW_DATA_DIR", str(DATA_DIR))
-torch.set_num_threads(min(2, torch.get_num_threads()))
+torch.set_num_threads(1)  # small networks: one thread is as fast, and robust on a busy machine
 
 
 @pytest.fixture(scope="session")
