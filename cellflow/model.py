@@ -303,6 +303,19 @@ class CellFlow:
             "history": dict(self.history),
         }
 
+    def save(self, path) -> None:
+        """Write the model to a ``.npz`` file of plain arrays (see :func:`cellflow.io.save_model`)."""
+        from .io import save_model
+
+        save_model(self, path)
+
+    @classmethod
+    def load(cls, path, device: str = "auto") -> "CellFlow":
+        """Read a model file written by :meth:`save`; loading executes no code."""
+        from .io import load_model
+
+        return load_model(path, device=device)
+
     @classmethod
     def from_dict(cls, state: dict, device: str = "auto") -> "CellFlow":
         """Restore a model written by :meth:`to_dict` (e.g. read back from an ``.h5ad``)."""

@@ -138,3 +138,15 @@ def test_cli_bad_input_exits_1_with_one_line(cli_runs, name, needle):
     assert done.returncode == 1
     message = done.stderr.strip()
     assert "\n" not in message and message.startswith("cellflow ") and needle in message
+
+
+def test_model_object_save_and_load(tmp_path):
+    import cellflow as cf
+
+    adata = cf.datasets.simulate(n_cells=60, times=(0, 1, 2), seed=0)
+    model = cf.tl.fit(adata, method="wfr", n_steps=10, progress=False)
+    model.save(tmp_path / "model.npz")
+    restored = cf.CellFlow.load(tmp_path / "model.npz")
+    x = adata.obsm["X_pca"][:10]
+    np.testing.assert_array_equal(restored.velocity(x, 0.5), model.velocity(x, 0.5))
+    np.testing.assert_array_equal(restored.growth(x, 0.5), model.growth(x, 0.5))
