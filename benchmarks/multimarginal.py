@@ -1,0 +1,122 @@
+"""Multimarginal benchmark (issue 4): one model through all time points against pairwise OT-CFM.
+
+Leave one inner time point out (the held-out time is simply not a knot), 3 seeds, on kouno_thp1
+(10 PCs of log2 expression), emt, mouse_hematopoiesis and the moscot AnnData (10 PCs), for
+`mmfm` with the cubic-spline path and with the piecewise-linear path, pairwise `otcfm`, and the
+exact-OT interpolation baseline, all in the same run. TorchCFM's OT-CFM is in
+`benchmarks/leave_one_out.py`'s run (issue 2) on the same data and protocol.
+
+Run: ``python benchmarks/multimarginal.py [--steps 1000] [--seeds 0 1 2]``; writes its section of
+BENCHMARKS.md. Every fit uses one torch thread so that the run is not at the mercy of other jobs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import re
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import scanpy as sc
+import torch
+
+import cellflow as cf
+from cellflow import benchmark
+
+ROOT = Path(__file__).resolve().parents[1]
+os.environ.setdefault("CELLFLOW_DATA_DIR", str(ROOT.parent / "shared" / "data"))
+START, END = "<!-- multimarginal:start -->", "<!-- multimarginal:end -->"
+VARIANTS = {
+    "mmfm (spline)": dict(method="mmfm", path="spline"),
+    "mmfm (piecewise linear)": dict(method="mmfm", path="linear"),
+    "otcfm (pairwise)": dict(method="otcfm"),
+}
+
+
+def load(name: str):
+    """The dataset with ``obsm["X_pca"]``."""
+    if name == "kouno_thp1":
+        return cf.datasets.kouno_thp1(n_pcs=10)
+    adata = getattr(cf.datasets, name)()
+    if name == "moscot_temporal":
+        sc.pp.pca(adata, n_comps=10)
+    return adata
+
+
+def run(name: str, steps: int, seeds) -> pd.DataFrame:
+    """Leave-one-out rows for every variant and the baseline."""
+    course = cf.read_time_course(load(name), "time", "X_pca")
+    tables = []
+    for label, kwargs in VARIANTS.items():
+        table = benchmark.leave_one_out(
+            course, [kwargs.pop("method")], seeds=seeds, baseline=not tables, progress=False,
+            n_steps=steps, **kwargs,
+        )
+        table.loc[table["method"] != "ot_interpolation", "method"] = label
+        tables.append(table)
+        print(name, label, f"W1 {table.loc[table['method'] == label, 'w1'].mean():.4f}", flush=True)
+    return pd.concat(tables, ignore_index=True)
+
+
+def section(results: dict[str, pd.DataFrame], steps: int, seeds, minutes: float) -> str:
+    """The markdown section of BENCHMARKS.md."""
+    lines = [
+        START,
+        "## Multimarginal (`method=\"mmfm\"`) vs pairwise OT-CFM, leave one time point out",
+        "",
+        f"`python benchmarks/multimarginal.py --steps {steps} --seeds {' '.join(map(str, seeds))}` "
+        f"({platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, 1 thread; {minutes:.0f} min). "
+        "Mean ± std over seeds of the mean W1 over held-out times; ratio = W1 / pairwise otcfm's.",
+        "",
+        "| dataset | method | W1 | ratio to otcfm | W2 | seconds per fit |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, table in results.items():
+        per_seed = table.groupby(["method", "seed"])[["w1", "w2", "seconds"]].mean()
+        reference = per_seed.loc["otcfm (pairwise)", "w1"].mean()
+        for method in (*VARIANTS, "ot_interpolation"):
+            r = per_seed.loc[method]
+            spread = f" ± {r.w1.std(ddof=0):.3f}" if len(r) > 1 else ""
+            lines.append(
+                f"| {name} | {method} | {r.w1.mean():.3f}{spread} | {r.w1.mean() / reference:.2f} | "
+                f"{r.w2.mean():.3f} | {r.seconds.mean():.1f} |"
+            )
+    lines += ["", END]
+    return "\n".join(lines)
+
+
+def write_section(text: str) -> None:
+    """Replace (or append) this script's section of BENCHMARKS.md."""
+    path = ROOT / "BENCHMARKS.md"
+    current = path.read_text() if path.exists() else "# Benchmarks\n"
+    pattern = re.compile(re.escape(START) + ".*?" + re.escape(END), re.S)
+    current = pattern.sub(lambda _: text, current) if pattern.search(current) else current.rstrip() + "\n\n" + text + "\n"
+    path.write_text(current)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=1000)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--datasets", nargs="+", default=["kouno_thp1", "emt", "mouse_hematopoiesis", "moscot_temporal"])
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    clock = time.perf_counter()
+    results = {}
+    out = ROOT / "benchmarks" / "results"
+    out.mkdir(parents=True, exist_ok=True)
+    for name in args.datasets:
+        results[name] = run(name, args.steps, args.seeds)
+        results[name].to_csv(out / f"multimarginal_{name}.csv", index=False)
+    text = section(results, args.steps, args.seeds, (time.perf_counter() - clock) / 60)
+    write_section(text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
