@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import re
 import time
 from pathlib import Path
 
@@ -26,10 +25,10 @@ import torch
 
 import cellflow as cf
 from cellflow import benchmark
+from sections import write_section
 
 ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("CELLFLOW_DATA_DIR", str(ROOT.parent / "shared" / "data"))
-START, END = "<!-- multimarginal:start -->", "<!-- multimarginal:end -->"
 VARIANTS = {
     "mmfm (spline)": dict(method="mmfm", path="spline"),
     "mmfm (piecewise linear)": dict(method="mmfm", path="linear"),
@@ -51,10 +50,11 @@ def run(name: str, steps: int, seeds) -> pd.DataFrame:
     """Leave-one-out rows for every variant and the baseline."""
     course = cf.read_time_course(load(name), "time", "X_pca")
     tables = []
-    for label, kwargs in VARIANTS.items():
+    for label, variant in VARIANTS.items():
+        options = dict(variant)
         table = benchmark.leave_one_out(
-            course, [kwargs.pop("method")], seeds=seeds, baseline=not tables, progress=False,
-            n_steps=steps, **kwargs,
+            course, [options.pop("method")], seeds=seeds, baseline=not tables, progress=False,
+            n_steps=steps, **options,
         )
         table.loc[table["method"] != "ot_interpolation", "method"] = label
         tables.append(table)
@@ -65,7 +65,6 @@ def run(name: str, steps: int, seeds) -> pd.DataFrame:
 def section(results: dict[str, pd.DataFrame], steps: int, seeds, minutes: float) -> str:
     """The markdown section of BENCHMARKS.md."""
     lines = [
-        START,
         "## Multimarginal (`method=\"mmfm\"`) vs pairwise OT-CFM, leave one time point out",
         "",
         f"`python benchmarks/multimarginal.py --steps {steps} --seeds {' '.join(map(str, seeds))}` "
@@ -85,17 +84,8 @@ def section(results: dict[str, pd.DataFrame], steps: int, seeds, minutes: float)
                 f"| {name} | {method} | {r.w1.mean():.3f}{spread} | {r.w1.mean() / reference:.2f} | "
                 f"{r.w2.mean():.3f} | {r.seconds.mean():.1f} |"
             )
-    lines += ["", END]
     return "\n".join(lines)
 
-
-def write_section(text: str) -> None:
-    """Replace (or append) this script's section of BENCHMARKS.md."""
-    path = ROOT / "BENCHMARKS.md"
-    current = path.read_text() if path.exists() else "# Benchmarks\n"
-    pattern = re.compile(re.escape(START) + ".*?" + re.escape(END), re.S)
-    current = pattern.sub(lambda _: text, current) if pattern.search(current) else current.rstrip() + "\n\n" + text + "\n"
-    path.write_text(current)
 
 
 def main() -> int:
@@ -113,7 +103,7 @@ def main() -> int:
         results[name] = run(name, args.steps, args.seeds)
         results[name].to_csv(out / f"multimarginal_{name}.csv", index=False)
     text = section(results, args.steps, args.seeds, (time.perf_counter() - clock) / 60)
-    write_section(text)
+    write_section("multimarginal", text)
     print(text)
     return 0
 

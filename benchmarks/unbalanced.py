@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import re
 import time
 from pathlib import Path
 
@@ -25,11 +24,11 @@ import torch
 
 import cellflow as cf
 from cellflow.benchmark import leave_one_out, mass_error, score
+from sections import write_section
 
 ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("CELLFLOW_DATA_DIR", str(ROOT.parent / "shared" / "data"))
 METHODS = ("wfr", "otcfm")
-START, END = "<!-- unbalanced:start -->", "<!-- unbalanced:end -->"
 
 
 def simulation_gene(steps: int, seeds) -> pd.DataFrame:
@@ -74,7 +73,6 @@ def _fmt(values) -> str:
 def report(sim: pd.DataFrame, loo: dict[str, pd.DataFrame], steps: int, seeds, seconds: float) -> str:
     """The markdown section."""
     lines = [
-        START,
         "## Unbalanced transport: WFR-FM (`method=\"wfr\"`) vs balanced OT-CFM",
         "",
         f"`python benchmarks/unbalanced.py --steps {steps} --seeds {' '.join(map(str, seeds))}` "
@@ -109,17 +107,8 @@ def report(sim: pd.DataFrame, loo: dict[str, pd.DataFrame], steps: int, seeds, s
             lines.append(f"| {method} | {_fmt(r.w1)} | {_fmt(r.w2)} | {_fmt(r.mass_error)} | {_fmt(r.seconds)} |")
         if name == "emt":
             lines.append("| WFR-FM (published) | 0.298 | | | |")
-    lines += ["", END]
     return "\n".join(lines)
 
-
-def write_section(section: str) -> None:
-    """Replace (or append) this script's section of BENCHMARKS.md."""
-    path = ROOT / "BENCHMARKS.md"
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    pattern = re.compile(re.escape(START) + ".*?" + re.escape(END), re.S)
-    text = pattern.sub(lambda _: section, text) if pattern.search(text) else text.rstrip() + "\n\n" + section + "\n"
-    path.write_text(text)
 
 
 def main() -> int:
@@ -140,7 +129,7 @@ def main() -> int:
     for name, table in loo.items():
         table.to_csv(out / f"unbalanced_{name}.csv", index=False)
     section = report(sim, loo, args.steps, args.seeds, time.perf_counter() - clock)
-    write_section(section)
+    write_section("unbalanced", section)
     print(section)
     return 0
 
