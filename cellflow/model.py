@@ -11,7 +11,14 @@ from ._utils import resolve_device, seed_everything
 from .couplings import EntropicOTCoupling, ExactOTCoupling, IndependentCoupling, WFRCoupling, default_delta
 from .integration import integrate
 from .networks import TimeMLP, VelocityGrowthField
-from .paths import BrownianBridgePath, CubicSplinePath, LinearPath, VariancePreservingPath, WFRPath
+from .paths import (
+    BrownianBridgePath,
+    CubicSplinePath,
+    LinearPath,
+    MonotoneHermitePath,
+    VariancePreservingPath,
+    WFRPath,
+)
 from .readers import TimeCourse
 from .training import PairObjective, TupleObjective, train
 
@@ -27,6 +34,7 @@ PATHS = {
     "vp": VariancePreservingPath,
     "wfr": WFRPath,
     "spline": CubicSplinePath,
+    "hermite": MonotoneHermitePath,
 }
 METHODS = {
     "icfm": ("independent", "linear"),
@@ -147,14 +155,14 @@ class CellFlow:
     def _path(self, knots):
         if self.params["path"] == "wfr":
             return WFRPath(delta=self.params["delta"] / self.scale, sigma=self.params["sigma"])
-        if self.params["path"] == "spline":
-            return CubicSplinePath(knots, sigma=self.params["sigma"])
+        if self.params["path"] in ("spline", "hermite"):
+            return PATHS[self.params["path"]](knots, sigma=self.params["sigma"])
         return PATHS[self.params["path"]](sigma=self.params["sigma"])
 
     @property
     def multimarginal(self) -> bool:
         """Whether training draws chains through all time points rather than pairs."""
-        return self.params["method"] == "mmfm" or self.params["path"] == "spline"
+        return self.params["method"] == "mmfm" or self.params["path"] in ("spline", "hermite")
 
     def _network(self, n_dims: int):
         hidden = tuple(self.params["hidden"])

@@ -9,7 +9,7 @@ from scipy.stats import spearmanr
 
 import cellflow as cf
 from cellflow.couplings import ExactOTCoupling, WFRCoupling, sample_chains
-from cellflow.paths import CubicSplinePath
+from cellflow.paths import CubicSplinePath, MonotoneHermitePath
 
 
 def _chains(sizes, n, seed=0, coupling=None):
@@ -131,3 +131,26 @@ def test_unbalanced_multimarginal(path):
     model = cf.tl.fit(adata, method="mmfm", coupling="wfr", path=path, n_steps=60, progress=False)
     assert model.has_growth and model.multimarginal
     assert np.isfinite(adata.obs["cellflow_growth_rate"]).all()
+
+
+def test_monotone_hermite_hits_knots_matches_derivative_and_never_overshoots():
+    knots = torch.tensor([0.0, 0.02, 0.3, 0.35, 1.0], dtype=torch.float64)
+    tuples = torch.randn(5, 64, 3, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    path, zeros, h = MonotoneHermitePath(knots), torch.zeros(64, 3, dtype=torch.float64), 1e-6
+    for k in range(4):
+        segment = torch.full((64,), k)
+        ends = [path.sample(tuples, segment, torch.full((64, 1), e, dtype=torch.float64), zeros).x for e in (0.0, 1.0)]
+        torch.testing.assert_close(ends[0], tuples[k])
+        torch.testing.assert_close(ends[1], tuples[k + 1])
+        width = (knots[k + 1] - knots[k]).item()
+        s = torch.rand(64, 1, dtype=torch.float64) * 0.9 + 0.05
+        point = path.sample(tuples, segment, s, zeros)
+        ahead = path.sample(tuples, segment, s + h / width, zeros).x
+        behind = path.sample(tuples, segment, s - h / width, zeros).x
+        torch.testing.assert_close(point.u, (ahead - behind) / (2 * h), rtol=1e-5, atol=1e-5)
+        low, high = torch.minimum(tuples[k], tuples[k + 1]), torch.maximum(tuples[k], tuples[k + 1])
+        assert bool(((point.x >= low - 1e-12) & (point.x <= high + 1e-12)).all())
+    for k in range(3):  # C1 at inner knots
+        left = path.sample(tuples, torch.full((64,), k), torch.ones(64, 1, dtype=torch.float64), zeros).u
+        right = path.sample(tuples, torch.full((64,), k + 1), torch.zeros(64, 1, dtype=torch.float64), zeros).u
+        torch.testing.assert_close(left, right)
