@@ -16,8 +16,8 @@ What it runs (DESIGN.md section 3, issue 2 "What must show it"):
 * speed: cellflow ``otcfm`` vs ``icfm`` per training step on the same batch, and ``fit``
   wall time of cellflow ``otcfm`` vs the TorchCFM runner.
 
-Writes ``BENCHMARKS.md`` at the repository root (the whole file; ``--quick`` writes under
-``benchmarks/results/`` instead) and the raw per-run tables as CSV under
+Writes its own delimited section of ``BENCHMARKS.md`` at the repository root (the rest of the
+file is kept; ``--quick`` writes under ``benchmarks/results/`` instead) and the raw per-run tables as CSV under
 ``benchmarks/results/``. Run ``python benchmarks/leave_one_out.py --help`` for the options.
 """
 
@@ -36,8 +36,9 @@ from importlib import metadata
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:  # run from a checkout without installing the package
-    sys.path.insert(0, str(ROOT))
+for _path in (ROOT, ROOT / "benchmarks"):  # cellflow from a checkout, and the shared sections.py
+    if str(_path) not in sys.path:
+        sys.path.insert(0, str(_path))
 os.environ.setdefault("CELLFLOW_DATA_DIR", str(ROOT.parent / "shared" / "data"))
 
 import numpy as np  # noqa: E402
@@ -45,6 +46,7 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
 import cellflow  # noqa: E402
+from sections import write_section  # noqa: E402  (benchmarks/sections.py, shared by the benchmark scripts)
 import cellflow.benchmark as cf_benchmark  # noqa: E402
 from cellflow.integration import integrate  # noqa: E402
 from cellflow.networks import TimeMLP  # noqa: E402
@@ -60,6 +62,8 @@ HIDDEN = (256, 256, 256)
 BATCH_SIZE = 256
 LR = 1e-3
 SIGMA = 0.1  # path noise, in units of the data's overall standard deviation (both methods)
+
+SECTION = "leave_one_out"  # <!-- leave_one_out:start --> ... <!-- leave_one_out:end --> in BENCHMARKS.md
 
 METHOD_LABELS = {
     "otcfm": "cellflow otcfm",
@@ -257,16 +261,22 @@ def recording_fits():
         cf_benchmark.CellFlow = original
 
 
-def cellflow_leave_one_out(course: TimeCourse, seeds, n_steps: int, device: str) -> pd.DataFrame:
+def cellflow_leave_one_out(course: TimeCourse, seeds, n_steps: int, device: str, baseline: bool) -> pd.DataFrame:
     with recording_fits() as fits:
         table = cf_benchmark.leave_one_out(
-            course, ["otcfm"], seeds=seeds, baseline=True, progress=False, n_steps=n_steps, device=device,
+            course, ["otcfm"], seeds=seeds, baseline=baseline, progress=False, n_steps=n_steps, device=device,
         )
     trained = table["method"] != "ot_interpolation"
     if trained.sum() != len(fits) or list(table.loc[trained, "seed"]) != [f["seed"] for f in fits]:
         raise RuntimeError("could not match cellflow's fits to the rows of its leave-one-out table")
     extra = pd.DataFrame(fits, index=table.index[trained]).drop(columns=["method", "seed"])
     return table.join(extra)
+
+
+def warm_up(course: TimeCourse, device: str) -> None:
+    """A short fit of each trained method, so neither pays torch's first-call costs in a timing."""
+    cellflow.CellFlow("otcfm", n_steps=20, seed=0, device=device).fit(course, progress=False)
+    TorchCFMRunner(n_steps=20, seed=0, device=device).fit(course)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -279,9 +289,8 @@ def per_step_speed(course: TimeCourse, n_steps: int, repeats: int, device: str, 
     All on the full course (every interval, ``BATCH_SIZE`` pairs each per step), seed 0. A
     short warm-up fit of each comes first; the fits then alternate, ``repeats`` times.
     """
-    for method in ("otcfm", "icfm"):
-        cellflow.CellFlow(method, n_steps=20, seed=0, device=device).fit(course, progress=False)
-    TorchCFMRunner(n_steps=20, seed=0, device=device).fit(course)
+    warm_up(course, device)
+    cellflow.CellFlow("icfm", n_steps=20, seed=0, device=device).fit(course, progress=False)
     rows = []
     for r in range(repeats):
         for method in ("otcfm", "icfm"):
@@ -367,7 +376,9 @@ def machine_lines(device: str) -> list[str]:
         except metadata.PackageNotFoundError:
             return "not installed"
 
+    load = ", ".join(f"{v:.2f}" for v in os.getloadavg())
     return [
+        f"- load average (1, 5, 15 min) when this was written: {load} (other jobs on the machine slow every timing)",
         f"- CPU: {cpu}; `nproc` = {os.cpu_count()}; torch threads = {torch.get_num_threads()} "
         f"(interop {torch.get_num_interop_threads()}); device = {device}",
         f"- Python {platform.python_version()}, torch {torch.__version__}, torchcfm {version('torchcfm')}, "
@@ -375,12 +386,27 @@ def machine_lines(device: str) -> list[str]:
     ]
 
 
+def code_version() -> str:
+    """Commit of the checkout and whether ``cellflow/`` differs from it."""
+    import subprocess
+
+    def git(*cmd):
+        return subprocess.run(["git", "-C", str(ROOT), *cmd], capture_output=True, text=True, check=True).stdout.strip()
+
+    try:
+        commit = git("rev-parse", "--short", "HEAD")
+        dirty = git("status", "--porcelain", "--", "cellflow")
+    except (OSError, subprocess.CalledProcessError):
+        return "not a git checkout"
+    return f"commit {commit}, cellflow/ " + ("with uncommitted changes" if dirty else "as committed")
+
+
 def write_report(path: Path, *, command, args, device, started, elapsed, notes, table, summary, speed) -> str:
     methods = ["otcfm", "ot_interpolation", "torchcfm_otcfm"]
     out = [
-        "# Benchmarks",
+        "## Balanced leave-one-out: cellflow otcfm vs exact-OT interpolation and TorchCFM OT-CFM",
         "",
-        "<!-- Generated by benchmarks/leave_one_out.py; rerun it rather than editing by hand. -->",
+        "<!-- This section is regenerated by benchmarks/leave_one_out.py; rerun it rather than editing by hand. -->",
         "",
         f"Generated {started:%Y-%m-%d %H:%M} UTC in {elapsed / 60:.1f} min by",
         "",
@@ -388,11 +414,13 @@ def write_report(path: Path, *, command, args, device, started, elapsed, notes, 
         command,
         "```",
         "",
-        "## Machine",
+        f"Data: `CELLFLOW_DATA_DIR={os.environ['CELLFLOW_DATA_DIR']}`. Code: {code_version()}.",
+        "",
+        "### Machine",
         "",
         *machine_lines(device),
         "",
-        "## Protocol",
+        "### Protocol",
         "",
         "Leave one time point out (DESIGN.md section 3): for every inner time point t_k, fit on the",
         "other time points, push all cells of t_{k-1} to t_k and score against the held-out cells",
@@ -418,14 +446,14 @@ def write_report(path: Path, *, command, args, device, started, elapsed, notes, 
         "",
         *[f"- {name}: {note}" for name, note in notes.items()],
         "",
-        "## Accuracy and fit time",
+        "### Accuracy and fit time",
         "",
     ]
     for dataset in summary.dataset.unique():
         s = summary[summary.dataset == dataset].set_index("method")
         times = sorted(table[table.dataset == dataset].held_out_time.unique())
         out += [
-            f"### {dataset}",
+            f"#### {dataset}",
             "",
             f"Held-out times: {', '.join(f'{t:g}' for t in times)}.",
             "",
@@ -456,9 +484,9 @@ def write_report(path: Path, *, command, args, device, started, elapsed, notes, 
             out.append(f"| {t:g} | " + " | ".join(f"{row[m]:.3f}" for m in methods if m in per_time) + " |")
         out += ["", *verdict(dataset, summary), ""]
 
-    out += ["## Speed", "", "### Fit wall time, cellflow otcfm vs TorchCFM OT-CFM", "",
+    out += ["### Speed", "", "#### Fit wall time, cellflow otcfm vs TorchCFM OT-CFM", "",
             "Mean over the leave-one-out fits of each dataset (fit only: coupling and training; "
-            "cellflow's includes its one-time exact OT).", "",
+            "cellflow's includes its one-time exact OT), after a 20-step warm-up fit of each per dataset.", "",
             "| dataset | steps | cellflow otcfm fit s | of which coupling s | TorchCFM fit s | speed-up |",
             "|---|---:|---:|---:|---:|---:|"]
     for dataset in summary.dataset.unique():
@@ -473,7 +501,7 @@ def write_report(path: Path, *, command, args, device, started, elapsed, notes, 
     ratio = ot_step / ind_step
     out += [
         "",
-        "### Per training step, cellflow otcfm vs icfm (same batch)",
+        "#### Per training step, cellflow otcfm vs icfm (same batch)",
         "",
         f"emt, all 4 time points (3 intervals x {BATCH_SIZE} pairs per step), seed 0, {int(speed.n_steps.iloc[0])} steps,",
         f"median of {speed.repeat.nunique()} alternating repeats after a warm-up fit. ms/step excludes cellflow's "
@@ -488,14 +516,14 @@ def write_report(path: Path, *, command, args, device, started, elapsed, notes, 
         + ("met." if ratio <= 1.5 else "not met."),
         f"TorchCFM OT-CFM / cellflow otcfm per step: {med.loc['TorchCFM OT-CFM', 'ms_per_step'] / ot_step:.1f}x.",
         "",
-        "## Raw tables",
+        "### Raw tables",
         "",
         f"Per-run rows: `{args.csv_name}`; speed rows: `{args.speed_csv_name}` (under `benchmarks/results/`, "
         "not committed).",
         "",
     ]
     text = "\n".join(out)
-    path.write_text(text)
+    write_section(SECTION, text, path)  # only this script's marked section; the rest of the file is kept
     return text
 
 
@@ -517,15 +545,15 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads for every fit (default: torch's default)")
     p.add_argument("--device", default="auto", help="torch device of both trained methods (auto: CUDA when present)")
     p.add_argument("--out", type=Path, default=None,
-                   help="report path (default BENCHMARKS.md at the repository root; benchmarks/results/BENCHMARKS_quick.md with --quick)")
+                   help="report file whose delimited section is (re)written (default BENCHMARKS.md at the repository root; benchmarks/results/BENCHMARKS_quick.md with --quick)")
     args = p.parse_args(argv)
     args.steps = args.steps or (200 if args.quick else 2000)
     args.seeds = args.seeds if args.seeds is not None else ([0] if args.quick else [0, 1, 2])
     args.datasets = args.datasets or (["emt"] if args.quick else list(DATASETS))
     args.speed_steps = args.speed_steps or (100 if args.quick else 300)
     args.speed_repeats = args.speed_repeats or (1 if args.quick else 3)
-    suffix = "_quick" if args.quick else ""
-    args.out = args.out or (ROOT / "benchmarks" / "results" / f"BENCHMARKS{suffix}.md" if args.quick else ROOT / "BENCHMARKS.md")
+    suffix = f"_{args.steps}steps_{args.threads or torch.get_num_threads()}threads" + ("_quick" if args.quick else "")
+    args.out = args.out or (ROOT / "benchmarks" / "results" / "BENCHMARKS_quick.md" if args.quick else ROOT / "BENCHMARKS.md")
     args.csv_name = f"leave_one_out{suffix}.csv"
     args.speed_csv_name = f"speed{suffix}.csv"
     return args
@@ -552,6 +580,8 @@ def main(argv=None) -> int:
     log(f"$ {command}")
     for line in machine_lines(device):
         log(line[2:])
+    log(f"code: {code_version()}")
+    log("load average at start: " + ", ".join(f"{v:.2f}" for v in os.getloadavg()))
     log(f"CELLFLOW_DATA_DIR={os.environ['CELLFLOW_DATA_DIR']}; steps {args.steps}; seeds {args.seeds}; "
         f"datasets {args.datasets}")
 
@@ -562,16 +592,23 @@ def main(argv=None) -> int:
         courses[name] = course
         log(f"\n== {name}: {adata.n_obs} cells, times {course.times.tolist()}, "
             f"{course.n_dims}-d {USE_REP} ({notes[name]})")
-        t0 = time.perf_counter()
-        ours = cellflow_leave_one_out(course, args.seeds, args.steps, device)
-        for _, r in ours.iterrows():
-            extra = "" if r.method == "ot_interpolation" else f"  fit {r.fit_seconds:.1f}s"
-            log(f"    {r.method:16s} held-out {r.held_out_time:g}  seed {r.seed}: W1 {r.w1:.4f}{extra}")
-        log(f"  cellflow + baseline: {time.perf_counter() - t0:.0f}s")
-        t0 = time.perf_counter()
-        peer = pd.DataFrame(torchcfm_leave_one_out(course, args.seeds, args.steps, device, args.torchcfm_ema, log))
-        log(f"  TorchCFM runner: {time.perf_counter() - t0:.0f}s")
-        table = pd.concat([ours, peer], ignore_index=True)
+        warm_up(course, device)
+        # Seed by seed, cellflow then TorchCFM, so that both meet the same conditions of the
+        # machine; the deterministic baseline rows come with the first seed.
+        parts, clock = [], {"cellflow": 0.0, "torchcfm": 0.0}
+        for seed in args.seeds:
+            t0 = time.perf_counter()
+            ours = cellflow_leave_one_out(course, [seed], args.steps, device, baseline=seed == args.seeds[0])
+            clock["cellflow"] += time.perf_counter() - t0
+            for _, r in ours.iterrows():
+                extra = "" if r.method == "ot_interpolation" else f"  fit {r.fit_seconds:.1f}s"
+                log(f"    {r.method:16s} held-out {r.held_out_time:g}  seed {r.seed}: W1 {r.w1:.4f}{extra}")
+            t0 = time.perf_counter()
+            peer = pd.DataFrame(torchcfm_leave_one_out(course, [seed], args.steps, device, args.torchcfm_ema, log))
+            clock["torchcfm"] += time.perf_counter() - t0
+            parts += [ours, peer]
+        log(f"  cellflow + baseline: {clock['cellflow']:.0f}s; TorchCFM runner: {clock['torchcfm']:.0f}s")
+        table = pd.concat(parts, ignore_index=True)
         table.insert(0, "dataset", name)
         table["n_steps"] = np.where(table.method == "ot_interpolation", 0, args.steps)
         tables.append(table)

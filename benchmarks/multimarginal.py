@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import sys
 import time
 from pathlib import Path
 
@@ -24,11 +25,13 @@ import pandas as pd
 import scanpy as sc
 import torch
 
-import cellflow as cf
-from cellflow import benchmark
-from sections import write_section
-
 ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]  # this checkout's cellflow, and sections.py
+
+import cellflow as cf  # noqa: E402
+from cellflow import benchmark  # noqa: E402
+from sections import write_section  # noqa: E402
+
 os.environ.setdefault("CELLFLOW_DATA_DIR", str(ROOT.parent / "shared" / "data"))
 VARIANTS = {
     "mmfm (monotone Hermite)": dict(method="mmfm", path="hermite"),

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import sys
 import time
 from pathlib import Path
 
@@ -22,11 +23,13 @@ import numpy as np
 import pandas as pd
 import torch
 
-import cellflow as cf
-from cellflow.benchmark import leave_one_out, mass_error, score
-from sections import write_section
-
 ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]  # this checkout's cellflow, and sections.py
+
+import cellflow as cf  # noqa: E402
+from cellflow.benchmark import leave_one_out, mass_error, score  # noqa: E402
+from sections import write_section  # noqa: E402
+
 os.environ.setdefault("CELLFLOW_DATA_DIR", str(ROOT.parent / "shared" / "data"))
 METHODS = ("wfr", "otcfm")
 
