@@ -41,7 +41,7 @@ METHODS = {
     "otcfm": ("exact", "linear"),
     "sbcfm": ("entropic", "brownian"),
     "wfr": ("wfr", "wfr"),
-    "mmfm": ("exact", "spline"),
+    "mmfm": ("exact", "hermite"),
 }
 
 
@@ -60,14 +60,17 @@ class CellFlow:
         paths), ``"sbcfm"`` (entropic OT with ``reg = 2 sigma**2``, Brownian bridges) or
         ``"wfr"`` (unbalanced Wasserstein-Fisher-Rao coupling and geodesics, WFR-FM: learns a
         growth field too), or ``"mmfm"`` (multimarginal: the plans of consecutive intervals
-        chained into tuples through every time point, a cubic spline through each tuple).
+        chained into tuples through every time point, a shape-preserving cubic Hermite curve
+        through each tuple; ``path="spline"`` for the natural cubic spline, which overshoots
+        between unevenly spaced time points, see BENCHMARKS.md).
     coupling, path
         Override the method's coupling (``"independent"``, ``"exact"``, ``"entropic"``,
-        ``"wfr"``) or path (``"linear"``, ``"brownian"``, ``"vp"``, ``"wfr"``, ``"spline"``).
+        ``"wfr"``) or path (``"linear"``, ``"brownian"``, ``"vp"``, ``"wfr"``, ``"hermite"``,
+        ``"spline"``).
         A growth field is learned whenever the coupling or the path is ``"wfr"``. With
         ``"mmfm"`` a pair path is applied piecewise to each chain's own segment (e.g.
         ``path="linear"``: piecewise linear; ``coupling="wfr", path="wfr"``: unbalanced
-        multimarginal); the spline always trains on chains.
+        multimarginal); the curves through all knots always train on chains.
     sigma
         Noise of the path, in units of the data's overall standard deviation (``"wfr"``
         method: no noise unless given).
