@@ -76,7 +76,10 @@ def section(results: dict[str, pd.DataFrame], steps: int, seeds, minutes: float)
         f"({platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, 1 thread; {minutes:.0f} min). "
         "Mean ± std over seeds of the mean W1 over held-out times; ratio = W1 / pairwise otcfm's.",
         "",
-        "With two or three knots left after holding one out every curve is (nearly) the straight line and mmfm equals pairwise otcfm, as it should; time courses with many, unevenly spaced time points (kouno_thp1) separate the curves: the natural cubic spline overshoots between close knots, the monotone Hermite curve does not. TorchCFM"s OT-CFM on the same protocol is in the balanced section.",
+        "With two or three knots left after holding one out every curve is (nearly) the straight line and "
+        "mmfm equals pairwise otcfm, as it should; time courses with many, unevenly spaced time points "
+        "(kouno_thp1) separate the curves: the natural cubic spline overshoots between close knots, the "
+        "monotone Hermite curve does not. TorchCFM's OT-CFM on the same protocol is in the balanced section.",
         "",
         "| dataset | method | W1 | ratio to otcfm | W2 | seconds per fit |",
         "|---|---|---|---|---|---|",
