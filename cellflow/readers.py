@@ -48,10 +48,6 @@ class TimeCourse:
         """Dimension of the representation."""
         return self.populations[0].shape[1]
 
-    def population(self, time: float) -> np.ndarray:
-        """The cells measured at ``time`` (one of :attr:`times`)."""
-        return self.populations[self.index_of(time)]
-
     def index_of(self, time: float) -> int:
         """Position of a measured time point in :attr:`times`."""
         hits = np.flatnonzero(np.isclose(self.times, float(time)))
