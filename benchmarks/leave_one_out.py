@@ -10,7 +10,7 @@ What it runs (DESIGN.md section 3, issue 2 "What must show it"):
   interpolation baseline), and TorchCFM's OT-CFM
   (``ExactOptimalTransportConditionalFlowMatcher``) trained by a small runner below that
   shares everything with cellflow except the method: network, steps, batch size per
-  interval, optimiser, normalisation, loss and integrator;
+  interval, optimiser, normalisation, internal clock, loss and integrator;
 * scores: ``cellflow.benchmark.score`` (W1, W2, MMD) of every prediction; no checkpoint is
   ever chosen by the held-out score (every fit is used as it ends);
 * speed: cellflow ``otcfm`` vs ``icfm`` per training step on the same batch, and ``fit``
@@ -49,6 +49,7 @@ import cellflow  # noqa: E402
 from sections import write_section  # noqa: E402  (benchmarks/sections.py, shared by the benchmark scripts)
 import cellflow.benchmark as cf_benchmark  # noqa: E402
 from cellflow.integration import integrate  # noqa: E402
+from cellflow.model import Clock  # noqa: E402
 from cellflow.networks import TimeMLP  # noqa: E402
 from cellflow.readers import TimeCourse, read_time_course  # noqa: E402
 
@@ -61,6 +62,7 @@ N_PCS = 10
 HIDDEN = (256, 256, 256)
 BATCH_SIZE = 256
 LR = 1e-3
+SPEED_WIDTHS = (HIDDEN, (128, 128, 128), (64, 64, 64))  # per-step timing: cellflow's default down to TorchCFM's
 SIGMA = 0.1  # path noise, in units of the data's overall standard deviation (both methods)
 
 SECTION = "leave_one_out"  # <!-- leave_one_out:start --> ... <!-- leave_one_out:end --> in BENCHMARKS.md
@@ -117,8 +119,9 @@ class TorchCFMRunner:
 
     Shared with cellflow: :class:`cellflow.networks.TimeMLP` of the same widths (and, for the
     same seed, the same initial weights), steps, pairs per interval and step, learning rate,
-    path noise ``sigma`` (relative units), coordinates (centre, one overall scale; time mapped
-    by ``(t - t_0) / (t_K - t_0)``) and the integrator (:func:`cellflow.integration.integrate`,
+    path noise ``sigma`` (relative units), coordinates (centre, one overall scale; time on
+    cellflow's internal clock, :class:`cellflow.model.Clock`, on which every interval has the same
+    length, as TorchCFM's own single-cell examples index time by time point) and the integrator (:func:`cellflow.integration.integrate`,
     dopri5 with its default tolerances). Not shared: cellflow's weight averaging (EMA), which
     is part of cellflow's training loop; ``ema_decay`` switches an identical average on here.
     """
@@ -140,9 +143,6 @@ class TorchCFMRunner:
         z = (np.asarray(x, dtype=np.float64) - self.center) / self.scale
         return torch.as_tensor(z, dtype=torch.float32, device=self.device)
 
-    def _tau(self, t):
-        return (np.asarray(t, dtype=np.float64) - self.t_origin) / self.t_scale
-
     def fit(self, course: TimeCourse) -> "TorchCFMRunner":
         from torchcfm.conditional_flow_matching import ExactOptimalTransportConditionalFlowMatcher
 
@@ -156,10 +156,9 @@ class TorchCFMRunner:
         pooled = np.concatenate(course.populations).astype(np.float64)
         self.center = pooled.mean(axis=0)
         self.scale = float(np.sqrt(pooled.var(axis=0).mean())) or 1.0
-        self.t_origin = float(course.times[0])
-        self.t_scale = float(course.times[-1] - course.times[0])
+        self.clock = Clock(course.times)
         populations = [self._internal(x) for x in course.populations]
-        taus = [float(v) for v in self._tau(course.times)]
+        taus = [float(v) for v in self.clock(course.times)]
         spans = [b - a for a, b in zip(taus[:-1], taus[1:])]
 
         net = TimeMLP(course.n_dims, self.hidden).to(self.device)
@@ -197,7 +196,7 @@ class TorchCFMRunner:
         return self
 
     def push(self, x, t_from: float, t_to: float) -> np.ndarray:
-        tau = torch.as_tensor(self._tau([t_from, t_to]), dtype=torch.float32)
+        tau = torch.as_tensor(self.clock([t_from, t_to]), dtype=torch.float32)
         with torch.no_grad():
             z = integrate(self.net, self._internal(x), tau, method="dopri5")
         return z[-1].cpu().numpy().astype(np.float64) * self.scale + self.center
@@ -286,25 +285,31 @@ def warm_up(course: TimeCourse, device: str) -> None:
 def per_step_speed(course: TimeCourse, n_steps: int, repeats: int, device: str, log) -> pd.DataFrame:
     """ms per training step of cellflow otcfm and icfm (coupling excluded) and TorchCFM's runner.
 
-    All on the full course (every interval, ``BATCH_SIZE`` pairs each per step), seed 0. A
-    short warm-up fit of each comes first; the fits then alternate, ``repeats`` times.
+    All on the full course (every interval, ``BATCH_SIZE`` pairs each per step), seed 0, for
+    cellflow's default network (``HIDDEN``) and for narrower ones down to TorchCFM's own
+    default width of 64, because the ratio to TorchCFM is ``1 + (minibatch OT) / (network)``.
+    Each runner has a short warm-up fit first; the fits then alternate, ``repeats`` times.
     """
-    warm_up(course, device)
-    cellflow.CellFlow("icfm", n_steps=20, seed=0, device=device).fit(course, progress=False)
     rows = []
-    for r in range(repeats):
-        for method in ("otcfm", "icfm"):
-            model = cellflow.CellFlow(method, n_steps=n_steps, seed=0, device=device).fit(course, progress=False)
-            fit_s = float(model.history["fit_seconds"])
-            coupling_s = float(model.history["coupling_seconds"])
-            rows.append(dict(runner=f"cellflow {method}", repeat=r, n_steps=n_steps, fit_seconds=fit_s,
-                             coupling_seconds=coupling_s, ms_per_step=1000 * (fit_s - coupling_s) / n_steps))
-        runner = TorchCFMRunner(n_steps=n_steps, seed=0, device=device).fit(course)
-        fit_s = float(runner.history["fit_seconds"])
-        rows.append(dict(runner="TorchCFM OT-CFM", repeat=r, n_steps=n_steps, fit_seconds=fit_s,
-                         coupling_seconds=0.0, ms_per_step=1000 * fit_s / n_steps))
-        log("    repeat {}: ".format(r) + ", ".join(
-            f"{row['runner']} {row['ms_per_step']:.2f} ms/step" for row in rows[-3:]))
+    for hidden in SPEED_WIDTHS:
+        cellflow.CellFlow("otcfm", hidden=hidden, n_steps=20, seed=0, device=device).fit(course, progress=False)
+        cellflow.CellFlow("icfm", hidden=hidden, n_steps=20, seed=0, device=device).fit(course, progress=False)
+        TorchCFMRunner(hidden=hidden, n_steps=20, seed=0, device=device).fit(course)
+        for r in range(repeats):
+            for method in ("otcfm", "icfm"):
+                model = cellflow.CellFlow(method, hidden=hidden, n_steps=n_steps, seed=0, device=device)
+                model.fit(course, progress=False)
+                fit_s = float(model.history["fit_seconds"])
+                coupling_s = float(model.history["coupling_seconds"])
+                rows.append(dict(hidden=hidden[0], runner=f"cellflow {method}", repeat=r, n_steps=n_steps,
+                                 fit_seconds=fit_s, coupling_seconds=coupling_s,
+                                 ms_per_step=1000 * (fit_s - coupling_s) / n_steps))
+            runner = TorchCFMRunner(hidden=hidden, n_steps=n_steps, seed=0, device=device).fit(course)
+            fit_s = float(runner.history["fit_seconds"])
+            rows.append(dict(hidden=hidden[0], runner="TorchCFM OT-CFM", repeat=r, n_steps=n_steps,
+                             fit_seconds=fit_s, coupling_seconds=0.0, ms_per_step=1000 * fit_s / n_steps))
+            log(f"    width {hidden[0]}, repeat {r}: " + ", ".join(
+                f"{row['runner']} {row['ms_per_step']:.2f} ms/step" for row in rows[-3:]))
     return pd.DataFrame(rows)
 
 
@@ -439,7 +444,7 @@ def write_report(path: Path, *, command, args, device, started, elapsed, notes, 
         f"(sigma={SIGMA})`",
         f"  (exact OT on every {BATCH_SIZE} x {BATCH_SIZE} minibatch, every interval, every step), same network",
         f"  class and widths, same {args.steps} steps, {BATCH_SIZE} cells per side per interval and step,",
-        "  Adam lr 1e-3, cellflow's normalisation, loss and integrator (see `TorchCFMRunner`);",
+        "  Adam lr 1e-3, cellflow's normalisation and internal clock (every interval of equal length), loss and integrator (see `TorchCFMRunner`);",
         f"  weight averaging: {'EMA ' + str(args.torchcfm_ema) if args.torchcfm_ema else 'none (cellflow uses EMA 0.999)'}.",
         "",
         "Representations:",
@@ -496,9 +501,11 @@ def write_report(path: Path, *, command, args, device, started, elapsed, notes, 
         out.append(f"| {dataset} | {args.steps} | {ours.fit_seconds.mean():.2f} | {ours.coupling_seconds.mean():.3f} "
                    f"| {peer.fit_seconds.mean():.2f} | {peer.fit_seconds.mean() / ours.fit_seconds.mean():.1f}x |")
 
-    med = speed.groupby("runner", sort=False)[["ms_per_step", "coupling_seconds", "fit_seconds"]].median()
+    default = speed[speed.hidden == HIDDEN[0]]
+    med = default.groupby("runner", sort=False)[["ms_per_step", "coupling_seconds", "fit_seconds"]].median()
     ot_step, ind_step = med.loc["cellflow otcfm", "ms_per_step"], med.loc["cellflow icfm", "ms_per_step"]
     ratio = ot_step / ind_step
+    by_width = speed.groupby(["hidden", "runner"], sort=False)[["ms_per_step", "fit_seconds"]].median()
     out += [
         "",
         "#### Per training step, cellflow otcfm vs icfm (same batch)",
@@ -515,6 +522,20 @@ def write_report(path: Path, *, command, args, device, started, elapsed, notes, 
         f"otcfm / icfm per step: **{ratio:.2f}x** (target: within 1.5x): "
         + ("met." if ratio <= 1.5 else "not met."),
         f"TorchCFM OT-CFM / cellflow otcfm per step: {med.loc['TorchCFM OT-CFM', 'ms_per_step'] / ot_step:.1f}x.",
+        "",
+        "#### The speed-up depends on the network",
+        "",
+        "TorchCFM's step is cellflow's step plus an exact OT problem per minibatch and interval, so its",
+        "ratio to cellflow is about 1 + (minibatch OT time) / (network time). Same protocol as above, both",
+        "runners with the same network of three hidden layers of each width (64 is TorchCFM's own default):",
+        "",
+        "| hidden width | cellflow otcfm ms/step | TorchCFM OT-CFM ms/step | TorchCFM / cellflow per step | fit s ratio |",
+        "|---:|---:|---:|---:|---:|",
+        *[f"| {w} | {by_width.loc[(w, 'cellflow otcfm'), 'ms_per_step']:.2f} | "
+          f"{by_width.loc[(w, 'TorchCFM OT-CFM'), 'ms_per_step']:.2f} | "
+          f"{by_width.loc[(w, 'TorchCFM OT-CFM'), 'ms_per_step'] / by_width.loc[(w, 'cellflow otcfm'), 'ms_per_step']:.1f}x | "
+          f"{by_width.loc[(w, 'TorchCFM OT-CFM'), 'fit_seconds'] / by_width.loc[(w, 'cellflow otcfm'), 'fit_seconds']:.1f}x |"
+          for w in speed.hidden.unique()],
         "",
         "### Raw tables",
         "",

@@ -192,7 +192,7 @@ def train(
     -------
     The trained field (the averaged copy when ``ema_decay`` is set) and the loss of every step.
     """
-    optimiser = torch.optim.Adam(net.parameters(), lr=lr)
+    optimiser = torch.optim.Adam(net.parameters(), lr=lr, foreach=True)
     average = copy.deepcopy(net).requires_grad_(False) if ema_decay else None
     history = torch.empty(n_steps, device=next(net.parameters()).device)
     bar = progress_bar(n_steps, "training", progress)
@@ -212,8 +212,7 @@ def train(
         if average is not None:
             decay = min(ema_decay, (1 + step) / (10 + step))
             with torch.no_grad():
-                for p_avg, p in zip(average.parameters(), net.parameters()):
-                    p_avg.lerp_(p, 1 - decay)
+                torch._foreach_lerp_(list(average.parameters()), list(net.parameters()), 1 - decay)
         history[step] = loss.detach()
         if progress and (step % 50 == 0 or step == n_steps - 1):
             bar.set_postfix(loss=f"{loss.item():.4g}")

@@ -146,3 +146,17 @@ def test_weighted_wasserstein():
     assert metrics.w2(x, y, x_weights=[3, 1]) == pytest.approx(0.5)
     with pytest.raises(ValueError, match="weights"):
         metrics.w1(x, y, x_weights=[1, -1])
+
+
+def test_clock_gives_every_interval_the_same_length():
+    from cellflow.model import Clock
+
+    clock = Clock([0.0, 1.0, 6.0, 24.0])
+    np.testing.assert_allclose(clock([0.0, 1.0, 6.0, 24.0]), [0, 1 / 3, 2 / 3, 1])
+    np.testing.assert_allclose(clock([0.5, 3.5, 15.0]), [1 / 6, 0.5, 5 / 6])
+    np.testing.assert_allclose(clock.rate([0.5, 3.5, 15.0, 24.0]), [1 / 3, 1 / 15, 1 / 54, 1 / 54])
+    # outside the measured range the clock keeps the rate of the nearest interval
+    np.testing.assert_allclose(clock([-1.0, 33.0]), [-1 / 3, 1 + 9 / 54])
+    # the rate is the derivative of the clock
+    t = np.linspace(-2.05, 30.05, 57)  # no knot among them
+    np.testing.assert_allclose((clock(t + 1e-6) - clock(t - 1e-6)) / 2e-6, clock.rate(t), rtol=1e-5)
