@@ -11,7 +11,7 @@ WFR-FM's published numbers use a delta set by hand per data set (1.5 for simulat
 their configuration); "wfr, published delta" runs our method with that delta, for a like-for-like comparison.
 Every number is a mean +- std over seeds, methods run in the same process on the same data.
 
-Run: ``python benchmarks/unbalanced.py [--steps 2000] [--seeds 0 1 2]``; writes its section of BENCHMARKS.md.
+Run: ``python benchmarks/unbalanced.py [--steps 2000] [--seeds 0 1 2] [--threads 1]``; writes its section of BENCHMARKS.md.
 """
 
 from __future__ import annotations
@@ -163,7 +163,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=2000)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--threads", type=int, default=1, help="torch threads of every fit")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     clock = time.perf_counter()
     sim = simulation_gene(args.steps, args.seeds)
     columns = ["w1", "mass_error", "growth_corr", "net_growth_corr", "fit_seconds"]
