@@ -318,6 +318,20 @@ def default_delta(populations, quantile: float = 0.9, block_size: int = 2048, se
     displacement lengths; ``delta = 2 q / pi`` with ``q`` their ``quantile`` (over all
     intervals), so that 90% of balanced displacements have ``cos^2 >= 1/2`` in the cost and
     the transport horizon ``pi * delta`` is twice that quantile.
+
+    Notes
+    -----
+    ``delta`` is the model's trade-off between moving and growing, and the snapshots alone do
+    not fix it. A pair at distance ``d`` follows a geodesic whose log-mass rate (per interval)
+    is ``2 (sqrt(m1/m0) cos(phi) - 1)`` at its start and ``2 (1 - sqrt(m0/m1) cos(phi))`` at
+    its end, ``phi = d / (2 delta)``: even a cell that neither divides nor dies (``m0 = m1``)
+    loses and regains mass on the way (rates ``-2 (1 - cos(phi))`` and ``+2 (1 - cos(phi))``
+    at the two time points), and the coupling weighs the cost ``-log cos^2(phi)`` of moving
+    against the log-mass changes. Where cells travel a good part of ``delta`` between time
+    points, the growth field therefore reflects displacement as well as proliferation; a
+    larger ``delta`` separates the two, at the price of explaining a population change by
+    moving mass rather than by local birth and death (``delta -> inf``: balanced OT-CFM).
+    Which matters more depends on the data: set ``delta`` explicitly when it does.
     """
     rng = np.random.default_rng(seed)
     lengths, masses = [], []

@@ -117,10 +117,13 @@ class CellFlow:
         WFR length scale, in the units of the representation; ``None`` chooses it from the data
         (:func:`cellflow.couplings.default_delta`). Pairs farther apart than ``pi * delta`` are
         never transported: the source cell dies in place and the target cell is not reached.
+        Larger values keep the learned growth from depending on how far cells move; smaller
+        ones explain population changes by more local birth and death (see the notes of
+        :func:`~cellflow.couplings.default_delta`).
     growth_weight
         Weight of the growth error in the loss (``kappa``).
     hidden
-        Hidden layer widths of the velocity network.
+        Hidden layer widths of the velocity network (and of the growth network).
     n_steps, batch_size, lr, ema_decay
         Training: optimiser steps, pairs per interval and step, Adam learning rate, weight
         averaging (``None`` to switch off).

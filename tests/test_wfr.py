@@ -63,6 +63,18 @@ def test_geodesic_action_equals_closed_form():
     torch.testing.assert_close(action, closed, atol=1e-6, rtol=1e-6)
 
 
+def test_moving_without_growth_dips_in_mass():
+    # equal masses: the geodesic's growth is -2 (1 - cos phi) at the start, +2 (1 - cos phi) at
+    # the end, and the mass half-way is cos^2(phi / 2) (the notes of default_delta rely on it)
+    x0, x1, m0, _ = _pairs(seed=4)
+    phi = (x1 - x0).norm(dim=1) / (2 * DELTA)
+    path = WFRPath(DELTA)
+    start, middle, end = (_at(path, x0, x1, m0, m0, s) for s in (0.0, 0.5, 1.0))
+    torch.testing.assert_close(start.g, -2 * (1 - torch.cos(phi)))
+    torch.testing.assert_close(end.g, 2 * (1 - torch.cos(phi)))
+    torch.testing.assert_close(middle.weight, torch.cos(phi / 2) ** 2)
+
+
 def test_large_delta_gives_ot_cfm_targets():
     x0, x1, _, _ = _pairs(seed=3)
     ones = torch.ones(len(x0), dtype=torch.float64)
