@@ -78,8 +78,10 @@ def section(results: dict[str, pd.DataFrame], steps: int, seeds, minutes: float)
         "",
         "With two or three knots left after holding one out every curve is (nearly) the straight line and "
         "mmfm equals pairwise otcfm, as it should; time courses with many, unevenly spaced time points "
-        "(kouno_thp1) separate the curves: the natural cubic spline overshoots between close knots, the "
-        "monotone Hermite curve does not. TorchCFM's OT-CFM on the same protocol is in the balanced section.",
+        "(kouno_thp1) separate the curves. The curves pass through the knots on cellflow's internal clock, "
+        "where the knots are evenly spaced, so the natural cubic spline no longer overshoots between close "
+        "knots as it did in real time; the monotone Hermite curve never does. TorchCFM's OT-CFM on the same "
+        "protocol is in the balanced section.",
         "",
         "| dataset | method | W1 | ratio to otcfm | W2 | seconds per fit |",
         "|---|---|---|---|---|---|",

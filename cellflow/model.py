@@ -97,8 +97,8 @@ class CellFlow:
         ``"wfr"`` (unbalanced Wasserstein-Fisher-Rao coupling and geodesics, WFR-FM: learns a
         growth field too), or ``"mmfm"`` (multimarginal: the plans of consecutive intervals
         chained into tuples through every time point, a shape-preserving cubic Hermite curve
-        through each tuple; ``path="spline"`` for the natural cubic spline, which overshoots
-        between unevenly spaced time points, see BENCHMARKS.md).
+        through each tuple; ``path="spline"`` for the natural cubic spline; both curves pass
+        through the knots on the internal clock, where they are evenly spaced).
     coupling, path
         Override the method's coupling (``"independent"``, ``"exact"``, ``"entropic"``,
         ``"wfr"``) or path (``"linear"``, ``"brownian"``, ``"vp"``, ``"wfr"``, ``"hermite"``,
