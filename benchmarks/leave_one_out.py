@@ -120,9 +120,9 @@ class TorchCFMRunner:
     Shared with cellflow: :class:`cellflow.networks.TimeMLP` of the same widths (and, for the
     same seed, the same initial weights), steps, pairs per interval and step, learning rate,
     path noise ``sigma`` (relative units), coordinates (centre, one overall scale; time on
-    cellflow's internal clock, :class:`cellflow.model.Clock`, on which every interval has the same
-    length, as TorchCFM's own single-cell examples index time by time point) and the integrator (:func:`cellflow.integration.integrate`,
-    dopri5 with its default tolerances). Not shared: cellflow's weight averaging (EMA), which
+    cellflow's internal clock, :class:`cellflow.model.Clock`, on which every interval has the
+    same length, as TorchCFM's own single-cell examples index time by time point) and the
+    integrator (:func:`cellflow.integration.integrate`, dopri5 with its default tolerances). Not shared: cellflow's weight averaging (EMA), which
     is part of cellflow's training loop; ``ema_decay`` switches an identical average on here.
     """
 
@@ -506,6 +506,8 @@ def write_report(path: Path, *, command, args, device, started, elapsed, notes, 
     ot_step, ind_step = med.loc["cellflow otcfm", "ms_per_step"], med.loc["cellflow icfm", "ms_per_step"]
     ratio = ot_step / ind_step
     by_width = speed.groupby(["hidden", "runner"], sort=False)[["ms_per_step", "fit_seconds"]].median()
+    ours_w = by_width.xs("cellflow otcfm", level="runner")
+    peer_w = by_width.xs("TorchCFM OT-CFM", level="runner")
     out += [
         "",
         "#### Per training step, cellflow otcfm vs icfm (same batch)",
@@ -531,11 +533,9 @@ def write_report(path: Path, *, command, args, device, started, elapsed, notes, 
         "",
         "| hidden width | cellflow otcfm ms/step | TorchCFM OT-CFM ms/step | TorchCFM / cellflow per step | fit s ratio |",
         "|---:|---:|---:|---:|---:|",
-        *[f"| {w} | {by_width.loc[(w, 'cellflow otcfm'), 'ms_per_step']:.2f} | "
-          f"{by_width.loc[(w, 'TorchCFM OT-CFM'), 'ms_per_step']:.2f} | "
-          f"{by_width.loc[(w, 'TorchCFM OT-CFM'), 'ms_per_step'] / by_width.loc[(w, 'cellflow otcfm'), 'ms_per_step']:.1f}x | "
-          f"{by_width.loc[(w, 'TorchCFM OT-CFM'), 'fit_seconds'] / by_width.loc[(w, 'cellflow otcfm'), 'fit_seconds']:.1f}x |"
-          for w in speed.hidden.unique()],
+        *[f"| {w} | {ours_w.ms_per_step[w]:.2f} | {peer_w.ms_per_step[w]:.2f} | "
+          f"{peer_w.ms_per_step[w] / ours_w.ms_per_step[w]:.1f}x | {peer_w.fit_seconds[w] / ours_w.fit_seconds[w]:.1f}x |"
+          for w in ours_w.index],
         "",
         "### Raw tables",
         "",

@@ -64,7 +64,8 @@ class Clock:
     def __init__(self, knots):
         self.knots = np.asarray(knots, dtype=np.float64)
 
-    def _interval(self, t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _interval(self, t) -> tuple[np.ndarray, np.ndarray]:
+        """Index and length of the interval of each ``t`` (the first or last one outside)."""
         index = np.clip(np.searchsorted(self.knots, t, side="right") - 1, 0, len(self.knots) - 2)
         return index, self.knots[index + 1] - self.knots[index]
 
@@ -78,6 +79,11 @@ class Clock:
         """``d tau / dt`` at real times ``t`` (of the interval that starts at or before ``t``)."""
         _, span = self._interval(np.asarray(t, dtype=np.float64))
         return 1.0 / ((len(self.knots) - 1) * span)
+
+    @property
+    def max_rate(self) -> float:
+        """``d tau / dt`` in the shortest interval."""
+        return 1.0 / ((len(self.knots) - 1) * float(np.min(np.diff(self.knots))))
 
 
 class CellFlow:
@@ -216,7 +222,11 @@ class CellFlow:
         self.center = cells.mean(axis=0)
         self.scale = float(np.sqrt(cells.var(axis=0).mean())) or 1.0
         self.times = np.asarray(course.times, dtype=float)
-        self.clock = Clock(self.times)
+
+    @property
+    def clock(self) -> Clock:
+        """The internal clock of the measured time points (see :class:`Clock`)."""
+        return Clock(self.times)
 
     def _to_internal(self, x) -> torch.Tensor:
         z = (np.asarray(x, dtype=np.float64) - self.center) / self.scale
@@ -315,7 +325,7 @@ class CellFlow:
         """
         self._check_fitted()
         tau = torch.as_tensor(self.clock(np.atleast_1d(times)), dtype=torch.float32)
-        step = None if step_size is None else step_size * float(np.max(self.clock.rate(self.times[:-1])))
+        step = None if step_size is None else step_size * self.clock.max_rate
         z = self._to_internal(x)
         with torch.no_grad():
             if self.has_growth:
@@ -373,7 +383,6 @@ class CellFlow:
         model.center = np.asarray(state["center"], dtype=np.float64)
         model.scale = float(state["scale"])
         model.times = np.asarray(state["times"], dtype=float)
-        model.clock = Clock(model.times)
         net = model._network(int(state["n_dims"]))
         net.load_state_dict({k: torch.as_tensor(np.asarray(v)) for k, v in state["weights"].items()})
         model.net = net.to(model.device).eval()
