@@ -20,7 +20,7 @@ from .paths import (
     WFRPath,
 )
 from .readers import TimeCourse
-from .training import PairObjective, TupleObjective, train
+from .training import LR_SCHEDULES, PairObjective, TupleObjective, train
 
 COUPLINGS = {
     "independent": IndependentCoupling,
@@ -130,9 +130,10 @@ class CellFlow:
         Weight of the growth error in the loss (``kappa``).
     hidden
         Hidden layer widths of the velocity network (and of the growth network).
-    n_steps, batch_size, lr, ema_decay
-        Training: optimiser steps, pairs per interval and step, Adam learning rate, weight
-        averaging (``None`` to switch off).
+    n_steps, batch_size, lr, lr_schedule, ema_decay
+        Training: optimiser steps, pairs per interval and step, Adam learning rate, its
+        schedule (``"constant"`` or ``"cosine"`` decay to ``lr / 100``), weight averaging
+        (``None`` to switch off).
     block_size
         Largest OT problem per side; larger populations are coupled in random blocks.
     seed
@@ -155,6 +156,7 @@ class CellFlow:
         n_steps: int = 2000,
         batch_size: int = 256,
         lr: float = 1e-3,
+        lr_schedule: str = "constant",
         ema_decay: float | None = 0.999,
         block_size: int = 2048,
         seed: int = 0,
@@ -169,6 +171,8 @@ class CellFlow:
             raise ValueError(f"coupling={coupling!r} is unknown; choose one of {sorted(COUPLINGS)}")
         if path not in PATHS:
             raise ValueError(f"path={path!r} is unknown; choose one of {sorted(PATHS)}")
+        if lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule={lr_schedule!r} is unknown; choose one of {LR_SCHEDULES}")
         if sigma is None:
             sigma = 0.0 if path == "wfr" else 0.1
         if reg is None:
@@ -177,7 +181,7 @@ class CellFlow:
             method=method, coupling=coupling, path=path, sigma=float(sigma), reg=float(reg),
             delta=float(delta or 0.0), growth_weight=float(growth_weight),
             hidden=[int(h) for h in hidden], n_steps=int(n_steps), batch_size=int(batch_size),
-            lr=float(lr), ema_decay=0.0 if ema_decay is None else float(ema_decay),
+            lr=float(lr), lr_schedule=str(lr_schedule), ema_decay=0.0 if ema_decay is None else float(ema_decay),
             block_size=int(block_size), seed=int(seed),
         )
         self.device = resolve_device(device)
@@ -271,6 +275,7 @@ class CellFlow:
         )
         net, loss = train(
             self._network(course.n_dims).to(self.device), objective, n_steps=p["n_steps"], lr=p["lr"],
+            lr_schedule=p["lr_schedule"],
             ema_decay=p["ema_decay"] or None, growth_weight=p["growth_weight"], rng=rng, progress=progress,
         )
         self.net = net.eval()

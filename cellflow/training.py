@@ -12,6 +12,8 @@ from torch import nn
 from ._utils import progress_bar
 from .couplings import sample_chains
 
+LR_SCHEDULES = ("constant", "cosine")
+
 
 @dataclass
 class Batch:
@@ -152,12 +154,25 @@ class TupleObjective:
         return Batch(x=point.x, t=t, u=u, g=g if self.growth else None, weight=weight)
 
 
+def learning_rate(step: int, n_steps: int, lr: float, schedule: str = "constant") -> float:
+    """Learning rate of ``step`` (0-based) out of ``n_steps``.
+
+    ``"constant"``: ``lr`` throughout. ``"cosine"``: half a cosine from ``lr`` at the first step
+    to ``lr / 100`` at the last.
+    """
+    if schedule == "constant" or n_steps < 2:
+        return lr
+    floor = lr / 100
+    return floor + 0.5 * (lr - floor) * (1 + np.cos(np.pi * step / (n_steps - 1)))
+
+
 def train(
     net: nn.Module,
     objective,
     *,
     n_steps: int,
     lr: float = 1e-3,
+    lr_schedule: str = "constant",
     ema_decay: float | None = 0.999,
     growth_weight: float = 1.0,
     rng: np.random.Generator,
@@ -177,7 +192,9 @@ def train(
     n_steps
         Optimiser steps.
     lr
-        Adam learning rate.
+        Adam learning rate (the peak rate with a schedule).
+    lr_schedule
+        ``"constant"``, or ``"cosine"``: half a cosine from ``lr`` down to ``lr / 100`` over the steps.
     growth_weight
         Weight ``kappa`` of the growth error.
     ema_decay
@@ -192,11 +209,15 @@ def train(
     -------
     The trained field (the averaged copy when ``ema_decay`` is set) and the loss of every step.
     """
+    if lr_schedule not in LR_SCHEDULES:
+        raise ValueError(f"lr_schedule={lr_schedule!r} is unknown; choose one of {LR_SCHEDULES}")
     optimiser = torch.optim.Adam(net.parameters(), lr=lr, foreach=True)
     average = copy.deepcopy(net).requires_grad_(False) if ema_decay else None
     history = torch.empty(n_steps, device=next(net.parameters()).device)
     bar = progress_bar(n_steps, "training", progress)
     for step in range(n_steps):
+        for group in optimiser.param_groups:
+            group["lr"] = learning_rate(step, n_steps, lr, lr_schedule)
         batch = objective.draw(rng)
         output = net(batch.x, batch.t)
         velocity, growth = output if isinstance(output, tuple) else (output, None)

@@ -7,6 +7,7 @@ import pytest
 import torch
 from scipy.linalg import expm
 
+import cellflow as cf
 from cellflow import metrics
 from cellflow.couplings import EntropicOTCoupling, ExactOTCoupling, IndependentCoupling
 from cellflow.integration import integrate
@@ -160,3 +161,15 @@ def test_clock_gives_every_interval_the_same_length():
     # the rate is the derivative of the clock
     t = np.linspace(-2.05, 30.05, 57)  # no knot among them
     np.testing.assert_allclose((clock(t + 1e-6) - clock(t - 1e-6)) / 2e-6, clock.rate(t), rtol=1e-5)
+
+
+def test_cosine_learning_rate_falls_from_peak_to_one_hundredth():
+    from cellflow.training import learning_rate
+
+    rates = [learning_rate(step, 101, 3e-3, "cosine") for step in range(101)]
+    assert rates[0] == pytest.approx(3e-3) and rates[-1] == pytest.approx(3e-5)
+    assert rates[50] == pytest.approx(0.5 * (3e-3 + 3e-5))
+    assert all(a > b for a, b in zip(rates[:-1], rates[1:]))
+    assert {learning_rate(step, 101, 3e-3) for step in range(101)} == {3e-3}
+    with pytest.raises(ValueError, match="lr_schedule='linear'"):
+        cf.CellFlow("otcfm", lr_schedule="linear")
