@@ -8,7 +8,9 @@ import numpy as np
 import torch
 
 from ._utils import resolve_device, seed_everything
-from .couplings import EntropicOTCoupling, ExactOTCoupling, IndependentCoupling, WFRCoupling, default_delta
+from .couplings import (
+    EntropicOTCoupling, ExactOTCoupling, IndependentCoupling, WFRCoupling, cross_validated_delta
+)
 from .integration import integrate
 from .networks import TimeMLP, VelocityGrowthField
 from .paths import (
@@ -120,8 +122,10 @@ class CellFlow:
         Entropic regularisation (relative units); default ``2 sigma**2`` with Brownian bridges,
         0.01 for the WFR coupling (its cost is in units of ``(d / 2 delta)^2``), else 0.05.
     delta
-        WFR length scale, in the units of the representation; ``None`` chooses it from the data
-        (:func:`cellflow.couplings.default_delta`). Pairs farther apart than ``pi * delta`` are
+        WFR length scale, in the units of the representation; ``None`` chooses it from the data:
+        the candidate whose static WFR geodesics best predict each inner time point from its two
+        neighbours (:func:`cellflow.couplings.cross_validated_delta`; with two time points,
+        :func:`cellflow.couplings.default_delta`). Pairs farther apart than ``pi * delta`` are
         never transported: the source cell dies in place and the target cell is not reached.
         Larger values keep the learned growth from depending on how far cells move; smaller
         ones explain population changes by more local birth and death (see the notes of
@@ -266,7 +270,9 @@ class CellFlow:
         cpu = [z.cpu().numpy().astype(np.float64) for z in internal]
         start = time.perf_counter()
         if self.has_growth and not p["delta"]:
-            p["delta"] = default_delta(cpu, block_size=p["block_size"], seed=p["seed"]) * self.scale
+            p["delta"] = self.scale * cross_validated_delta(
+                cpu, course.times, reg=p["reg"], block_size=p["block_size"], seed=p["seed"]
+            )
         samplers = self._samplers(course, cpu, rng)
         coupling_seconds = time.perf_counter() - start
         tau = self.clock(course.times)

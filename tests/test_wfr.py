@@ -10,7 +10,9 @@ import pytest
 import torch
 
 import cellflow as cf
-from cellflow.couplings import WFRCoupling, default_delta
+from cellflow.couplings import (
+    DELTA_FACTORS, WFRCoupling, cross_validated_delta, default_delta, wfr_interpolation
+)
 from cellflow.paths import LinearPath, WFRPath
 
 DELTA = 0.8
@@ -134,6 +136,34 @@ def test_default_delta_scales_with_the_data():
     delta = default_delta(pops)
     assert 0.3 < delta < 3
     assert default_delta([p * 10 for p in pops]) == pytest.approx(10 * delta, rel=1e-6)
+
+
+def test_wfr_interpolation_starts_at_the_source_and_ends_with_the_target_mass():
+    rng = np.random.default_rng(3)
+    x0 = rng.normal(size=(150, 2))
+    x1 = rng.normal(size=(240, 2)) * 0.8 + [0.5, 0]
+    points, mass = wfr_interpolation(x0, x1, 0.0, 1.0, n_points=500)
+    assert mass == pytest.approx(150, rel=1e-6)
+    assert np.isin(points[:, 0], x0[:, 0]).all()
+    assert wfr_interpolation(x0, x1, 1.0, 1.0)[1] == pytest.approx(240, rel=1e-6)
+    # half-way the population has grown part of the way: between the two sizes
+    assert 150 < wfr_interpolation(x0, x1, 0.5, 1.0)[1] < 240
+
+
+def test_cross_validated_delta_lets_a_drifting_cloud_move():
+    """Cells drifting by a fixed step and neither dividing nor dying: the time point in the middle
+    is predicted by transport, so the chosen delta keeps that step inside the transport horizon,
+    never one of the small candidates that would explain it by death and birth."""
+    rng = np.random.default_rng(4)
+    base = rng.normal(size=(200, 2)) * 0.3
+    times = np.array([0.0, 1.0, 2.0, 3.0])
+    pops = [base + [1.5 * t, 0] + rng.normal(size=(200, 2)) * 0.05 for t in times]
+    rule = default_delta(pops)
+    chosen = cross_validated_delta(pops, times)
+    assert min(abs(chosen / rule - factor) for factor in DELTA_FACTORS) < 1e-9
+    assert math.pi * chosen > 2 * 1.5  # the two-interval step is transported
+    assert cross_validated_delta([p * 10 for p in pops], times) == pytest.approx(10 * chosen, rel=1e-6)
+    assert cross_validated_delta(pops[:2], times[:2]) == pytest.approx(default_delta(pops[:2]))  # no inner time
 
 
 @pytest.fixture(scope="module")
