@@ -22,7 +22,7 @@ from .paths import (
     WFRPath,
 )
 from .readers import TimeCourse
-from .training import LR_SCHEDULES, PairObjective, TupleObjective, train
+from .training import PairObjective, TupleObjective, check_lr_schedule, train
 
 COUPLINGS = {
     "independent": IndependentCoupling,
@@ -175,8 +175,6 @@ class CellFlow:
             raise ValueError(f"coupling={coupling!r} is unknown; choose one of {sorted(COUPLINGS)}")
         if path not in PATHS:
             raise ValueError(f"path={path!r} is unknown; choose one of {sorted(PATHS)}")
-        if lr_schedule not in LR_SCHEDULES:
-            raise ValueError(f"lr_schedule={lr_schedule!r} is unknown; choose one of {LR_SCHEDULES}")
         if sigma is None:
             sigma = 0.0 if path == "wfr" else 0.1
         if reg is None:
@@ -185,7 +183,7 @@ class CellFlow:
             method=method, coupling=coupling, path=path, sigma=float(sigma), reg=float(reg),
             delta=float(delta or 0.0), growth_weight=float(growth_weight),
             hidden=[int(h) for h in hidden], n_steps=int(n_steps), batch_size=int(batch_size),
-            lr=float(lr), lr_schedule=str(lr_schedule), ema_decay=0.0 if ema_decay is None else float(ema_decay),
+            lr=float(lr), lr_schedule=check_lr_schedule(lr_schedule), ema_decay=0.0 if ema_decay is None else float(ema_decay),
             block_size=int(block_size), seed=int(seed),
         )
         self.device = resolve_device(device)

@@ -15,6 +15,13 @@ from .couplings import sample_chains
 LR_SCHEDULES = ("constant", "cosine")
 
 
+def check_lr_schedule(schedule: str) -> str:
+    """Return ``schedule`` if it is one of :data:`LR_SCHEDULES`, else raise a ``ValueError`` naming it."""
+    if schedule not in LR_SCHEDULES:
+        raise ValueError(f"lr_schedule={schedule!r} is unknown; choose one of {LR_SCHEDULES}")
+    return schedule
+
+
 @dataclass
 class Batch:
     """Regression targets at points ``x`` and times ``t``: velocity ``u`` and, for unbalanced
@@ -209,8 +216,7 @@ def train(
     -------
     The trained field (the averaged copy when ``ema_decay`` is set) and the loss of every step.
     """
-    if lr_schedule not in LR_SCHEDULES:
-        raise ValueError(f"lr_schedule={lr_schedule!r} is unknown; choose one of {LR_SCHEDULES}")
+    check_lr_schedule(lr_schedule)
     optimiser = torch.optim.Adam(net.parameters(), lr=lr, foreach=True)
     average = copy.deepcopy(net).requires_grad_(False) if ema_decay else None
     history = torch.empty(n_steps, device=next(net.parameters()).device)
