@@ -71,7 +71,9 @@ METHOD_LABELS = {
     "otcfm": "cellflow otcfm",
     "torchcfm_otcfm": "TorchCFM OT-CFM",
     "ot_interpolation": "exact-OT interpolation",
+    "ot_map": "exact-OT barycentric map",
 }
+BASELINES = ("ot_interpolation", "ot_map")  # no learning, deterministic: one run per held-out time
 
 
 # ---------------------------------------------------------------------------------------------
@@ -216,7 +218,8 @@ def torchcfm_leave_one_out(course: TimeCourse, seeds, n_steps: int, device: str,
             seconds = time.perf_counter() - start
             fit_seconds = float(runner.history["fit_seconds"])
             rows.append(dict(
-                method="torchcfm_otcfm", held_out_time=float(t_held), seed=seed, seconds=seconds,
+                method="torchcfm_otcfm", held_out_time=float(t_held), seed=seed, n_predicted=len(predicted),
+                seconds=seconds,
                 **cf_benchmark.score(predicted, held),
                 fit_seconds=fit_seconds, coupling_seconds=0.0,
                 ms_per_step=1000 * fit_seconds / n_steps,
@@ -265,11 +268,24 @@ def cellflow_leave_one_out(course: TimeCourse, seeds, n_steps: int, device: str,
         table = cf_benchmark.leave_one_out(
             course, ["otcfm"], seeds=seeds, baseline=baseline, progress=False, n_steps=n_steps, device=device,
         )
-    trained = table["method"] != "ot_interpolation"
+    trained = ~table["method"].isin(BASELINES)
     if trained.sum() != len(fits) or list(table.loc[trained, "seed"]) != [f["seed"] for f in fits]:
         raise RuntimeError("could not match cellflow's fits to the rows of its leave-one-out table")
     extra = pd.DataFrame(fits, index=table.index[trained]).drop(columns=["method", "seed"])
     return table.join(extra)
+
+
+def ot_map_rows(course: TimeCourse) -> list[dict]:
+    """The exact-OT barycentric map (``cellflow.benchmark.ot_barycentric_map``) on the leave-one-out protocol."""
+    rows = []
+    for k in range(1, len(course.times) - 1):
+        t_prev, t_held, t_next = course.times[k - 1 : k + 2]
+        before, held, after = course.populations[k - 1 : k + 2]
+        start = time.perf_counter()
+        moved = cf_benchmark.ot_barycentric_map(before, after, (t_held - t_prev) / (t_next - t_prev))
+        rows.append(dict(method="ot_map", held_out_time=float(t_held), seed=0, n_predicted=len(moved),
+                         seconds=time.perf_counter() - start, **cf_benchmark.score(moved, held)))
+    return rows
 
 
 def warm_up(course: TimeCourse, device: str) -> None:
@@ -332,7 +348,7 @@ def summarise(table: pd.DataFrame) -> pd.DataFrame:
             w1_mean=group.w1.mean(), w1_std=group.w1.std(ddof=1) if len(group) > 1 else 0.0,
             w2_mean=group.w2.mean(), w2_std=group.w2.std(ddof=1) if len(group) > 1 else 0.0,
             mmd_mean=group.mmd.mean(), mmd_std=group.mmd.std(ddof=1) if len(group) > 1 else 0.0,
-            seconds_mean=group.seconds.mean(),
+            seconds_mean=group.seconds.mean(), points_mean=group.n_predicted.mean(),
             fit_seconds_mean=group.fit_seconds.mean() if "fit_seconds" in group else np.nan,
             ms_per_step_mean=group.ms_per_step.mean() if "ms_per_step" in group else np.nan,
         ))
@@ -354,6 +370,10 @@ def verdict(dataset: str, summary: pd.DataFrame) -> list[str]:
         accuracy = f"**{dataset}: cellflow does not yet beat either baseline on W1** ({w1})."
     else:
         accuracy = (f"**{dataset}: cellflow beats {beaten[0]} but not yet {missed[0]} on W1** ({w1}).")
+    mapped = s.loc["ot_map"]
+    ceiling = (f"Against the exact-OT barycentric map (one point per cell of t_(k-1), as a flow gives): "
+               f"cellflow {ours.w1_mean:.3f} vs {mapped.w1_mean:.3f}; the interpolation predicts "
+               f"{interp.points_mean:.0f} points per held-out time against the flows' {ours.points_mean:.0f}.")
     ratio = peer.fit_seconds_mean / ours.fit_seconds_mean
     equal_or_better = ours.w1_mean <= peer.w1_mean
     if ratio >= 5 and equal_or_better:
@@ -364,7 +384,7 @@ def verdict(dataset: str, summary: pd.DataFrame) -> list[str]:
     else:
         speed = (f"Fit is only {ratio:.1f}x faster than TorchCFM "
                  f"({ours.fit_seconds_mean:.1f} s vs {peer.fit_seconds_mean:.1f} s): the 5x target is not met.")
-    return [accuracy, speed]
+    return [accuracy, ceiling, speed]
 
 
 def machine_lines(device: str) -> list[str]:
@@ -407,7 +427,7 @@ def code_version() -> str:
 
 
 def write_report(path: Path, *, command, args, device, started, elapsed, notes, table, summary, speed) -> str:
-    methods = ["otcfm", "ot_interpolation", "torchcfm_otcfm"]
+    methods = ["otcfm", "ot_interpolation", "ot_map", "torchcfm_otcfm"]
     out = [
         "## Balanced leave-one-out: cellflow otcfm vs exact-OT interpolation and TorchCFM OT-CFM",
         "",
@@ -432,14 +452,19 @@ def write_report(path: Path, *, command, args, device, started, elapsed, notes, 
         "(`cellflow.benchmark.score`: exact W1 and W2, RBF-MMD with bandwidths 0.5, 1 and 2 times the",
         "median pooled distance). Scores are in the units of each dataset's 10-d representation.",
         f"Seeds {', '.join(map(str, args.seeds))}; mean ± std over held-out time points and seeds (the",
-        "exact-OT interpolation is deterministic: one run per held-out time, std over times).",
+        "two exact-OT baselines are deterministic: one run per held-out time, std over times).",
         "Every fit is used as it ends: no checkpoint is chosen by a held-out score.",
         "",
         f"- **cellflow otcfm**: `cellflow.benchmark.leave_one_out(course, ['otcfm'], n_steps={args.steps})`,",
         f"  cellflow defaults otherwise (sigma {SIGMA}, hidden {list(HIDDEN)}, {BATCH_SIZE} pairs per interval",
         f"  and step, Adam lr {LR}, EMA 0.999, exact OT solved once per interval, dopri5).",
         "- **exact-OT interpolation**: McCann interpolation of the exact OT plan between t_{k-1} and",
-        "  t_{k+1} at the held-out time (`cellflow.benchmark.ot_interpolation`; no learning).",
+        "  t_{k+1} at the held-out time (`cellflow.benchmark.ot_interpolation`; no learning). Every pair of",
+        "  the plan is a point, weighted by its mass: where the plan splits a cell, the prediction has more",
+        "  points than t_{k-1} has cells.",
+        "- **exact-OT barycentric map**: the same plan, each cell of t_{k-1} moved to the same fraction of",
+        "  the way to the mass-weighted mean of its partners (`cellflow.benchmark.ot_barycentric_map`): one",
+        "  point per cell, as any flow that pushes the cells of t_{k-1} predicts. Reference only, not a target.",
         "- **TorchCFM OT-CFM**: `torchcfm.conditional_flow_matching.ExactOptimalTransportConditionalFlowMatcher"
         f"(sigma={SIGMA})`",
         f"  (exact OT on every {BATCH_SIZE} x {BATCH_SIZE} minibatch, every interval, every step), same network",
@@ -462,8 +487,8 @@ def write_report(path: Path, *, command, args, device, started, elapsed, notes, 
             "",
             f"Held-out times: {', '.join(f'{t:g}' for t in times)}.",
             "",
-            "| method | runs | W1 | W2 | MMD | mean fit s | mean fit+predict s | ms/step |",
-            "|---|---:|---|---|---|---:|---:|---:|",
+            "| method | runs | points | W1 | W2 | MMD | mean fit s | mean fit+predict s | ms/step |",
+            "|---|---:|---:|---|---|---|---:|---:|---:|",
         ]
         for m in methods:
             if m not in s.index:
@@ -472,7 +497,7 @@ def write_report(path: Path, *, command, args, device, started, elapsed, notes, 
             fit = "-" if np.isnan(r.fit_seconds_mean) else f"{r.fit_seconds_mean:.2f}"
             step = "-" if np.isnan(r.ms_per_step_mean) else f"{r.ms_per_step_mean:.2f}"
             out.append(
-                f"| {METHOD_LABELS[m]} | {int(r.runs)} | {r.w1_mean:.3f} ± {r.w1_std:.3f} | "
+                f"| {METHOD_LABELS[m]} | {int(r.runs)} | {r.points_mean:.0f} | {r.w1_mean:.3f} ± {r.w1_std:.3f} | "
                 f"{r.w2_mean:.3f} ± {r.w2_std:.3f} | {r.mmd_mean:.4f} ± {r.mmd_std:.4f} | {fit} | "
                 f"{r.seconds_mean:.2f} | {step} |"
             )
@@ -628,10 +653,11 @@ def main(argv=None) -> int:
             peer = pd.DataFrame(torchcfm_leave_one_out(course, [seed], args.steps, device, args.torchcfm_ema, log))
             clock["torchcfm"] += time.perf_counter() - t0
             parts += [ours, peer]
+        parts.append(pd.DataFrame(ot_map_rows(course)))
         log(f"  cellflow + baseline: {clock['cellflow']:.0f}s; TorchCFM runner: {clock['torchcfm']:.0f}s")
         table = pd.concat(parts, ignore_index=True)
         table.insert(0, "dataset", name)
-        table["n_steps"] = np.where(table.method == "ot_interpolation", 0, args.steps)
+        table["n_steps"] = np.where(table.method.isin(BASELINES), 0, args.steps)
         tables.append(table)
         # Keep what is done so far even if a later dataset fails.
         pd.concat(tables, ignore_index=True).to_csv(results / args.csv_name, index=False)

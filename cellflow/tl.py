@@ -232,7 +232,9 @@ def leave_one_out(
     -------
     One row per method, held-out time and seed: ``w1``, ``w2``, ``mmd`` (see
     :mod:`cellflow.metrics`; predicted cells weighted by their normalised mass),
-    ``mass_error`` (relative error of the predicted population size, DESIGN.md section 3) and
+    ``mass_error`` (relative error of the predicted population size, DESIGN.md section 3),
+    ``n_predicted`` (points in the prediction: the cells of ``t_{k-1}`` for a flow, every pair
+    of the plan for the interpolation, which splits a cell whose mass the plan splits) and
     ``seconds`` (fit and prediction).
     """
     course = read_time_course(adata, time_key, use_rep, time_map=time_map)

@@ -60,33 +60,37 @@ class PairObjective:
         self.path = path
         self.batch_size = int(batch_size)
         self.growth = growth
+        # every interval's pairs are drawn as one batch: cells indexed in one stacked tensor
+        self.cells = torch.cat(populations)
+        self.offsets = np.cumsum([0, *(len(x) for x in populations)])
+        device, dtype = self.cells.device, self.cells.dtype
+        times = torch.as_tensor(self.times, device=device, dtype=dtype)
+        n_intervals = len(samplers)
+        self.start = times[:-1].repeat_interleave(self.batch_size)[:, None]
+        self.span = (times[1:] - times[:-1]).repeat_interleave(self.batch_size)[:, None]
+        self.n = n_intervals * self.batch_size
 
     def draw(self, rng: np.random.Generator) -> Batch:
         """One batch: ``batch_size`` pairs from every interval, at uniform fractions of it."""
-        parts = []
-        for k, sampler in enumerate(self.samplers):
-            source, target = self.populations[k], self.populations[k + 1]
-            device, dtype = source.device, source.dtype
-            pairs = sampler.sample(self.batch_size, rng)
-            x0 = source[torch.from_numpy(pairs.i).to(device)]
-            x1 = target[torch.from_numpy(pairs.j).to(device)]
-            s = torch.rand(self.batch_size, 1, device=device, dtype=dtype)
-            m0 = m1 = None
-            if pairs.m0 is not None:
-                m0 = torch.as_tensor(pairs.m0, device=device, dtype=dtype)
-                m1 = torch.as_tensor(pairs.m1, device=device, dtype=dtype)
-                died = torch.from_numpy(pairs.died).to(device)[:, None]
-                x1 = torch.where(died, x0, x1)  # a dying cell stays where it is
-                s = torch.where(died, s.clamp(max=0.99), s)  # its growth target diverges at s = 1
-            point = self.path.sample(x0, x1, s, torch.randn_like(x0), m0, m1)
-            span = self.times[k + 1] - self.times[k]
-            g = point.g / span if point.g is not None else torch.zeros_like(s[:, 0])
-            parts.append((point.x, self.times[k] + span * s, point.u / span, g, point.weight))
-        x, t, u, g, weight = zip(*parts)
+        device, dtype = self.cells.device, self.cells.dtype
+        drawn = [sampler.sample(self.batch_size, rng) for sampler in self.samplers]
+        i = np.concatenate([pairs.i + self.offsets[k] for k, pairs in enumerate(drawn)])
+        j = np.concatenate([pairs.j + self.offsets[k + 1] for k, pairs in enumerate(drawn)])
+        x0 = self.cells[torch.from_numpy(i).to(device)]
+        x1 = self.cells[torch.from_numpy(j).to(device)]
+        s = torch.rand(self.n, 1, device=device, dtype=dtype)
+        m0 = m1 = None
+        if drawn[0].m0 is not None:
+            m0 = torch.as_tensor(np.concatenate([p.m0 for p in drawn]), device=device, dtype=dtype)
+            m1 = torch.as_tensor(np.concatenate([p.m1 for p in drawn]), device=device, dtype=dtype)
+            died = torch.from_numpy(np.concatenate([p.died for p in drawn])).to(device)[:, None]
+            x1 = torch.where(died, x0, x1)  # a dying cell stays where it is
+            s = torch.where(died, s.clamp(max=0.99), s)  # its growth target diverges at s = 1
+        point = self.path.sample(x0, x1, s, torch.randn_like(x0), m0, m1)
         return Batch(
-            x=torch.cat(x), t=torch.cat(t), u=torch.cat(u),
-            g=torch.cat(g) if self.growth else None,
-            weight=torch.cat(weight) if weight[0] is not None else None,
+            x=point.x, t=self.start + self.span * s, u=point.u / self.span,
+            g=(point.g / self.span[:, 0] if point.g is not None else torch.zeros_like(s[:, 0])) if self.growth else None,
+            weight=point.weight,
         )
 
 
@@ -219,6 +223,7 @@ def train(
     check_lr_schedule(lr_schedule)
     optimiser = torch.optim.Adam(net.parameters(), lr=lr, foreach=True)
     average = copy.deepcopy(net).requires_grad_(False) if ema_decay else None
+    averaged, trained = (list(average.parameters()), list(net.parameters())) if average is not None else ([], [])
     history = torch.empty(n_steps, device=next(net.parameters()).device)
     bar = progress_bar(n_steps, "training", progress)
     for step in range(n_steps):
@@ -239,7 +244,7 @@ def train(
         if average is not None:
             decay = min(ema_decay, (1 + step) / (10 + step))
             with torch.no_grad():
-                torch._foreach_lerp_(list(average.parameters()), list(net.parameters()), 1 - decay)
+                torch._foreach_lerp_(averaged, trained, 1 - decay)
         history[step] = loss.detach()
         if progress and (step % 50 == 0 or step == n_steps - 1):
             bar.set_postfix(loss=f"{loss.item():.4g}")

@@ -133,8 +133,11 @@ def test_leave_one_out_table():
     table = cf.tl.leave_one_out(adata, method=["otcfm"], seeds=[0], n_steps=200, progress=False)
     assert set(table["method"]) == {"otcfm", "ot_interpolation"}
     assert sorted(table["held_out_time"].unique()) == [1.0, 2.0]
-    assert {"w1", "w2", "mmd", "seconds"} <= set(table.columns)
+    assert {"w1", "w2", "mmd", "seconds", "n_predicted"} <= set(table.columns)
     assert (table["w1"] > 0).all() and (table["w1"] < 2).all()
+    sizes = adata.obs["time"].value_counts()
+    flows = table[table["method"] == "otcfm"]
+    assert (flows["n_predicted"].to_numpy() == sizes[flows["held_out_time"] - 1].to_numpy()).all()
 
 
 def test_ot_interpolation_of_gaussians_is_mccann():
@@ -143,6 +146,21 @@ def test_ot_interpolation_of_gaussians_is_mccann():
     assert masses.sum() == pytest.approx(1.0)
     target = 0.75 * x0 + 0.25 * monge_map(x0, *params)
     assert cf.metrics.w1(points, target, x_weights=masses) < 0.12
+
+
+def test_ot_barycentric_map_is_one_point_per_cell_at_the_mean_of_its_splits():
+    x0, x1 = np.array([[0.0], [1.0]]), np.array([[0.0], [0.2], [1.0], [1.2]])
+    moved = cf.benchmark.ot_barycentric_map(x0, x1, 0.5)
+    np.testing.assert_allclose(moved, [[0.05], [1.05]])
+    points, masses = cf.benchmark.ot_interpolation(x0, x1, 0.5)
+    assert len(points) == 4
+    np.testing.assert_allclose(np.sort(points[:, 0]), [0.0, 0.1, 1.0, 1.1])
+    np.testing.assert_allclose(masses, 0.25)
+    # a permutation plan splits nothing: map and interpolation are the same points
+    y0, y1, _ = _gaussian_pair(200)
+    permuted, _ = cf.benchmark.ot_interpolation(y0, y1, 0.3)
+    mapped = cf.benchmark.ot_barycentric_map(y0, y1, 0.3)
+    np.testing.assert_allclose(np.sort(mapped, axis=0), np.sort(permuted, axis=0), atol=1e-9)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
