@@ -54,8 +54,6 @@ class PairObjective:
     """
 
     def __init__(self, populations, times, samplers, path, batch_size: int, growth: bool = False):
-        self.populations = populations
-        self.times = [float(t) for t in times]
         self.samplers = samplers
         self.path = path
         self.batch_size = int(batch_size)
@@ -63,12 +61,9 @@ class PairObjective:
         # every interval's pairs are drawn as one batch: cells indexed in one stacked tensor
         self.cells = torch.cat(populations)
         self.offsets = np.cumsum([0, *(len(x) for x in populations)])
-        device, dtype = self.cells.device, self.cells.dtype
-        times = torch.as_tensor(self.times, device=device, dtype=dtype)
-        n_intervals = len(samplers)
+        times = torch.as_tensor(np.asarray(times, dtype=float), device=self.cells.device, dtype=self.cells.dtype)
         self.start = times[:-1].repeat_interleave(self.batch_size)[:, None]
         self.span = (times[1:] - times[:-1]).repeat_interleave(self.batch_size)[:, None]
-        self.n = n_intervals * self.batch_size
 
     def draw(self, rng: np.random.Generator) -> Batch:
         """One batch: ``batch_size`` pairs from every interval, at uniform fractions of it."""
@@ -78,7 +73,7 @@ class PairObjective:
         j = np.concatenate([pairs.j + self.offsets[k + 1] for k, pairs in enumerate(drawn)])
         x0 = self.cells[torch.from_numpy(i).to(device)]
         x1 = self.cells[torch.from_numpy(j).to(device)]
-        s = torch.rand(self.n, 1, device=device, dtype=dtype)
+        s = torch.rand(len(i), 1, device=device, dtype=dtype)
         m0 = m1 = None
         if drawn[0].m0 is not None:
             m0 = torch.as_tensor(np.concatenate([p.m0 for p in drawn]), device=device, dtype=dtype)
@@ -87,11 +82,10 @@ class PairObjective:
             x1 = torch.where(died, x0, x1)  # a dying cell stays where it is
             s = torch.where(died, s.clamp(max=0.99), s)  # its growth target diverges at s = 1
         point = self.path.sample(x0, x1, s, torch.randn_like(x0), m0, m1)
-        return Batch(
-            x=point.x, t=self.start + self.span * s, u=point.u / self.span,
-            g=(point.g / self.span[:, 0] if point.g is not None else torch.zeros_like(s[:, 0])) if self.growth else None,
-            weight=point.weight,
-        )
+        g = None
+        if self.growth:
+            g = point.g / self.span[:, 0] if point.g is not None else torch.zeros_like(s[:, 0])
+        return Batch(x=point.x, t=self.start + self.span * s, u=point.u / self.span, g=g, weight=point.weight)
 
 
 class TupleObjective:
@@ -223,7 +217,8 @@ def train(
     check_lr_schedule(lr_schedule)
     optimiser = torch.optim.Adam(net.parameters(), lr=lr, foreach=True)
     average = copy.deepcopy(net).requires_grad_(False) if ema_decay else None
-    averaged, trained = (list(average.parameters()), list(net.parameters())) if average is not None else ([], [])
+    trained = list(net.parameters())
+    averaged = list(average.parameters()) if average is not None else None
     history = torch.empty(n_steps, device=next(net.parameters()).device)
     bar = progress_bar(n_steps, "training", progress)
     for step in range(n_steps):
