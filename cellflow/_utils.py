@@ -13,7 +13,14 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
         return device
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device={device!r} is not a torch device; use 'auto', 'cpu' or 'cuda'") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={str(device)!r} was asked for, but this torch ({torch.__version__}) sees no CUDA "
+                         "GPU; use device='auto' or 'cpu', or install a CUDA build of torch")
+    return device
 
 
 def progress_bar(total: int, desc: str, enabled: bool):

@@ -3,21 +3,21 @@
 A coupling is solved once per interval, on blocks of at most ``block_size`` cells per side
 (the whole population when it fits), so no ``n x n`` matrix of the whole data is ever formed.
 Training then draws pairs from the stored plan, with replacement, at the cost of a lookup.
+
+Every coupling class declares what it needs from a method's settings
+(:attr:`Coupling.settings`, from ``reg``, ``delta``, ``block_size``), its default entropic
+regularisation (:meth:`Coupling.default_reg`) and whether it is unbalanced (its pairs carry
+masses, so the method learns growth). :data:`COUPLINGS` names them for the method table.
 """
 
 from __future__ import annotations
 
 import math
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
 import ot
 import scipy.sparse as sp
-import torch
-
-from .metrics import w1
-from .paths import WFRPath
 
 
 @dataclass
@@ -110,8 +110,38 @@ def _blocks(n0: int, n1: int, block_size: int, rng: np.random.Generator):
     return list(zip(parts0, parts1))
 
 
-class _BlockwiseOT:
+class Coupling:
+    """Base of the couplings: what a coupling declares to the method table.
+
+    Attributes
+    ----------
+    settings
+        Names of the method settings the constructor takes (from ``reg``, ``delta``, ``block_size``).
+    unbalanced
+        Pairs carry masses (``m0``, ``m1``): a method with this coupling learns growth.
+    """
+
+    settings: tuple[str, ...] = ()
+    unbalanced = False
+
+    @staticmethod
+    def default_reg(sigma: float) -> float | None:
+        """Entropic regularisation when none is given (``None``: the coupling has none)."""
+        return None
+
+    def sampler(self, x0, x1, a=None, b=None, rng=None, source_mass=None):
+        """A pair sampler between ``x0`` and ``x1`` with cell masses ``a`` and ``b``.
+
+        ``source_mass`` is the mass each source cell carries where it differs from the
+        marginal ``a`` the plan is fitted to (unbalanced couplings; ignored by balanced ones).
+        """
+        raise NotImplementedError
+
+
+class _BlockwiseOT(Coupling):
     """Shared machinery: solve a plan on each block and assemble one sparse plan."""
+
+    settings = ("block_size",)
 
     def __init__(self, block_size: int = 2048):
         if block_size < 2:
@@ -120,8 +150,6 @@ class _BlockwiseOT:
 
     def solve_block(self, a: np.ndarray, b: np.ndarray, cost: np.ndarray) -> np.ndarray:
         raise NotImplementedError
-
-    balanced = True
 
     def cost(self, x0: np.ndarray, x1: np.ndarray) -> np.ndarray:
         """Ground cost between two blocks of cells: squared Euclidean distance."""
@@ -141,7 +169,7 @@ class _BlockwiseOT:
         rows, cols, vals = [], [], []
         for i0, i1 in _blocks(n0, n1, self.block_size, rng):
             cost = self.cost(x0[i0].astype(np.float64), x1[i1].astype(np.float64))
-            if self.balanced:
+            if not self.unbalanced:
                 share = 0.5 * (a[i0].sum() / a.sum() + b[i1].sum() / b.sum())
                 block = self.solve_block(a[i0] / a[i0].sum(), b[i1] / b[i1].sum(), cost) * share
             else:
@@ -158,15 +186,15 @@ class _BlockwiseOT:
             (np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(n0, n1)
         )
 
-    def sampler(self, x0, x1, a=None, b=None, rng=None) -> PlanSampler:
+    def sampler(self, x0, x1, a=None, b=None, rng=None, source_mass=None) -> PlanSampler:
         """A pair sampler over the plan between ``x0`` and ``x1``."""
         return PlanSampler(self.plan(x0, x1, a, b, rng))
 
 
-class IndependentCoupling:
+class IndependentCoupling(Coupling):
     """The product coupling: every source cell with every target cell (I-CFM)."""
 
-    def sampler(self, x0, x1, a=None, b=None, rng=None) -> IndependentSampler:
+    def sampler(self, x0, x1, a=None, b=None, rng=None, source_mass=None) -> IndependentSampler:
         """A sampler of independent pairs."""
         a = np.ones(len(x0)) if a is None else np.asarray(a, dtype=float)
         b = np.ones(len(x1)) if b is None else np.asarray(b, dtype=float)
@@ -197,6 +225,13 @@ class EntropicOTCoupling(_BlockwiseOT):
     block_size
         Largest number of cells per side of one OT problem.
     """
+
+    settings = ("reg", "block_size")
+
+    @staticmethod
+    def default_reg(sigma: float) -> float:
+        """``2 sigma**2``, the Schroedinger bridge of the path's noise; 0.05 for a path without noise."""
+        return 2 * sigma**2 if sigma > 0 else 0.05
 
     def __init__(self, reg: float = 0.05, block_size: int = 2048):
         super().__init__(block_size)
@@ -280,7 +315,13 @@ class WFRCoupling(_BlockwiseOT):
         Largest problem per side.
     """
 
-    balanced = False
+    unbalanced = True
+    settings = ("delta", "reg", "block_size")
+
+    @staticmethod
+    def default_reg(sigma: float) -> float:
+        """0.01, in units of the cost (whose scale is fixed by ``delta``)."""
+        return 0.01
 
     def __init__(self, delta: float, reg: float = 0.01, marginal_penalty: float = 1.0, block_size: int = 2048):
         super().__init__(block_size)
@@ -320,109 +361,6 @@ class WFRCoupling(_BlockwiseOT):
         return WFRSampler(plan, a if source_mass is None else np.asarray(source_mass, dtype=float), b)
 
 
-def default_delta(populations, quantile: float = 0.9, block_size: int = 2048, seed: int = 0) -> float:
-    """Default ``delta`` of the WFR cost, from the data.
-
-    The exact balanced OT plan between each pair of neighbouring populations gives
-    displacement lengths; ``delta = 2 q / pi`` with ``q`` their ``quantile`` (over all
-    intervals), so that 90% of balanced displacements have ``cos^2 >= 1/2`` in the cost and
-    the transport horizon ``pi * delta`` is twice that quantile.
-
-    Notes
-    -----
-    ``delta`` is the model's trade-off between moving and growing, and the snapshots alone do
-    not fix it. A pair at distance ``d`` follows a geodesic whose log-mass rate (per interval)
-    is ``2 (sqrt(m1/m0) cos(phi) - 1)`` at its start and ``2 (1 - sqrt(m0/m1) cos(phi))`` at
-    its end, ``phi = d / (2 delta)``: even a cell that neither divides nor dies (``m0 = m1``)
-    loses and regains mass on the way (rates ``-2 (1 - cos(phi))`` and ``+2 (1 - cos(phi))``
-    at the two time points), and the coupling weighs the cost ``-log cos^2(phi)`` of moving
-    against the log-mass changes. Where cells travel a good part of ``delta`` between time
-    points, the growth field therefore reflects displacement as well as proliferation; a
-    larger ``delta`` separates the two, at the price of explaining a population change by
-    moving mass rather than by local birth and death (``delta -> inf``: balanced OT-CFM).
-    Which matters more depends on the data: set ``delta`` explicitly when it does.
-    """
-    rng = np.random.default_rng(seed)
-    lengths, masses = [], []
-    for x0, x1 in zip(populations[:-1], populations[1:]):
-        plan = ExactOTCoupling(block_size).plan(np.asarray(x0), np.asarray(x1), rng=rng).tocoo()
-        lengths.append(np.linalg.norm(np.asarray(x0)[plan.row] - np.asarray(x1)[plan.col], axis=1))
-        masses.append(plan.data / plan.data.sum())
-    lengths, masses = np.concatenate(lengths), np.concatenate(masses)
-    order = np.argsort(lengths)
-    cumulative = np.cumsum(masses[order]) / masses.sum()
-    q = lengths[order][min(np.searchsorted(cumulative, quantile), lengths.size - 1)]
-    return float(2 * q / np.pi) if q > 0 else 1.0
-
-
-def wfr_interpolation(x0, x1, s: float, delta: float, *, reg: float = 0.01, n_points: int = 1000,
-                      block_size: int = 2048, rng: np.random.Generator | None = None):
-    """Cells on the static WFR geodesic between two populations, at fraction ``s`` of the interval.
-
-    Solves the WFR coupling (unit mass per cell), follows every pair, and every source cell that
-    dies in place, along the closed-form geodesic to ``s``, and draws ``n_points`` positions in
-    proportion to the mass there.
-
-    Returns
-    -------
-    Positions ``(n_points, d)`` and the total mass at ``s`` (``len(x0)`` at ``s = 0``).
-    """
-    rng = np.random.default_rng(0) if rng is None else rng
-    x0, x1 = np.asarray(x0, dtype=np.float64), np.asarray(x1, dtype=np.float64)
-    pairs = WFRCoupling(delta, reg=reg, block_size=block_size).sampler(x0, x1, rng=rng).all_pairs()
-    start = torch.from_numpy(x0[pairs.i])
-    end = torch.from_numpy(np.where(pairs.died[:, None], x0[pairs.i], x1[pairs.j]))
-    m0 = torch.from_numpy(pairs.m0)
-    point = WFRPath(delta).sample(
-        start, end, torch.full((len(start), 1), float(s), dtype=torch.float64), torch.zeros_like(start),
-        m0, torch.from_numpy(pairs.m1),
-    )
-    mass = (point.weight * m0).numpy()
-    pick = rng.choice(mass.size, n_points, p=mass / mass.sum())
-    return point.x.numpy()[pick], float(mass.sum())
-
-
-DELTA_FACTORS = tuple(2.0 ** (k / 2) for k in range(-2, 5))  # 0.5 to 4 times the displacement rule
-
-
-def cross_validated_delta(populations, times, factors=DELTA_FACTORS, *, reg: float = 0.01, n_points: int = 1000,
-                          block_size: int = 2048, seed: int = 0) -> float:
-    """The ``delta`` whose WFR geodesics best predict every inner time point from its neighbours.
-
-    For each inner time point ``t_k``, the static WFR interpolation between the populations of
-    ``t_{k-1}`` and ``t_{k+1}`` (:func:`wfr_interpolation`, at the real-time fraction of ``t_k``)
-    is scored by W1 against the cells measured at ``t_k``; the candidates are ``factors`` times
-    :func:`default_delta`, and the one with the lowest mean W1 wins. This is leave-one-out on
-    the training data itself, with no network trained, on at most ``2 n_points`` cells per time
-    point (``n_points`` for the held-out one). With only two time points there is nothing to
-    hold out, and :func:`default_delta` is returned.
-    """
-    base = default_delta(populations, block_size=block_size, seed=seed)
-    if len(populations) < 3:
-        return base
-    rng = np.random.default_rng(seed)
-
-    def subsample(x, n):
-        x = np.asarray(x, dtype=np.float64)
-        return x if len(x) <= n else x[rng.choice(len(x), n, replace=False)]
-
-    truth = [subsample(x, n_points) for x in populations]
-    populations = [subsample(x, 2 * n_points) for x in populations]  # a sample suffices to rank candidates
-    scores = []
-    for factor in factors:
-        errors = []
-        for k in range(1, len(populations) - 1):
-            s = (times[k] - times[k - 1]) / (times[k + 1] - times[k - 1])
-            with warnings.catch_warnings(), np.errstate(all="ignore"):
-                # the smallest candidates can leave Sinkhorn with underflowing rows: they score badly
-                warnings.simplefilter("ignore")
-                predicted, _ = wfr_interpolation(populations[k - 1], populations[k + 1], s, factor * base,
-                                                 reg=reg, n_points=n_points, block_size=block_size, rng=rng)
-            errors.append(w1(predicted, truth[k]))
-        scores.append(np.mean(errors))
-    return float(base * factors[int(np.argmin(scores))])
-
-
 def sample_chains(samplers, n: int, rng: np.random.Generator) -> list[Pairs]:
     """Chain the plans of consecutive intervals into ``n`` tuples ``(x_0, ..., x_K)``.
 
@@ -442,3 +380,11 @@ def sample_chains(samplers, n: int, rng: np.random.Generator) -> list[Pairs]:
         links.append(pairs)
         i = pairs.j
     return links
+
+
+COUPLINGS = {
+    "independent": IndependentCoupling,
+    "exact": ExactOTCoupling,
+    "entropic": EntropicOTCoupling,
+    "wfr": WFRCoupling,
+}

@@ -7,7 +7,18 @@ from typing import Callable
 import torch
 from torchdiffeq import odeint
 
+from . import _checks
+
+ADAPTIVE_METHODS = ("dopri5", "dopri8", "bosh3", "adaptive_heun")
 FIXED_STEP_METHODS = ("euler", "midpoint", "rk4")
+
+
+def check_solver(method: str, step_size: float | None) -> float | None:
+    """Check a solver name and its step (needed by fixed-step solvers, positive); returns the step."""
+    _checks.choice("solver", method, ADAPTIVE_METHODS + FIXED_STEP_METHODS)
+    if method in FIXED_STEP_METHODS and step_size is None:
+        raise ValueError(f"solver {method!r} takes fixed steps: pass step_size (in time units)")
+    return None if step_size is None else _checks.number("step_size", step_size, minimum=0, strict=True)
 
 
 def integrate(
@@ -32,8 +43,8 @@ def integrate(
     times
         1-D increasing or decreasing tensor of times (integration runs backward when decreasing).
     method
-        A torchdiffeq solver: adaptive (``"dopri5"``, default) or fixed-step (``"euler"``,
-        ``"midpoint"``, ``"rk4"``, which need ``step_size``).
+        A torchdiffeq solver: adaptive (:data:`ADAPTIVE_METHODS`, default ``"dopri5"``) or
+        fixed-step (:data:`FIXED_STEP_METHODS`, which need ``step_size``).
     step_size
         Step of a fixed-step solver, in the units of ``times``.
     rtol, atol
@@ -45,12 +56,8 @@ def integrate(
     -------
     States ``(len(times), n, d)``.
     """
-    if method in FIXED_STEP_METHODS:
-        if step_size is None:
-            raise ValueError(f"method={method!r} is a fixed-step solver: pass step_size")
-        options = {"step_size": step_size}
-    else:
-        options = None
+    step_size = check_solver(method, step_size)
+    options = {"step_size": step_size} if method in FIXED_STEP_METHODS else None
     times = times.to(device=x.device, dtype=x.dtype)
     if times.numel() == 1 or bool((times[1:] == times[:-1]).all()):
         return x.unsqueeze(0).expand(times.numel(), *x.shape).clone()

@@ -1,4 +1,4 @@
-"""The model object: a method (coupling x path), a trained field, and how to use it."""
+"""The model object: a method (coupling x path x objective), a trained field, and how to use it."""
 
 from __future__ import annotations
 
@@ -7,137 +7,71 @@ import time
 import numpy as np
 import torch
 
+from . import _checks, _state
 from ._utils import resolve_device, seed_everything
-from .couplings import (
-    EntropicOTCoupling, ExactOTCoupling, IndependentCoupling, WFRCoupling, cross_validated_delta
-)
-from .integration import integrate
+from .clock import Clock
+from .delta import cross_validated_delta
+from .integration import check_solver, integrate
+from .methods import resolve_method
 from .networks import TimeMLP, VelocityGrowthField
-from .paths import (
-    BrownianBridgePath,
-    CubicSplinePath,
-    LinearPath,
-    MonotoneHermitePath,
-    VariancePreservingPath,
-    WFRPath,
-)
 from .readers import TimeCourse
-from .training import PairObjective, TupleObjective, check_lr_schedule, train
+from .training import LR_SCHEDULES, OBJECTIVES, train
 
-COUPLINGS = {
-    "independent": IndependentCoupling,
-    "exact": ExactOTCoupling,
-    "entropic": EntropicOTCoupling,
-    "wfr": WFRCoupling,
-}
-PATHS = {
-    "linear": LinearPath,
-    "brownian": BrownianBridgePath,
-    "vp": VariancePreservingPath,
-    "wfr": WFRPath,
-    "spline": CubicSplinePath,
-    "hermite": MonotoneHermitePath,
-}
-METHODS = {
-    "icfm": ("independent", "linear"),
-    "otcfm": ("exact", "linear"),
-    "sbcfm": ("entropic", "brownian"),
-    "wfr": ("wfr", "wfr"),
-    "mmfm": ("exact", "hermite"),
-}
+MAX_WIDTH = 65536  # widest hidden layer accepted (a guard against typos and tampered files)
+MAX_LOG_GROWTH = 50.0  # largest |prior growth rate x interval| accepted (a factor e^50 per interval)
 
 
-class Clock:
-    """The model's internal time: piecewise linear in real time, each measured interval of length ``1/K``.
-
-    Time courses are often sampled densely where cells change fast (1 h, 6 h, 12 h, ... 96 h).
-    On a clock that gives every interval the same length, the velocity per unit of internal time
-    is of the same size in every interval, which a network learns far more easily than velocities
-    that differ by the ratio of the longest to the shortest interval. Real-time velocities are
-    ``dx/dtau * rate(t)``. Before the first and after the last time point the clock runs at the
-    rate of the nearest interval.
-
-    Parameters
-    ----------
-    knots
-        Increasing measured times ``t_0 < ... < t_K`` (at least two).
-    """
-
-    def __init__(self, knots):
-        self.knots = np.asarray(knots, dtype=np.float64)
-
-    def _interval(self, t) -> tuple[np.ndarray, np.ndarray]:
-        """Index and length of the interval of each ``t`` (the first or last one outside)."""
-        index = np.clip(np.searchsorted(self.knots, t, side="right") - 1, 0, len(self.knots) - 2)
-        return index, self.knots[index + 1] - self.knots[index]
-
-    def __call__(self, t) -> np.ndarray:
-        """Internal time of real times ``t``."""
-        t = np.asarray(t, dtype=np.float64)
-        index, span = self._interval(t)
-        return (index + (t - self.knots[index]) / span) / (len(self.knots) - 1)
-
-    def rate(self, t) -> np.ndarray:
-        """``d tau / dt`` at real times ``t`` (of the interval that starts at or before ``t``)."""
-        _, span = self._interval(np.asarray(t, dtype=np.float64))
-        return 1.0 / ((len(self.knots) - 1) * span)
-
-    @property
-    def max_rate(self) -> float:
-        """``d tau / dt`` in the shortest interval."""
-        return 1.0 / ((len(self.knots) - 1) * float(np.min(np.diff(self.knots))))
+def _optional(name: str, value, **bounds) -> float | None:
+    return None if value is None else _checks.number(name, value, **bounds)
 
 
 class CellFlow:
     """A flow-matching model of a time course.
 
-    A method is a coupling between neighbouring time points and a conditional path between
-    the paired cells; one network ``v(x, t)`` is regressed on the path velocities. Positions
-    are internally centred and divided by one overall scale, and the network runs on an
-    internal clock on which every interval between measured time points has the same length
-    (:class:`Clock`); everything the model returns is in the user's units.
+    A method is a coupling between time points, a conditional path through the coupled cells
+    and a training objective (pairs of neighbouring time points, or chains through all of them);
+    one network ``v(x, t)`` is regressed on the path velocities. Positions are internally
+    centred and divided by one overall scale, and the network sees time on an internal clock on
+    which every interval between measured time points has the same length, with an output unit
+    that changes continuously from interval to interval (:class:`cellflow.clock.Clock`);
+    everything the model returns is in the user's units.
 
     Parameters
     ----------
     method
-        ``"icfm"`` (independent coupling, straight paths), ``"otcfm"`` (exact OT, straight
-        paths), ``"sbcfm"`` (entropic OT with ``reg = 2 sigma**2``, Brownian bridges) or
-        ``"wfr"`` (unbalanced Wasserstein-Fisher-Rao coupling and geodesics, WFR-FM: learns a
-        growth field too), or ``"mmfm"`` (multimarginal: the plans of consecutive intervals
-        chained into tuples through every time point, a shape-preserving cubic Hermite curve
-        through each tuple; ``path="spline"`` for the natural cubic spline; both curves pass
-        through the knots on the internal clock, where they are evenly spaced).
-    coupling, path
-        Override the method's coupling (``"independent"``, ``"exact"``, ``"entropic"``,
-        ``"wfr"``) or path (``"linear"``, ``"brownian"``, ``"vp"``, ``"wfr"``, ``"hermite"``,
-        ``"spline"``).
-        A growth field is learned whenever the coupling or the path is ``"wfr"``. With
-        ``"mmfm"`` a pair path is applied piecewise to each chain's own segment (e.g.
-        ``path="linear"``: piecewise linear; ``coupling="wfr", path="wfr"``: unbalanced
-        multimarginal); the curves through all knots always train on chains.
+        A row of :data:`cellflow.methods.METHODS`: ``"icfm"`` (independent coupling, straight
+        paths), ``"otcfm"`` (exact OT, straight paths), ``"sbcfm"`` (entropic OT with
+        ``reg = 2 sigma**2``, Brownian bridges), ``"wfr"`` (unbalanced Wasserstein-Fisher-Rao
+        coupling and geodesics, WFR-FM: learns a growth field too) or ``"mmfm"``
+        (multimarginal: the plans of consecutive intervals chained into tuples through every
+        time point, a shape-preserving cubic Hermite curve through each tuple in real time).
+    coupling, path, objective
+        Replace a piece of the method: coupling ``"independent"``, ``"exact"``, ``"entropic"``
+        or ``"wfr"``; path ``"linear"``, ``"brownian"``, ``"vp"``, ``"wfr"``, ``"hermite"`` or
+        ``"spline"`` (natural cubic spline); objective ``"pairs"`` or ``"chains"`` (a curve
+        through every time point needs chains; a pair path on chains is applied piecewise to
+        each chain's own segment). A growth field is learned whenever the coupling carries mass
+        or the path makes growth (``"wfr"``).
     sigma
-        Noise of the path, in units of the data's overall standard deviation (``"wfr"``
-        method: no noise unless given).
+        Noise of the path, in units of the data's overall standard deviation; default from the
+        path (0.1; none for the WFR geodesic).
     reg
-        Entropic regularisation (relative units); default ``2 sigma**2`` with Brownian bridges,
-        0.01 for the WFR coupling (its cost is in units of ``(d / 2 delta)^2``), else 0.05.
+        Entropic regularisation of the coupling (relative units); default from the coupling:
+        ``2 sigma**2`` for entropic OT (the Schroedinger bridge of the path's noise), 0.01 for the
+        WFR coupling (its cost is in units of ``(d / 2 delta)^2``); exact and independent
+        couplings have none.
     delta
-        WFR length scale, in the units of the representation; ``None`` chooses it from the data:
-        the candidate whose static WFR geodesics best predict each inner time point from its two
-        neighbours (:func:`cellflow.couplings.cross_validated_delta`; with two time points,
-        :func:`cellflow.couplings.default_delta`). Pairs farther apart than ``pi * delta`` are
-        never transported: the source cell dies in place and the target cell is not reached.
-        Larger values keep the learned growth from depending on how far cells move; smaller
-        ones explain population changes by more local birth and death (see the notes of
-        :func:`~cellflow.couplings.default_delta`).
-    growth_weight
-        Weight of the growth error in the loss (``kappa``).
+        WFR length scale, positive, in the units of the representation; ``None`` chooses it from
+        the data (:func:`cellflow.delta.cross_validated_delta`: the candidate whose static WFR
+        geodesics best predict each inner time point from its two neighbours; with two time
+        points :func:`cellflow.delta.default_delta`). Pairs farther apart than ``pi * delta``
+        are never transported: the source cell dies in place and the target cell is not reached.
     hidden
         Hidden layer widths of the velocity network (and of the growth network).
     n_steps, batch_size, lr, lr_schedule, ema_decay
         Training: optimiser steps, pairs per interval and step, Adam learning rate, its
         schedule (``"constant"`` or ``"cosine"`` decay to ``lr / 100``), weight averaging
-        (``None`` to switch off).
+        (in ``[0, 1)``; ``None`` or 0 to switch off).
     block_size
         Largest OT problem per side; larger populations are coupled in random blocks.
     seed
@@ -152,10 +86,10 @@ class CellFlow:
         *,
         coupling: str | None = None,
         path: str | None = None,
+        objective: str | None = None,
         sigma: float | None = None,
         reg: float | None = None,
         delta: float | None = None,
-        growth_weight: float = 1.0,
         hidden: tuple[int, ...] = (256, 256, 256),
         n_steps: int = 2000,
         batch_size: int = 256,
@@ -166,76 +100,80 @@ class CellFlow:
         seed: int = 0,
         device: str = "auto",
     ):
-        if method not in METHODS:
-            raise ValueError(f"method={method!r} is unknown; choose one of {sorted(METHODS)}")
-        default_coupling, default_path = METHODS[method]
-        coupling = coupling or default_coupling
-        path = path or default_path
-        if coupling not in COUPLINGS:
-            raise ValueError(f"coupling={coupling!r} is unknown; choose one of {sorted(COUPLINGS)}")
-        if path not in PATHS:
-            raise ValueError(f"path={path!r} is unknown; choose one of {sorted(PATHS)}")
-        if sigma is None:
-            sigma = 0.0 if path == "wfr" else 0.1
-        if reg is None:
-            reg = {"brownian": 2 * sigma**2}.get(path, 0.01 if coupling == "wfr" else 0.05)
+        self.method = resolve_method(method, coupling, path, objective)
+        coupling_class, path_class = self.method.coupling_class, self.method.path_class
+        sigma = path_class.default_sigma if sigma is None else _checks.number("sigma", sigma, minimum=0)
+        reg = coupling_class.default_reg(sigma) if reg is None else _checks.number("reg", reg, minimum=0, strict=True)
+        if "reg" not in coupling_class.settings:
+            reg = None
+        delta = _optional("delta", delta, minimum=0, strict=True,
+                          hint=" (a length in the representation's units; None chooses it from the data)")
+        if isinstance(hidden, (str, bytes)) or not hasattr(hidden, "__len__") or len(hidden) == 0:
+            raise ValueError(f"hidden={hidden!r} must be a list of layer widths, e.g. (256, 256, 256)")
         self.params = dict(
-            method=method, coupling=coupling, path=path, sigma=float(sigma), reg=float(reg),
-            delta=float(delta or 0.0), growth_weight=float(growth_weight),
-            hidden=[int(h) for h in hidden], n_steps=int(n_steps), batch_size=int(batch_size),
-            lr=float(lr), lr_schedule=check_lr_schedule(lr_schedule), ema_decay=0.0 if ema_decay is None else float(ema_decay),
-            block_size=int(block_size), seed=int(seed),
+            method=method, coupling=self.method.coupling, path=self.method.path, objective=self.method.objective,
+            sigma=sigma, reg=reg, delta=delta if self.method.needs_delta else None,
+            hidden=[_checks.integer("hidden", h, 1, MAX_WIDTH) for h in hidden],
+            n_steps=_checks.integer("n_steps", n_steps), batch_size=_checks.integer("batch_size", batch_size),
+            lr=_checks.number("lr", lr, minimum=0, strict=True),
+            lr_schedule=_checks.choice("lr_schedule", lr_schedule, LR_SCHEDULES),
+            ema_decay=0.0 if ema_decay is None else _checks.number("ema_decay", ema_decay, minimum=0, maximum=1 - 1e-12),
+            block_size=_checks.integer("block_size", block_size, 2), seed=_checks.integer("seed", seed, 0),
         )
+        self._path(np.array([0.0, 1.0]), 1.0)  # the path checks its own settings (e.g. the bridge's sigma > 0)
         self.device = resolve_device(device)
         self.net: TimeMLP | None = None
         self.history: dict[str, np.ndarray] = {}
 
+    def __repr__(self) -> str:
+        p, state = self.params, "trained" if self.net is not None else "not trained"
+        return (f"CellFlow({p['method']!r}: coupling={p['coupling']!r}, path={p['path']!r}, "
+                f"objective={p['objective']!r}; {state})")
+
     @property
     def has_growth(self) -> bool:
-        """Whether the model learns a growth field (a WFR coupling or path)."""
-        return "wfr" in (self.params["coupling"], self.params["path"])
-
-    # -- the pieces a method is made of -------------------------------------------------
-    def _coupling(self):
-        name, p = self.params["coupling"], self.params
-        if name == "independent":
-            return IndependentCoupling()
-        if name == "exact":
-            return ExactOTCoupling(block_size=p["block_size"])
-        if name == "entropic":
-            return EntropicOTCoupling(reg=p["reg"], block_size=p["block_size"])
-        return WFRCoupling(delta=p["delta"] / self.scale, reg=p["reg"], block_size=p["block_size"])
-
-    def _path(self, knots):
-        if self.params["path"] == "wfr":
-            return WFRPath(delta=self.params["delta"] / self.scale, sigma=self.params["sigma"])
-        if self.params["path"] in ("spline", "hermite"):
-            return PATHS[self.params["path"]](knots, sigma=self.params["sigma"])
-        return PATHS[self.params["path"]](sigma=self.params["sigma"])
+        """Whether the model learns a growth field (a coupling with mass or a path with growth)."""
+        return self.method.has_growth
 
     @property
     def multimarginal(self) -> bool:
         """Whether training draws chains through all time points rather than pairs."""
-        return self.params["method"] == "mmfm" or self.params["path"] in ("spline", "hermite")
+        return self.method.objective == "chains"
+
+    # -- the pieces a method is made of -------------------------------------------------
+    def _settings(self, times, delta) -> dict:
+        """Every setting a coupling or a path may ask for, in internal units."""
+        p = self.params
+        return dict(sigma=p["sigma"], reg=p["reg"], delta=delta, block_size=p["block_size"], times=times)
+
+    def _coupling(self):
+        cls, delta = self.method.coupling_class, self.params["delta"]
+        settings = self._settings(self.times, None if delta is None else delta / self.scale)
+        return cls(**{name: settings[name] for name in cls.settings})
+
+    def _path(self, times, internal_delta=None):
+        cls, delta = self.method.path_class, self.params["delta"]
+        if internal_delta is None and delta is not None:
+            internal_delta = delta / self.scale
+        settings = self._settings(times, internal_delta)
+        return cls(**{name: settings[name] for name in cls.settings})
 
     def _network(self, n_dims: int):
         hidden = tuple(self.params["hidden"])
         return VelocityGrowthField(n_dims, hidden) if self.has_growth else TimeMLP(n_dims, hidden)
 
     # -- coordinates -----------------------------------------------------------------------
-    def _set_scales(self, course: TimeCourse) -> None:
-        cells = np.concatenate(course.populations).astype(np.float64)
-        self.center = cells.mean(axis=0)
-        self.scale = float(np.sqrt(cells.var(axis=0).mean())) or 1.0
-        self.times = np.asarray(course.times, dtype=float)
-
-    @property
-    def clock(self) -> Clock:
-        """The internal clock of the measured time points (see :class:`Clock`)."""
-        return Clock(self.times)
+    def _set_frame(self, center, scale, times) -> None:
+        self.center, self.scale = np.asarray(center, dtype=np.float64), float(scale)
+        self.times = np.asarray(times, dtype=np.float64)
+        self.clock = Clock(self.times)
 
     def _to_internal(self, x) -> torch.Tensor:
-        z = (np.asarray(x, dtype=np.float64) - self.center) / self.scale
+        x = np.asarray(x, dtype=np.float64)
+        if x.ndim != 2 or x.shape[1] != self.center.size:
+            raise ValueError(f"positions of shape {x.shape} do not match the model's {self.center.size} "
+                             "dimensions; pass one row per cell in the representation the model was fitted on")
+        z = (x - self.center) / self.scale
         return torch.as_tensor(z, dtype=torch.float32, device=self.device)
 
     def _check_fitted(self) -> None:
@@ -243,44 +181,59 @@ class CellFlow:
             raise RuntimeError("the model is not trained yet: call fit() first")
 
     # -- training --------------------------------------------------------------------------
+    def _source_masses(self, course: TimeCourse) -> list[np.ndarray]:
+        """Source marginal of each interval: the cells' mass times their prior growth over it."""
+        mass = course.weights or [np.ones(len(x)) for x in course.populations]
+        if course.growth is None:
+            return mass[:-1]
+        masses = []
+        for k, dt in enumerate(np.diff(course.times)):
+            log_growth = course.growth[k] * dt
+            worst = float(np.abs(log_growth).max())
+            if not worst <= MAX_LOG_GROWTH:
+                raise ValueError(
+                    f"the prior growth rates (growth_key) of time point {course.times[k]:g} reach "
+                    f"{worst / dt:g} per time unit, a change of e^{worst:.0f} in mass by the next time point; "
+                    "give log growth rates per unit of the time column (e.g. from cellflow.pp.score_growth)"
+                )
+            masses.append(mass[k] * np.exp(log_growth))
+        return masses
+
     def _samplers(self, course: TimeCourse, internal: list[np.ndarray], rng):
         """One pair sampler per interval; a prior growth rate reweights the source marginal."""
         coupling = self._coupling()
-        n = len(internal)
         mass = course.weights or [np.ones(len(z)) for z in internal]
-        samplers = []
-        for k in range(n - 1):
-            a, b = mass[k], mass[k + 1]
-            if course.growth is not None:
-                a = a * np.exp(course.growth[k] * (course.times[k + 1] - course.times[k]))
-            if isinstance(coupling, WFRCoupling):
-                samplers.append(coupling.sampler(internal[k], internal[k + 1], a, b, rng, source_mass=mass[k]))
-            else:
-                samplers.append(coupling.sampler(internal[k], internal[k + 1], a, b, rng))
-        return samplers
+        sources = self._source_masses(course)
+        return [
+            coupling.sampler(internal[k], internal[k + 1], sources[k], mass[k + 1], rng, source_mass=mass[k])
+            for k in range(len(internal) - 1)
+        ]
 
     def fit(self, course: TimeCourse, progress: bool = True) -> "CellFlow":
         """Train on a time course (see :func:`cellflow.readers.read_time_course`)."""
         p = self.params
         rng = seed_everything(p["seed"])
-        self._set_scales(course)
+        self._source_masses(course)  # bad prior growth fails before any work
+        cells = np.concatenate(course.populations).astype(np.float64)
+        self._set_frame(cells.mean(axis=0), float(np.sqrt(cells.var(axis=0).mean())) or 1.0, course.times)
         internal = [self._to_internal(x) for x in course.populations]
         cpu = [z.cpu().numpy().astype(np.float64) for z in internal]
         start = time.perf_counter()
-        if self.has_growth and not p["delta"]:
-            p["delta"] = self.scale * cross_validated_delta(
-                cpu, course.times, reg=p["reg"], block_size=p["block_size"], seed=p["seed"]
+        if self.method.needs_delta and p["delta"] is None:
+            reg = p["reg"] if "delta" in self.method.coupling_class.settings else None
+            p["delta"] = cross_validated_delta(
+                [np.asarray(x, dtype=np.float64) for x in course.populations], course.times,
+                **({} if reg is None else {"reg": reg}), block_size=p["block_size"], seed=p["seed"],
             )
         samplers = self._samplers(course, cpu, rng)
         coupling_seconds = time.perf_counter() - start
-        tau = self.clock(course.times)
-        objective = (TupleObjective if self.multimarginal else PairObjective)(
-            internal, tau, samplers, self._path(tau), p["batch_size"], growth=self.has_growth
+        objective = OBJECTIVES[self.method.objective](
+            internal, course.times, samplers, self._path(course.times), p["batch_size"], self.clock,
+            growth=self.has_growth,
         )
         net, loss = train(
             self._network(course.n_dims).to(self.device), objective, n_steps=p["n_steps"], lr=p["lr"],
-            lr_schedule=p["lr_schedule"],
-            ema_decay=p["ema_decay"] or None, growth_weight=p["growth_weight"], rng=rng, progress=progress,
+            lr_schedule=p["lr_schedule"], ema_decay=p["ema_decay"] or None, rng=rng, progress=progress,
         )
         self.net = net.eval()
         self.history = {
@@ -291,31 +244,41 @@ class CellFlow:
         return self
 
     # -- using the field ---------------------------------------------------------------
-    def _evaluate(self, x, t) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Internal velocity and growth at user positions ``x`` and times ``t``."""
+    def _times(self, t, n: int, name: str = "t") -> torch.Tensor:
+        """Real times broadcast to ``n`` cells, checked finite, as float64 on the model's device."""
+        t = np.broadcast_to(np.asarray(t, dtype=np.float64), (n,))
+        if not np.isfinite(t).all():
+            raise ValueError(f"{name}={t[~np.isfinite(t)][0]!r}: times must be finite numbers")
+        return torch.as_tensor(t.copy(), device=self.device)
+
+    def _field(self, z: torch.Tensor, t: torch.Tensor):
+        """Internal velocity (and growth) per unit of real time at internal positions ``z`` and real times ``t``."""
+        tau, unit = self.clock.evaluate(t.to(torch.float64).expand(len(z)))
+        out = self.net(z, tau.to(z.dtype))
+        unit = unit.to(z.dtype)[:, None]
+        return (out[0] * unit, out[1] * unit) if isinstance(out, tuple) else (out * unit, None)
+
+    def _evaluate(self, x, t) -> tuple[np.ndarray, np.ndarray | None]:
+        """Velocity (user units) and growth per unit of real time at user positions ``x`` and times ``t``."""
         self._check_fitted()
-        x = np.asarray(x)
-        tau = torch.as_tensor(np.broadcast_to(self.clock(t), (x.shape[0],)).copy(), dtype=torch.float32)
+        z = self._to_internal(x)
         with torch.no_grad():
-            out = self.net(self._to_internal(x), tau.to(self.device))
-        return out if isinstance(out, tuple) else (out, None)
+            v, g = self._field(z, self._times(t, len(z)))
+        v = v.cpu().numpy().astype(np.float64) * self.scale
+        return v, None if g is None else g[:, 0].cpu().numpy().astype(np.float64)
 
     def velocity(self, x, t) -> np.ndarray:
-        """Velocity ``dx/dt`` in the user's units at positions ``x`` ``(n, d)`` and times ``t``."""
-        v, _ = self._evaluate(x, t)
-        rate = np.broadcast_to(self.clock.rate(t), (v.shape[0],))[:, None]
-        return v.cpu().numpy().astype(np.float64) * self.scale * rate
+        """Velocity ``dx/dt`` in the user's units at positions ``x`` ``(n, d)`` and times ``t`` (one or ``(n,)``)."""
+        return self._evaluate(x, t)[0]
 
     def growth(self, x, t) -> np.ndarray:
         """Growth rate ``d log m / dt`` (per unit of the user's time); zeros for balanced methods."""
-        _, g = self._evaluate(x, t)
-        if g is None:
-            return np.zeros(len(np.asarray(x)))
-        return g[:, 0].cpu().numpy().astype(np.float64) * self.clock.rate(t)
+        v, g = self._evaluate(x, t)
+        return np.zeros(len(v)) if g is None else g
 
-    def _augmented_field(self, state: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
-        """``d(z, log m)/dtau`` for the integrator; the log-mass is the last column."""
-        v, g = self.net(state[:, :-1], tau)
+    def _augmented_field(self, state: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """``d(z, log m)/dt`` for the integrator; the log-mass is the last column."""
+        v, g = self._field(state[:, :-1], t)
         return torch.cat([v, g], dim=1)
 
     def transport(
@@ -323,26 +286,26 @@ class CellFlow:
     ) -> tuple[np.ndarray, np.ndarray]:
         """Positions and masses of cells starting at ``x`` at ``times[0]``, at every time of ``times``.
 
-        ``step_size`` (for fixed-step solvers) is in the user's time unit; it is applied in the
-        shortest measured interval and stretched with the internal clock elsewhere, so no interval
-        is integrated more coarsely than asked. Masses start at one and follow
-        ``d log m / dt = g``; they stay one for balanced methods.
+        The field is integrated in real time; ``step_size`` (fixed-step solvers only) is in the
+        user's time unit. Masses start at one and follow ``d log m / dt = g``; they stay one for
+        balanced methods.
 
         Returns
         -------
         Positions ``(len(times), n, d)`` and masses ``(len(times), n)``.
         """
         self._check_fitted()
-        tau = torch.as_tensor(self.clock(np.atleast_1d(times)), dtype=torch.float32)
-        step = None if step_size is None else step_size * self.clock.max_rate
+        times = np.atleast_1d(np.asarray(times, dtype=np.float64))
+        step = check_solver(method, step_size)
+        times = self._times(times, len(times), "times").to(torch.float32)
         z = self._to_internal(x)
         with torch.no_grad():
             if self.has_growth:
                 state = torch.cat([z, torch.zeros(len(z), 1, device=z.device)], dim=1)
-                out = integrate(self._augmented_field, state, tau, method=method, step_size=step)
+                out = integrate(self._augmented_field, state, times, method=method, step_size=step)
                 z, log_mass = out[..., :-1], out[..., -1]
             else:
-                z = integrate(self.net, z, tau, method=method, step_size=step)
+                z = integrate(lambda z_t, t: self._field(z_t, t)[0], z, times, method=method, step_size=step)
                 log_mass = torch.zeros(z.shape[:2])
         positions = z.cpu().numpy().astype(np.float64) * self.scale + self.center
         return positions, np.exp(log_mass.cpu().numpy().astype(np.float64))
@@ -359,8 +322,10 @@ class CellFlow:
     def to_dict(self) -> dict:
         """Everything needed to restore the model, as plain scalars, strings and arrays."""
         self._check_fitted()
+        params = {k: (np.array(v) if isinstance(v, list) else v) for k, v in self.params.items() if v is not None}
         return {
-            "params": {k: (np.array(v) if isinstance(v, list) else v) for k, v in self.params.items()},
+            "version": _state.VERSION,
+            "params": params,
             "center": self.center,
             "scale": self.scale,
             "times": self.times,
@@ -369,31 +334,39 @@ class CellFlow:
             "history": dict(self.history),
         }
 
-    def save(self, path) -> None:
-        """Write the model to a ``.npz`` file of plain arrays (see :func:`cellflow.io.save_model`)."""
-        from .io import save_model
-
-        save_model(self, path)
+    def save(self, path):
+        """Write the model to a ``.npz`` file of plain arrays; returns the path written."""
+        return _state.write(self.to_dict(), path)
 
     @classmethod
     def load(cls, path, device: str = "auto") -> "CellFlow":
         """Read a model file written by :meth:`save`; loading executes no code."""
-        from .io import load_model
-
-        return load_model(path, device=device)
+        return cls.from_dict(_state.read(path), device=device)
 
     @classmethod
-    def from_dict(cls, state: dict, device: str = "auto") -> "CellFlow":
-        """Restore a model written by :meth:`to_dict` (e.g. read back from an ``.h5ad``)."""
-        params = {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in state["params"].items()}
-        params = {k: (v.item() if hasattr(v, "item") else v) for k, v in params.items()}
-        ema, delta = params.pop("ema_decay"), params.pop("delta")
-        model = cls(**params, ema_decay=ema or None, delta=delta or None, device=device)
-        model.center = np.asarray(state["center"], dtype=np.float64)
-        model.scale = float(state["scale"])
-        model.times = np.asarray(state["times"], dtype=float)
-        net = model._network(int(state["n_dims"]))
-        net.load_state_dict({k: torch.as_tensor(np.asarray(v)) for k, v in state["weights"].items()})
+    def from_dict(cls, state, device: str = "auto") -> "CellFlow":
+        """Restore a model written by :meth:`to_dict` (e.g. read back from an ``.h5ad``).
+
+        Every entry is checked (:func:`cellflow._state.check_state`), and the weights' names and
+        shapes against the network the parameters describe, before that network is built.
+        """
+        parts = _state.check_state(state)
+        params = dict(parts["params"])
+        ema = params.pop("ema_decay", None)
+        try:
+            model = cls(**params, ema_decay=ema or None, device=device)
+        except TypeError as err:
+            raise ValueError(f"the model's parameters do not fit this cellflow ({err}); refit the model") from None
+        model._set_frame(parts["center"], parts["scale"], parts["times"])
+        with torch.device("meta"):  # shapes only: nothing is allocated
+            expected = {k: tuple(v.shape) for k, v in model._network(model.center.size).state_dict().items()}
+        found = {k: tuple(v.shape) for k, v in parts["weights"].items()}
+        if found != expected:
+            wrong = sorted(set(found) ^ set(expected)) or [k for k in expected if found[k] != expected[k]]
+            raise ValueError(f"the model's weights do not match its parameters (first mismatch: {wrong[0]!r}); "
+                             "the state was edited or damaged: refit the model")
+        net = model._network(model.center.size)
+        net.load_state_dict({k: torch.from_numpy(v) for k, v in parts["weights"].items()})
         model.net = net.to(model.device).eval()
-        model.history = {k: np.asarray(v) for k, v in state.get("history", {}).items()}
+        model.history = parts["history"]
         return model

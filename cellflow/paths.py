@@ -1,12 +1,22 @@
-"""Conditional probability paths between the two cells of a pair.
+"""Conditional probability paths through the cells a coupling pairs or chains.
 
-Each path maps a pair ``(x0, x1)``, a fraction ``s`` of the interval in ``[0, 1]`` and standard
-normal noise ``eps`` to a point ``x_s`` on the path and its velocity ``u = dx_s/ds``. The
-training loop turns ``u`` into real-time velocity by dividing by the interval's length.
+Every path has one method, :meth:`ConditionalPath.sample`, with one signature:
 
-Where the pair carries masses ``m0`` and ``m1`` (unbalanced couplings), a path also gives the
-growth target ``g = d log m / ds`` and the loss weight ``m(s) / m0``. The Wasserstein-Fisher-Rao
-geodesic moves mass and position together; the other paths interpolate the mass linearly.
+- ``points`` ``(K + 1, n, d)``: the cells each sample travels through, ``points[k, i]`` the
+  cell of sample ``i`` at the ``k``-th time (two rows for a pair, one per time point for a chain);
+- ``segment`` ``(n,)`` integers in ``[0, K)``: the interval each sample lies in;
+- ``s`` ``(n, 1)``: the fraction of that interval in real time, in ``[0, 1]``;
+- ``eps`` ``(n, d)``: standard normal noise;
+- ``m0``, ``m1`` ``(n,)`` or ``None``: the masses at the two ends of the segment (unbalanced couplings).
+
+It returns a :class:`PathSample`: the point ``x`` on the path, its velocity ``u = dx/ds`` and,
+where the pair carries masses, the growth ``g = d log m / ds`` and the loss weight ``m(s) / m0``
+(all per unit fraction of the segment). Pair paths use the two cells that bound the segment;
+curves (:attr:`ConditionalPath.through_knots`) use every row of ``points`` and the real times of
+the time points, so that a chain's curve depends on the data alone.
+
+Each class declares what it needs from a method's settings in :attr:`ConditionalPath.settings`
+(``sigma``, ``delta``, ``times``), its noise default, and whether it makes growth targets.
 """
 
 from __future__ import annotations
@@ -19,7 +29,7 @@ import torch
 
 @dataclass
 class PathSample:
-    """Points on the path and their targets (per unit fraction of the interval).
+    """Points on the path and their targets (per unit fraction ``s`` of the segment).
 
     ``g`` (growth, ``d log m / ds``) and ``weight`` (``m(s) / m0``) are ``None`` without masses.
     """
@@ -40,50 +50,129 @@ def _with_linear_mass(point: PathSample, s, m0, m1) -> PathSample:
     return point
 
 
-class LinearPath:
+def _ends(points, segment):
+    """The cells at the start and the end of each sample's segment, ``(n, d)`` each."""
+    rows = torch.arange(points.shape[1], device=points.device)
+    return points[segment, rows], points[segment + 1, rows]
+
+
+def monotone_tangents(values: torch.Tensor, widths: torch.Tensor) -> torch.Tensor:
+    """Tangents of the shape-preserving cubic Hermite interpolant (PCHIP) at every knot.
+
+    Parameters
+    ----------
+    values
+        Knot values ``(K + 1, ...)``.
+    widths
+        Knot spacings ``(K,)``, positive.
+
+    Returns
+    -------
+    ``(K + 1, ...)`` derivatives: at an inner knot the weighted harmonic mean of the two
+    neighbouring slopes (zero where they differ in sign), at the ends the end slopes. Every
+    tangent is at most three times the smaller neighbouring slope, so each cubic stays within
+    the range of its two knots.
+    """
+    h = widths.reshape(-1, *([1] * (values.ndim - 1))).to(values)
+    slopes = (values[1:] - values[:-1]) / h
+    tangents = torch.empty_like(values)
+    tangents[0], tangents[-1] = slopes[0], slopes[-1]
+    if len(slopes) > 1:
+        before, after = slopes[:-1], slopes[1:]
+        w_before, w_after = 2 * h[1:] + h[:-1], h[1:] + 2 * h[:-1]
+        same_sign = before * after > 0
+        safe_before = torch.where(same_sign, before, torch.ones_like(before))
+        safe_after = torch.where(same_sign, after, torch.ones_like(after))
+        harmonic = (w_before + w_after) / (w_before / safe_before + w_after / safe_after)
+        tangents[1:-1] = torch.where(same_sign, harmonic, torch.zeros_like(harmonic))
+    return tangents
+
+
+def hermite(lo, hi, d_lo, d_hi, s):
+    """Cubic Hermite curve and its derivative ``d/ds`` at ``s``, from values and ``d/ds`` slopes at both ends."""
+    s2, s3 = s**2, s**3
+    x = (2 * s3 - 3 * s2 + 1) * lo + (s3 - 2 * s2 + s) * d_lo + (-2 * s3 + 3 * s2) * hi + (s3 - s2) * d_hi
+    u = (6 * s2 - 6 * s) * lo + (3 * s2 - 4 * s + 1) * d_lo + (6 * s - 6 * s2) * hi + (3 * s2 - 2 * s) * d_hi
+    return x, u
+
+
+class ConditionalPath:
+    """Base of the conditional paths: declarations and the pair shortcut.
+
+    Attributes
+    ----------
+    settings
+        Names of the method settings the constructor takes (from ``sigma``, ``delta``, ``times``).
+    default_sigma
+        Noise when the user gives none, in units of the data's overall standard deviation.
+    through_knots
+        The path is a curve through every time point of a chain (it needs chains, not pairs).
+    makes_growth
+        The path gives growth targets even between cells of equal mass.
+    """
+
+    settings: tuple[str, ...] = ("sigma",)
+    default_sigma = 0.1
+    through_knots = False
+    makes_growth = False
+
+    def sample(self, points, segment, s, eps, m0=None, m1=None) -> PathSample:
+        """Points and targets; see the module's notes for the shapes."""
+        raise NotImplementedError
+
+    def pair(self, x0, x1, s, eps, m0=None, m1=None) -> PathSample:
+        """:meth:`sample` for single pairs ``x0``, ``x1`` ``(n, d)`` (a segment each)."""
+        segment = torch.zeros(len(x0), dtype=torch.long, device=x0.device)
+        return self.sample(torch.stack([x0, x1]), segment, s, eps, m0, m1)
+
+
+class LinearPath(ConditionalPath):
     """Straight line ``(1-s) x0 + s x1 + sigma eps`` with target ``x1 - x0`` (CFM, OT-CFM)."""
 
     def __init__(self, sigma: float = 0.0):
         self.sigma = float(sigma)
 
-    def sample(self, x0, x1, s, eps, m0=None, m1=None) -> PathSample:
-        """Points and targets at fractions ``s`` (shape ``(n, 1)``)."""
+    def sample(self, points, segment, s, eps, m0=None, m1=None) -> PathSample:
+        x0, x1 = _ends(points, segment)
         return _with_linear_mass(PathSample(x=(1 - s) * x0 + s * x1 + self.sigma * eps, u=x1 - x0), s, m0, m1)
 
 
-class BrownianBridgePath:
-    """Brownian bridge of noise ``sigma`` between the pair (Schroedinger-bridge CFM)."""
+class BrownianBridgePath(ConditionalPath):
+    """Brownian bridge of noise ``sigma`` between the pair (Schroedinger-bridge CFM).
+
+    ``x_s = (1-s) x0 + s x1 + sigma sqrt(s (1-s)) eps``: exact at both ends, variance
+    ``sigma^2 s (1-s)`` per coordinate in between.
+    """
 
     def __init__(self, sigma: float = 0.1):
-        if sigma <= 0:
-            raise ValueError(f"the Brownian bridge needs sigma > 0, got {sigma}")
+        if not sigma > 0:
+            raise ValueError(f"the Brownian bridge needs sigma > 0, got sigma={sigma}; use path='linear' for no noise")
         self.sigma = float(sigma)
 
-    def sample(self, x0, x1, s, eps, m0=None, m1=None) -> PathSample:
-        """Points and targets at fractions ``s`` (shape ``(n, 1)``), ``0 < s < 1``."""
-        s = s.clamp(1e-4, 1 - 1e-4)
+    def sample(self, points, segment, s, eps, m0=None, m1=None) -> PathSample:
+        x0, x1 = _ends(points, segment)
         root = torch.sqrt(s * (1 - s))
         x = (1 - s) * x0 + s * x1 + self.sigma * root * eps
-        # (1-2s) / (2 s (1-s)) * (x - mean) simplifies to (1-2s) / (2 root) * sigma * eps.
-        u = (1 - 2 * s) / (2 * root) * self.sigma * eps + x1 - x0
+        # (1-2s) / (2 s (1-s)) * (x - mean) is (1-2s) / (2 root) * sigma * eps; kept finite at the ends
+        u = (1 - 2 * s) / (2 * root.clamp(min=1e-2)) * self.sigma * eps + x1 - x0
         return _with_linear_mass(PathSample(x=x, u=u), s, m0, m1)
 
 
-class VariancePreservingPath:
+class VariancePreservingPath(ConditionalPath):
     """Trigonometric path ``cos(pi s/2) x0 + sin(pi s/2) x1 + sigma eps``."""
 
     def __init__(self, sigma: float = 0.0):
         self.sigma = float(sigma)
 
-    def sample(self, x0, x1, s, eps, m0=None, m1=None) -> PathSample:
-        """Points and targets at fractions ``s`` (shape ``(n, 1)``)."""
+    def sample(self, points, segment, s, eps, m0=None, m1=None) -> PathSample:
+        x0, x1 = _ends(points, segment)
         angle = 0.5 * math.pi * s
         x = torch.cos(angle) * x0 + torch.sin(angle) * x1 + self.sigma * eps
         u = 0.5 * math.pi * (torch.cos(angle) * x1 - torch.sin(angle) * x0)
         return _with_linear_mass(PathSample(x=x, u=u), s, m0, m1)
 
 
-class WFRPath:
+class WFRPath(ConditionalPath):
     """Closed-form Wasserstein-Fisher-Rao geodesic from mass ``m0`` at ``x0`` to ``m1`` at ``x1``.
 
     With ``d = |x1 - x0| < pi delta``, ``phi = d / (2 delta)``, ``A = m0 + m1 - 2 sqrt(m0 m1) cos phi``
@@ -96,18 +185,23 @@ class WFRPath:
     Parameters
     ----------
     delta
-        Length scale of the WFR metric (``delta -> inf`` gives the straight OT-CFM path).
+        Length scale of the WFR metric, in the units of the points (``delta -> inf`` gives the
+        straight OT-CFM path).
     sigma
         Optional Gaussian noise added to the position (not to the targets).
     """
+
+    settings = ("delta", "sigma")
+    default_sigma = 0.0
+    makes_growth = True
 
     def __init__(self, delta: float, sigma: float = 0.0):
         if not delta > 0:
             raise ValueError(f"delta must be positive, got {delta}")
         self.delta, self.sigma = float(delta), float(sigma)
 
-    def sample(self, x0, x1, s, eps, m0=None, m1=None) -> PathSample:
-        """Points, velocity, growth and weight at fractions ``s`` (shape ``(n, 1)``)."""
+    def sample(self, points, segment, s, eps, m0=None, m1=None) -> PathSample:
+        x0, x1 = _ends(points, segment)
         ones = torch.ones(x0.shape[0], dtype=x0.dtype, device=x0.device)
         m0 = ones if m0 is None else m0
         m1 = ones if m1 is None else m1
@@ -132,27 +226,29 @@ class WFRPath:
         )
 
 
-class CubicSplinePath:
-    """Natural cubic spline through the knots ``(tau_k, x_k)`` of each tuple, batched in torch.
+class CubicSplinePath(ConditionalPath):
+    """Natural cubic spline through the knots ``(t_k, x_k)`` of each chain, batched in torch.
 
     The second derivatives at the knots are a fixed linear map of the knot values (the knot
-    times are shared by every tuple), so one small matrix, built once, serves every batch.
+    times are shared by every chain), so one small matrix, built once, serves every batch.
+    Natural splines overshoot between closely spaced knots; :class:`MonotoneHermitePath` does not.
 
     Parameters
     ----------
-    knots
-        Knot times ``tau_0 < ... < tau_K`` (the training time scale).
+    times
+        Real times ``t_0 < ... < t_K`` of the knots.
     sigma
         Optional Gaussian noise added to the position (not to the target).
     """
 
+    settings = ("times", "sigma")
     through_knots = True
 
-    def __init__(self, knots, sigma: float = 0.0):
-        tau = torch.as_tensor(knots, dtype=torch.float64)
+    def __init__(self, times, sigma: float = 0.0):
+        tau = torch.as_tensor(times, dtype=torch.float64)
         if tau.ndim != 1 or tau.numel() < 2 or not bool((tau[1:] > tau[:-1]).all()):
-            raise ValueError("a spline needs at least two increasing knot times")
-        self.knots, self.sigma = tau, float(sigma)
+            raise ValueError("a curve through the time points needs at least two increasing knot times")
+        self.times, self.sigma = tau, float(sigma)
         self.widths = tau[1:] - tau[:-1]
         n = tau.numel()
         curvature = torch.zeros(n, n, dtype=torch.float64)
@@ -170,74 +266,48 @@ class CubicSplinePath:
             curvature[1:-1] = torch.linalg.solve(system, slopes)
         self.curvature = curvature  # second derivatives at the knots = curvature @ knot values
 
-    def sample(self, tuples, segment, s, eps) -> PathSample:
-        """Points and velocities ``dx/dtau`` on the spline.
-
-        Parameters
-        ----------
-        tuples
-            Knot values ``(K + 1, n, d)``.
-        segment
-            Segment of each sample, ``(n,)`` integers in ``[0, K)``.
-        s
-            Fraction of the segment, ``(n, 1)``.
-        eps
-            Standard normal noise ``(n, d)``.
-        """
-        dtype, device = tuples.dtype, tuples.device
-        curvature = self.curvature.to(device=device, dtype=dtype)
-        rows = torch.arange(tuples.shape[1], device=device)
-        h = self.widths.to(device=device, dtype=dtype)[segment][:, None]
-        x_lo, x_hi = tuples[segment, rows], tuples[segment + 1, rows]
+    def sample(self, points, segment, s, eps, m0=None, m1=None) -> PathSample:
+        curvature = self.curvature.to(device=points.device, dtype=points.dtype)
+        h = self.widths.to(device=points.device, dtype=points.dtype)[segment][:, None]
+        x_lo, x_hi = _ends(points, segment)
         # (K+1) x (K+1) times the knots, as a broadcast sum: tiny matmuls cost more in BLAS
-        second = (curvature[:, :, None, None] * tuples[None]).sum(1)
-        m_lo, m_hi = second[segment, rows], second[segment + 1, rows]
+        m_lo, m_hi = _ends((curvature[:, :, None, None] * points[None]).sum(1), segment)
         a, b = 1 - s, s
         x = a * x_lo + b * x_hi + ((a**3 - a) * m_lo + (b**3 - b) * m_hi) * h**2 / 6
-        u = (x_hi - x_lo) / h + ((3 * b**2 - 1) * m_hi - (3 * a**2 - 1) * m_lo) * h / 6
-        return PathSample(x=x + self.sigma * eps, u=u)
+        u = x_hi - x_lo + ((3 * b**2 - 1) * m_hi - (3 * a**2 - 1) * m_lo) * h**2 / 6
+        return _with_linear_mass(PathSample(x=x + self.sigma * eps, u=u), s, m0, m1)
 
 
 class MonotoneHermitePath(CubicSplinePath):
-    """Shape-preserving piecewise cubic Hermite curve (PCHIP) through the knots of each tuple.
+    """Shape-preserving piecewise cubic Hermite curve (PCHIP) through the knots ``(t_k, x_k)``.
 
     Per coordinate, the tangent at an inner knot is the weighted harmonic mean of the two
     neighbouring slopes (zero where they differ in sign), and the end tangents are the end
-    slopes. The curve is C1, never leaves the range of two neighbouring knots, and each segment
-    depends on its own knots and their neighbours only: unevenly spaced or noisy knots do not
-    make it overshoot as a natural cubic spline does.
+    slopes (:func:`monotone_tangents`). The curve is C1, never leaves the range of two
+    neighbouring knots, and each segment depends on its own knots and their neighbours only:
+    unevenly spaced or noisy knots do not make it overshoot as a natural cubic spline does.
 
     Parameters
     ----------
-    knots
-        Knot times ``tau_0 < ... < tau_K``.
+    times
+        Real times ``t_0 < ... < t_K`` of the knots.
     sigma
         Optional Gaussian noise added to the position (not to the target).
     """
 
-    def _tangents(self, tuples):
-        h = self.widths.to(device=tuples.device, dtype=tuples.dtype)[:, None, None]
-        slopes = (tuples[1:] - tuples[:-1]) / h
-        tangents = torch.empty_like(tuples)
-        tangents[0], tangents[-1] = slopes[0], slopes[-1]
-        if len(slopes) > 1:
-            before, after = slopes[:-1], slopes[1:]
-            w_before, w_after = 2 * h[1:] + h[:-1], h[1:] + 2 * h[:-1]
-            same_sign = before * after > 0
-            safe_before = torch.where(same_sign, before, torch.ones_like(before))
-            safe_after = torch.where(same_sign, after, torch.ones_like(after))
-            harmonic = (w_before + w_after) / (w_before / safe_before + w_after / safe_after)
-            tangents[1:-1] = torch.where(same_sign, harmonic, torch.zeros_like(harmonic))
-        return tangents
+    def sample(self, points, segment, s, eps, m0=None, m1=None) -> PathSample:
+        h = self.widths.to(device=points.device, dtype=points.dtype)[segment][:, None]
+        d_lo, d_hi = _ends(monotone_tangents(points, self.widths), segment)
+        x_lo, x_hi = _ends(points, segment)
+        x, u = hermite(x_lo, x_hi, d_lo * h, d_hi * h, s)
+        return _with_linear_mass(PathSample(x=x + self.sigma * eps, u=u), s, m0, m1)
 
-    def sample(self, tuples, segment, s, eps) -> PathSample:
-        """Points and velocities ``dx/dtau``; arguments as for :meth:`CubicSplinePath.sample`."""
-        rows = torch.arange(tuples.shape[1], device=tuples.device)
-        h = self.widths.to(device=tuples.device, dtype=tuples.dtype)[segment][:, None]
-        tangents = self._tangents(tuples)
-        x_lo, x_hi = tuples[segment, rows], tuples[segment + 1, rows]
-        d_lo, d_hi = tangents[segment, rows] * h, tangents[segment + 1, rows] * h
-        s2, s3 = s**2, s**3
-        x = (2 * s3 - 3 * s2 + 1) * x_lo + (s3 - 2 * s2 + s) * d_lo + (-2 * s3 + 3 * s2) * x_hi + (s3 - s2) * d_hi
-        u = ((6 * s2 - 6 * s) * x_lo + (3 * s2 - 4 * s + 1) * d_lo + (6 * s - 6 * s2) * x_hi + (3 * s2 - 2 * s) * d_hi) / h
-        return PathSample(x=x + self.sigma * eps, u=u)
+
+PATHS = {
+    "linear": LinearPath,
+    "brownian": BrownianBridgePath,
+    "vp": VariancePreservingPath,
+    "wfr": WFRPath,
+    "spline": CubicSplinePath,
+    "hermite": MonotoneHermitePath,
+}

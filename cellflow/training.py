@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from ._utils import progress_bar
+from .clock import Clock
 from .couplings import sample_chains
 
 LR_SCHEDULES = ("constant", "cosine")
@@ -24,8 +25,9 @@ def check_lr_schedule(schedule: str) -> str:
 
 @dataclass
 class Batch:
-    """Regression targets at points ``x`` and times ``t``: velocity ``u`` and, for unbalanced
-    methods, growth ``g`` (``d log m / dt``) with per-point loss weights ``weight``."""
+    """Regression targets at points ``x`` and internal times ``t``, in the network's units (see
+    :class:`cellflow.clock.Clock`): velocity ``u`` and, for methods with growth, growth ``g``,
+    with per-point loss weights ``weight``."""
 
     x: torch.Tensor
     t: torch.Tensor
@@ -34,36 +36,48 @@ class Batch:
     weight: torch.Tensor | None = None
 
 
+def on_clock(clock: Clock, x, t, u, g, weight) -> Batch:
+    """A batch of real-time targets (``t``, ``u = dx/dt``, ``g = d log m / dt``) in the network's units."""
+    tau, unit = clock.evaluate(t)
+    return Batch(x=x, t=tau, u=u / unit[:, None], g=None if g is None else g / unit, weight=weight)
+
+
 class PairObjective:
-    """Flow matching between neighbouring time points: a coupling per interval, one path.
+    """Flow matching between neighbouring time points: a coupling per interval, one pair path.
 
     Parameters
     ----------
     populations
         Cells of each time point, as tensors on the training device.
     times
-        Time of each population (the training time scale).
+        Real time of each population.
     samplers
         One pair sampler per interval (see :mod:`cellflow.couplings`).
     path
-        Conditional path (see :mod:`cellflow.paths`).
+        A pair path (see :mod:`cellflow.paths`).
     batch_size
         Pairs drawn per interval and step.
+    clock
+        The network's clock (see :class:`cellflow.clock.Clock`).
     growth
         Produce growth targets (zero where the path gives none).
     """
 
-    def __init__(self, populations, times, samplers, path, batch_size: int, growth: bool = False):
+    def __init__(self, populations, times, samplers, path, batch_size: int, clock: Clock, growth: bool = False):
+        if path.through_knots:
+            raise ValueError("a curve through every time point trains on chains: use objective='chains'")
         self.samplers = samplers
         self.path = path
         self.batch_size = int(batch_size)
+        self.clock = clock
         self.growth = growth
         # every interval's pairs are drawn as one batch: cells indexed in one stacked tensor
         self.cells = torch.cat(populations)
         self.offsets = np.cumsum([0, *(len(x) for x in populations)])
         times = torch.as_tensor(np.asarray(times, dtype=float), device=self.cells.device, dtype=self.cells.dtype)
-        self.start = times[:-1].repeat_interleave(self.batch_size)[:, None]
-        self.span = (times[1:] - times[:-1]).repeat_interleave(self.batch_size)[:, None]
+        self.start = times[:-1].repeat_interleave(self.batch_size)
+        self.span = (times[1:] - times[:-1]).repeat_interleave(self.batch_size)
+        self.segment = torch.zeros(len(self.start), dtype=torch.long, device=self.cells.device)
 
     def draw(self, rng: np.random.Generator) -> Batch:
         """One batch: ``batch_size`` pairs from every interval, at uniform fractions of it."""
@@ -81,35 +95,38 @@ class PairObjective:
             died = torch.from_numpy(np.concatenate([p.died for p in drawn])).to(device)[:, None]
             x1 = torch.where(died, x0, x1)  # a dying cell stays where it is
             s = torch.where(died, s.clamp(max=0.99), s)  # its growth target diverges at s = 1
-        point = self.path.sample(x0, x1, s, torch.randn_like(x0), m0, m1)
+        point = self.path.sample(torch.stack([x0, x1]), self.segment, s, torch.randn_like(x0), m0, m1)
         g = None
         if self.growth:
-            g = point.g / self.span[:, 0] if point.g is not None else torch.zeros_like(s[:, 0])
-        return Batch(x=point.x, t=self.start + self.span * s, u=point.u / self.span, g=g, weight=point.weight)
+            g = point.g / self.span if point.g is not None else torch.zeros_like(self.span)
+        t = self.start + self.span * s[:, 0]
+        return on_clock(self.clock, point.x, t, point.u / self.span[:, None], g, point.weight)
 
 
 class TupleObjective:
-    """Multimarginal flow matching: chains through every time point, one path per tuple.
+    """Multimarginal flow matching: chains through every time point, one path per chain.
 
     Each step draws ``batch_size * K`` chains ``(x_0, ..., x_K)`` (see
     :func:`cellflow.couplings.sample_chains`) and gives each one time, stratified so that every
-    segment gets ``batch_size`` of them. The path is either a spline through all the knots
-    (``through_knots``) or a pair path applied to the chain's own segment (piecewise).
+    segment gets ``batch_size`` of them. The path is either a curve through all the knots or a
+    pair path applied to the chain's own segment (piecewise).
 
     Parameters
     ----------
-    populations, times, samplers, batch_size, growth
+    populations, times, samplers, batch_size, clock, growth
         As for :class:`PairObjective`.
     path
-        A :class:`cellflow.paths.CubicSplinePath` or any pair path.
+        Any path of :mod:`cellflow.paths`.
     """
 
-    def __init__(self, populations, times, samplers, path, batch_size: int, growth: bool = False):
+    def __init__(self, populations, times, samplers, path, batch_size: int, clock: Clock, growth: bool = False):
         self.populations = populations
-        self.times = torch.as_tensor(np.asarray(times, dtype=float))
+        self.times = torch.as_tensor(np.asarray(times, dtype=float), device=populations[0].device,
+                                     dtype=populations[0].dtype)
         self.samplers = samplers
         self.path = path
         self.batch_size = int(batch_size)
+        self.clock = clock
         self.growth = growth
 
     def draw(self, rng: np.random.Generator) -> Batch:
@@ -132,31 +149,25 @@ class TupleObjective:
         segment = torch.arange(n, device=device) % n_segments
         rows = torch.arange(n, device=device)
         s = torch.rand(n, 1, device=device, dtype=dtype)
-        widths = (self.times[1:] - self.times[:-1]).to(device=device, dtype=dtype)[segment]
-        m0 = m1 = weight_alive = None
+        m0 = m1 = None
         if links[0].m0 is not None:
             pick = lambda name: torch.as_tensor(np.stack([getattr(l, name) for l in links]), device=device)  # noqa: E731
             m0 = pick("m0").to(dtype)[segment, rows]
             m1 = pick("m1").to(dtype)[segment, rows]
-            died = pick("died")[segment, rows]
-            s = torch.where(died[:, None], s.clamp(max=0.99), s)
-            weight_alive = torch.stack(alive_before)[segment, rows].to(dtype)
-        eps = torch.randn_like(tuples[0])
-        if getattr(self.path, "through_knots", False):
-            point = self.path.sample(tuples, segment, s, eps)
-            u = point.u
-            if m0 is not None:
-                mass = (1 - s[:, 0]) * m0 + s[:, 0] * m1
-                point.g, point.weight = (m1 - m0) / mass, mass / m0
-        else:
-            point = self.path.sample(tuples[segment, rows], tuples[segment + 1, rows], s, eps, m0, m1)
-            u = point.u / widths[:, None]
-        g = point.g / widths if point.g is not None else torch.zeros(n, device=device, dtype=dtype)
+            s = torch.where(pick("died")[segment, rows][:, None], s.clamp(max=0.99), s)
+        point = self.path.sample(tuples, segment, s, torch.randn_like(tuples[0]), m0, m1)
+        widths = (self.times[1:] - self.times[:-1])[segment]
+        g = None
+        if self.growth:
+            g = point.g / widths if point.g is not None else torch.zeros_like(widths)
         weight = point.weight
-        if weight_alive is not None:
-            weight = weight * weight_alive
-        t = self.times.to(device=device, dtype=dtype)[segment][:, None] + widths[:, None] * s
-        return Batch(x=point.x, t=t, u=u, g=g if self.growth else None, weight=weight)
+        if m0 is not None:
+            weight = weight * torch.stack(alive_before)[segment, rows].to(dtype)
+        t = self.times[segment] + widths * s[:, 0]
+        return on_clock(self.clock, point.x, t, point.u / widths[:, None], g, weight)
+
+
+OBJECTIVES = {"pairs": PairObjective, "chains": TupleObjective}
 
 
 def learning_rate(step: int, n_steps: int, lr: float, schedule: str = "constant") -> float:
@@ -179,14 +190,14 @@ def train(
     lr: float = 1e-3,
     lr_schedule: str = "constant",
     ema_decay: float | None = 0.999,
-    growth_weight: float = 1.0,
     rng: np.random.Generator,
     progress: bool = True,
 ) -> tuple[nn.Module, np.ndarray]:
     """Fit ``net(x, t)`` to the targets of ``objective`` by Adam on the squared error.
 
-    The loss is ``E[(|v - u|^2 + growth_weight |g_net - g|^2) * weight]``, the growth term and
-    the weight only where the batch has them.
+    The loss is ``E[(|v - u|^2 + |g_net - g|^2) * weight]``, the growth term and the weight only
+    where the batch has them. Velocity and growth are separate networks, so each is fitted to
+    its own target (a relative weight of the two errors would not change the fit under Adam).
 
     Parameters
     ----------
@@ -200,8 +211,6 @@ def train(
         Adam learning rate (the peak rate with a schedule).
     lr_schedule
         ``"constant"``, or ``"cosine"``: half a cosine from ``lr`` down to ``lr / 100`` over the steps.
-    growth_weight
-        Weight ``kappa`` of the growth error.
     ema_decay
         Decay of an exponential moving average of the weights (``None``: no average). Early on
         the decay is ``min(ema_decay, (1 + step) / (10 + step))`` so the first weights do not linger.
@@ -229,7 +238,7 @@ def train(
         velocity, growth = output if isinstance(output, tuple) else (output, None)
         error = ((velocity - batch.u) ** 2).sum(dim=1)
         if batch.g is not None:
-            error = error + growth_weight * (growth[:, 0] - batch.g) ** 2
+            error = error + (growth[:, 0] - batch.g) ** 2
         if batch.weight is not None:
             error = error * batch.weight
         loss = error.mean()

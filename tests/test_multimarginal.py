@@ -81,10 +81,12 @@ def test_spline_derivative_matches_finite_differences_and_is_continuous():
         s = torch.full((64, 1), 0.37, dtype=torch.float64)
         ahead = path.sample(tuples, segment, s + h / width, zeros).x
         behind = path.sample(tuples, segment, s - h / width, zeros).x
-        torch.testing.assert_close(path.sample(tuples, segment, s, zeros).u, (ahead - behind) / (2 * h), rtol=1e-5, atol=1e-5)
-    for k in range(3):  # C1 at interior knots
-        left = path.sample(tuples, torch.full((64,), k), torch.ones(64, 1, dtype=torch.float64), zeros).u
-        right = path.sample(tuples, torch.full((64,), k + 1), torch.zeros(64, 1, dtype=torch.float64), zeros).u
+        # u is per unit fraction of the segment: dx/dt times the segment's width
+        torch.testing.assert_close(path.sample(tuples, segment, s, zeros).u / width, (ahead - behind) / (2 * h), rtol=1e-5, atol=1e-5)
+    widths = knots[1:] - knots[:-1]
+    for k in range(3):  # C1 at interior knots, in real time
+        left = path.sample(tuples, torch.full((64,), k), torch.ones(64, 1, dtype=torch.float64), zeros).u / widths[k]
+        right = path.sample(tuples, torch.full((64,), k + 1), torch.zeros(64, 1, dtype=torch.float64), zeros).u / widths[k + 1]
         torch.testing.assert_close(left, right)
 
 
@@ -93,7 +95,7 @@ def test_spline_through_collinear_knots_is_the_line():
     direction = torch.randn(1, 10, 2, dtype=torch.float64)
     tuples = knots[:, None, None] * direction + 1.0
     point = CubicSplinePath(knots).sample(tuples, torch.full((10,), 1), torch.full((10, 1), 0.3, dtype=torch.float64), torch.zeros(10, 2, dtype=torch.float64))
-    torch.testing.assert_close(point.u, direction[0].expand(10, 2))
+    torch.testing.assert_close(point.u / (knots[2] - knots[1]), direction[0].expand(10, 2))
 
 
 @pytest.fixture(scope="module")
@@ -147,10 +149,11 @@ def test_monotone_hermite_hits_knots_matches_derivative_and_never_overshoots():
         point = path.sample(tuples, segment, s, zeros)
         ahead = path.sample(tuples, segment, s + h / width, zeros).x
         behind = path.sample(tuples, segment, s - h / width, zeros).x
-        torch.testing.assert_close(point.u, (ahead - behind) / (2 * h), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(point.u / width, (ahead - behind) / (2 * h), rtol=1e-5, atol=1e-5)
         low, high = torch.minimum(tuples[k], tuples[k + 1]), torch.maximum(tuples[k], tuples[k + 1])
         assert bool(((point.x >= low - 1e-12) & (point.x <= high + 1e-12)).all())
-    for k in range(3):  # C1 at inner knots
-        left = path.sample(tuples, torch.full((64,), k), torch.ones(64, 1, dtype=torch.float64), zeros).u
-        right = path.sample(tuples, torch.full((64,), k + 1), torch.zeros(64, 1, dtype=torch.float64), zeros).u
+    widths = knots[1:] - knots[:-1]
+    for k in range(3):  # C1 at inner knots, in real time
+        left = path.sample(tuples, torch.full((64,), k), torch.ones(64, 1, dtype=torch.float64), zeros).u / widths[k]
+        right = path.sample(tuples, torch.full((64,), k + 1), torch.zeros(64, 1, dtype=torch.float64), zeros).u / widths[k + 1]
         torch.testing.assert_close(left, right)

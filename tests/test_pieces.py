@@ -93,8 +93,8 @@ def test_path_target_is_its_derivative(path):
     x0, x1, eps = torch.randn(64, 3, dtype=torch.float64), torch.randn(64, 3, dtype=torch.float64), torch.randn(64, 3, dtype=torch.float64)
     s = torch.rand(64, 1, dtype=torch.float64) * 0.8 + 0.1
     h = 1e-6
-    derivative = (path.sample(x0, x1, s + h, eps).x - path.sample(x0, x1, s - h, eps).x) / (2 * h)
-    torch.testing.assert_close(path.sample(x0, x1, s, eps).u, derivative, rtol=1e-5, atol=1e-6)
+    derivative = (path.pair(x0, x1, s + h, eps).x - path.pair(x0, x1, s - h, eps).x) / (2 * h)
+    torch.testing.assert_close(path.pair(x0, x1, s, eps).u, derivative, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("path", [LinearPath(0.0), BrownianBridgePath(0.5), VariancePreservingPath(0.0)])
@@ -102,8 +102,8 @@ def test_path_endpoints(path):
     x0, x1 = torch.randn(8, 2, dtype=torch.float64), torch.randn(8, 2, dtype=torch.float64)
     eps = torch.randn(8, 2, dtype=torch.float64)
     zeros, ones = torch.zeros(8, 1, dtype=torch.float64), torch.ones(8, 1, dtype=torch.float64)
-    torch.testing.assert_close(path.sample(x0, x1, zeros, eps).x, x0, atol=0.05, rtol=0)
-    torch.testing.assert_close(path.sample(x0, x1, ones, eps).x, x1, atol=0.05, rtol=0)
+    torch.testing.assert_close(path.pair(x0, x1, zeros, eps).x, x0, atol=0.05, rtol=0)
+    torch.testing.assert_close(path.pair(x0, x1, ones, eps).x, x1, atol=0.05, rtol=0)
 
 
 def test_brownian_bridge_rejects_zero_noise():
@@ -147,20 +147,6 @@ def test_weighted_wasserstein():
     assert metrics.w2(x, y, x_weights=[3, 1]) == pytest.approx(0.5)
     with pytest.raises(ValueError, match="weights"):
         metrics.w1(x, y, x_weights=[1, -1])
-
-
-def test_clock_gives_every_interval_the_same_length():
-    from cellflow.model import Clock
-
-    clock = Clock([0.0, 1.0, 6.0, 24.0])
-    np.testing.assert_allclose(clock([0.0, 1.0, 6.0, 24.0]), [0, 1 / 3, 2 / 3, 1])
-    np.testing.assert_allclose(clock([0.5, 3.5, 15.0]), [1 / 6, 0.5, 5 / 6])
-    np.testing.assert_allclose(clock.rate([0.5, 3.5, 15.0, 24.0]), [1 / 3, 1 / 15, 1 / 54, 1 / 54])
-    # outside the measured range the clock keeps the rate of the nearest interval
-    np.testing.assert_allclose(clock([-1.0, 33.0]), [-1 / 3, 1 + 9 / 54])
-    # the rate is the derivative of the clock
-    t = np.linspace(-2.05, 30.05, 57)  # no knot among them
-    np.testing.assert_allclose((clock(t + 1e-6) - clock(t - 1e-6)) / 2e-6, clock.rate(t), rtol=1e-5)
 
 
 def test_cosine_learning_rate_falls_from_peak_to_one_hundredth():

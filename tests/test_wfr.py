@@ -10,9 +10,8 @@ import pytest
 import torch
 
 import cellflow as cf
-from cellflow.couplings import (
-    DELTA_FACTORS, WFRCoupling, cross_validated_delta, default_delta, wfr_interpolation
-)
+from cellflow.couplings import ExactOTCoupling, WFRCoupling
+from cellflow.delta import DELTA_FACTORS, cross_validated_delta, default_delta, wfr_interpolation
 from cellflow.paths import LinearPath, WFRPath
 
 DELTA = 0.8
@@ -29,7 +28,7 @@ def _pairs(n=16, seed=0, spread=0.9):
 
 
 def _at(path, x0, x1, m0, m1, s):
-    return path.sample(x0, x1, torch.full((len(x0), 1), float(s), dtype=torch.float64), torch.zeros_like(x0), m0, m1)
+    return path.pair(x0, x1, torch.full((len(x0), 1), float(s), dtype=torch.float64), torch.zeros_like(x0), m0, m1)
 
 
 def test_geodesic_hits_both_endpoints():
@@ -82,8 +81,8 @@ def test_large_delta_gives_ot_cfm_targets():
     ones = torch.ones(len(x0), dtype=torch.float64)
     s = torch.rand(len(x0), 1, dtype=torch.float64)
     eps = torch.zeros_like(x0)
-    wfr = WFRPath(1e7).sample(x0, x1, s, eps, ones, ones)
-    linear = LinearPath(0.0).sample(x0, x1, s, eps)
+    wfr = WFRPath(1e7).pair(x0, x1, s, eps, ones, ones)
+    linear = LinearPath(0.0).pair(x0, x1, s, eps)
     torch.testing.assert_close(wfr.x, linear.x, atol=1e-6, rtol=0)
     torch.testing.assert_close(wfr.u, linear.u, atol=1e-6, rtol=0)
     torch.testing.assert_close(wfr.g, torch.zeros_like(wfr.g), atol=1e-6, rtol=0)
@@ -216,9 +215,8 @@ def test_prior_growth_reweights_the_source_marginal():
     adata = cf.datasets.simulate(n_cells=80, times=(0, 1), seed=0)
     adata.obs["prior"] = np.where(adata.obsm["X_pca"][:, 1] > 0, 1.0, -1.0)
     course = cf.read_time_course(adata, "time", growth_key="prior")
-    model = cf.CellFlow("otcfm", n_steps=1)
-    model._set_scales(course)
-    sampler = model._samplers(course, [p.astype(float) for p in course.populations], np.random.default_rng(0))[0]
+    masses = cf.CellFlow("otcfm", n_steps=1)._source_masses(course)
+    sampler = ExactOTCoupling().sampler(*course.populations, masses[0], np.ones(len(course.populations[1])))
     rows = np.asarray(sampler.plan.sum(axis=1)).ravel()
     up = adata.obs["prior"].to_numpy()[course.indices[0]] > 0
     assert rows[up].mean() / rows[~up].mean() == pytest.approx(np.exp(2.0), rel=1e-6)

@@ -1,0 +1,51 @@
+"""Checks of arguments at the public boundary, each raising an error that names the argument,
+the offending value and what to do instead."""
+
+from __future__ import annotations
+
+import math
+from numbers import Integral, Real
+from typing import Iterable
+
+
+def integer(name: str, value, minimum: int = 1, maximum: int | None = None) -> int:
+    """``value`` as an int in ``[minimum, maximum]``, else a ``ValueError`` naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, Integral):
+        raise ValueError(f"{name}={value!r} must be a whole number (at least {minimum})")
+    if value < minimum or (maximum is not None and value > maximum):
+        bound = f"at least {minimum}" if maximum is None else f"between {minimum} and {maximum}"
+        raise ValueError(f"{name}={value!r} must be {bound}")
+    return int(value)
+
+
+def number(
+    name: str,
+    value,
+    *,
+    minimum: float | None = None,
+    maximum: float | None = None,
+    strict: bool = False,
+    hint: str = "",
+) -> float:
+    """``value`` as a finite float within the bounds (``strict``: bounds excluded), else a ``ValueError``."""
+    if isinstance(value, bool) or not isinstance(value, Real) or not math.isfinite(float(value)):
+        raise ValueError(f"{name}={value!r} must be a finite number{hint}")
+    value = float(value)
+    below = minimum is not None and (value <= minimum if strict else value < minimum)
+    above = maximum is not None and (value >= maximum if strict else value > maximum)
+    if below or above:
+        relation = {
+            (True, False): f"{'>' if strict else '>='} {minimum:g}",
+            (False, True): f"{'<' if strict else '<='} {maximum:g}",
+            (True, True): f"in {'(' if strict else '['}{minimum:g}, {maximum:g}{')' if strict else ']'}",
+        }[(minimum is not None, maximum is not None)]
+        raise ValueError(f"{name}={value!r} must be {relation}{hint}")
+    return value
+
+
+def choice(name: str, value, options: Iterable[str]) -> str:
+    """``value`` if it is one of ``options``, else a ``ValueError`` listing them."""
+    options = list(options)
+    if not isinstance(value, str) or value not in options:
+        raise ValueError(f"{name}={value!r} is unknown; choose one of {options}")
+    return value

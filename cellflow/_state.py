@@ -1,0 +1,140 @@
+"""A trained model as plain arrays: checks of its contents, and ``.npz`` files that run no code.
+
+A model's state (:meth:`cellflow.CellFlow.to_dict`) is a nested dict of numbers, strings and
+arrays. A file holds it flattened to one array per entry (nested keys joined with ``/``,
+strings and scalars as 0-d arrays) and is read with ``numpy.load(..., allow_pickle=False)``,
+so reading a file can never run code from it. Whatever the source (a file, ``adata.uns``),
+:func:`check_state` checks the contents before any network is built.
+"""
+
+from __future__ import annotations
+
+import zipfile
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+
+FORMAT = "cellflow-model"
+VERSION = 2  # 2: the internal clock is C1 (version 1 models ran on a piecewise linear clock)
+_MARK = "__format__"
+
+
+def _flatten(state: Mapping, prefix: str = "") -> dict[str, np.ndarray]:
+    flat = {}
+    for name, value in state.items():
+        name = str(name)
+        if "/" in name:
+            raise ValueError(f"model entry {prefix + name!r} has a '/' in its name, which a model file cannot hold")
+        path = prefix + name
+        if isinstance(value, Mapping):
+            flat.update(_flatten(value, path + "/"))
+            continue
+        array = np.asarray(value)
+        if array.dtype == object:
+            raise TypeError(
+                f"model entry {path!r} is a {type(value).__name__}, not a number, string or array; "
+                "a model file holds plain arrays only"
+            )
+        flat[path] = array
+    return flat
+
+
+def _unflatten(flat: Mapping[str, np.ndarray]) -> dict:
+    state: dict = {}
+    for path, array in flat.items():
+        *parents, leaf = path.split("/")
+        node = state
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = str(array) if array.dtype.kind == "U" and array.ndim == 0 else array
+    return state
+
+
+def write(state: Mapping, path) -> Path:
+    """Write ``state`` to a ``.npz`` file (``.npz`` appended when missing); returns the path."""
+    path = Path(path)
+    if path.suffix != ".npz":
+        path = path.with_name(path.name + ".npz")
+    flat = _flatten(state)
+    flat[_MARK] = np.array(FORMAT)
+    np.savez(path, **flat)
+    return path
+
+
+def read(path) -> dict:
+    """Read a state written by :func:`write` (no code in the file is executed)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"model file {str(path)!r} does not exist")
+    if not zipfile.is_zipfile(path):
+        raise ValueError(f"{str(path)!r} is not a .npz archive; write model files with cellflow.io.save_model")
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            flat = {name: archive[name] for name in archive.files}
+    except ValueError as err:  # numpy refuses pickled object arrays
+        raise ValueError(f"{str(path)!r} holds Python objects; a cellflow model file holds plain arrays only") from err
+    if str(flat.pop(_MARK, "")) != FORMAT:
+        raise ValueError(f"{str(path)!r} is not a cellflow model file (write one with cellflow.io.save_model)")
+    return _unflatten(flat)
+
+
+def _array(state: Mapping, name: str, ndim: int) -> np.ndarray:
+    if name not in state:
+        raise ValueError(f"the model state has no {name!r}; it was not written by cellflow (refit the model)")
+    try:
+        array = np.asarray(state[name], dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ValueError(f"the model state's {name!r} is not numeric; refit the model") from None
+    if array.ndim != ndim or not np.isfinite(array).all():
+        raise ValueError(f"the model state's {name!r} must be a finite {ndim}-d array, got shape {array.shape}; "
+                         "refit the model")
+    return array
+
+
+def check_state(state) -> dict:
+    """The parts of a model state, checked: version, params, center, scale, times, weights.
+
+    Returns
+    -------
+    ``dict(params=..., center=..., scale=..., times=..., weights=..., history=...)`` with
+    arrays as float64 (weights as float32) and params as plain Python values.
+
+    Raises
+    ------
+    ValueError
+        Naming the first entry that is missing, of the wrong kind, not finite, or from a
+        model version this cellflow does not read.
+    """
+    if not isinstance(state, Mapping):
+        raise ValueError(f"a model state is a dict of arrays, got {type(state).__name__}; refit the model")
+    version = state.get("version")
+    version = int(np.asarray(version)) if version is not None and np.asarray(version).dtype.kind in "iuf" else 1
+    if version != VERSION:
+        why = ("an earlier cellflow, whose internal clock differed" if version < VERSION
+               else "a newer cellflow: upgrade cellflow")
+        raise ValueError(f"the model is of version {version}, written by {why}; this cellflow reads version "
+                         f"{VERSION}: refit the model")
+    for name in ("params", "weights"):
+        if not isinstance(state.get(name), Mapping):
+            raise ValueError(f"the model state has no {name!r} table; it was not written by cellflow (refit)")
+    center = _array(state, "center", 1)
+    times = _array(state, "times", 1)
+    scale = float(_array(state, "scale", 0))
+    if center.size < 1 or not scale > 0:
+        raise ValueError(f"the model state has {center.size} dimensions and scale {scale}; refit the model")
+    if times.size < 2 or not np.all(np.diff(times) > 0):
+        raise ValueError(f"the model state's times {times.tolist()} are not increasing; refit the model")
+    weights = {}
+    for name, value in state["weights"].items():
+        array = np.asarray(value)
+        if array.dtype.kind not in "fiu" or not np.isfinite(array).all():
+            raise ValueError(f"the model's weight {name!r} is not a finite numeric array; refit the model")
+        weights[str(name)] = array.astype(np.float32)
+    params = {}
+    for name, value in state["params"].items():
+        value = np.asarray(value)
+        params[str(name)] = value.tolist() if value.ndim else value.item()
+    history = state.get("history", {})
+    history = {str(k): np.asarray(v) for k, v in history.items()} if isinstance(history, Mapping) else {}
+    return dict(params=params, center=center, scale=scale, times=times, weights=weights, history=history)

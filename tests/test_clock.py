@@ -1,0 +1,96 @@
+"""The internal clock, and velocity and growth at (and next to) every measured time."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import cellflow as cf
+from cellflow.clock import Clock
+from cellflow.readers import TimeCourse
+
+UNEVEN = [0.0, 1.0, 6.0, 24.0]
+
+
+def test_clock_gives_every_interval_the_same_length():
+    clock = Clock(UNEVEN)
+    np.testing.assert_allclose(clock(UNEVEN), [0, 1 / 3, 2 / 3, 1], atol=1e-12)
+    np.testing.assert_allclose(clock([0.5, 3.5, 15.0]), [1 / 6, 0.5, 5 / 6])
+    # outside the measured range the clock runs on at the rate of the nearest interval
+    np.testing.assert_allclose(clock([-1.0, 33.0]), [-1 / 3, 1 + 9 / 54])
+
+
+def test_velocity_unit_is_the_clock_rate_mid_interval_and_continuous():
+    clock = Clock(UNEVEN)
+    # mid-interval (and beyond the outer middles) the unit is the clock's rate 1 / (K h_k)
+    np.testing.assert_allclose(clock.unit([0.0, 0.5, 3.5, 15.0, 24.0, 40.0]), [1 / 3, 1 / 3, 1 / 15, 1 / 54, 1 / 54, 1 / 54])
+    # between two middles, 1 / unit is linear in internal time: at a measured time, the mean
+    np.testing.assert_allclose(1 / clock.unit([1.0, 6.0]), [(3 + 15) / 2, (15 + 54) / 2])
+    for knot in UNEVEN:  # no jump at a measured time (the old clock's rate jumped 5-fold at 1)
+        before, at, after = clock.unit([knot - 1e-9, knot, knot + 1e-9])
+        assert before == pytest.approx(at, rel=1e-6) and after == pytest.approx(at, rel=1e-6)
+    assert Clock([2.0, 5.0]).unit(3.0) == pytest.approx(1 / 3)
+
+
+def test_clock_on_tensors_matches_arrays():
+    clock = Clock(UNEVEN)
+    t = np.array([0.3, 1.0, 7.5, 24.0])
+    tau, unit = clock.evaluate(torch.as_tensor(t, dtype=torch.float32))
+    assert tau.dtype == torch.float32
+    np.testing.assert_allclose(tau.numpy(), clock(t), rtol=1e-6)
+    np.testing.assert_allclose(unit.numpy(), clock.unit(t), rtol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def drift():
+    """A cloud drifting at a constant (2, -1), measured at the very uneven times 0, 1 and 10."""
+    rng = np.random.default_rng(0)
+    speed = np.array([2.0, -1.0])
+    times = np.array([0.0, 1.0, 10.0])
+    base = rng.normal(size=(300, 2)) * 3  # one cloud, translated: the OT plan is the translation
+    populations = [base + speed * t for t in times]
+    course = TimeCourse(times=times, populations=populations, indices=[np.arange(300)] * 3)
+    model = cf.CellFlow("otcfm", sigma=0.01, seed=0).fit(course, progress=False)  # default training length
+    return model, populations, speed, times
+
+
+@pytest.mark.parametrize("offset", [-0.01, 0.0, 0.01])
+def test_velocity_is_right_at_and_next_to_every_measured_time(drift, offset):
+    model, populations, speed, times = drift
+    for cells, t in zip(populations, times):
+        v = np.median(model.velocity(cells, t + offset), axis=0)
+        assert np.linalg.norm(v - speed) < 0.05 * np.linalg.norm(speed), (t + offset, v)
+
+
+def test_velocity_is_right_between_measured_times(drift):
+    model, _, speed, _ = drift
+    rng = np.random.default_rng(2)
+    for t in (0.5, 4.0, 9.0):
+        probe = rng.normal(size=(200, 2)) * 2 + speed * t
+        assert np.linalg.norm(np.median(model.velocity(probe, t), axis=0) - speed) < 0.05 * np.linalg.norm(speed)
+
+
+def test_push_across_the_uneven_interval_follows_the_drift(drift):
+    model, populations, speed, _ = drift
+    start = populations[0][:100]
+    np.testing.assert_allclose(model.push(start, 0.0, 1.0), start + speed, atol=0.05 * np.linalg.norm(speed))
+    np.testing.assert_allclose(model.push(start, 0.0, 10.0), start + 10 * speed, atol=0.05 * 10 * np.linalg.norm(speed))
+
+
+def test_growth_has_no_jump_at_measured_times():
+    """Cells that double every time unit in place, measured at 0, 1 and 4 (uneven intervals).
+
+    The WFR geodesics' growth targets are not exponential, so the learned rate is checked for
+    continuity across each measured time and for its size, not against log 2 exactly.
+    """
+    rng = np.random.default_rng(1)
+    times = np.array([0.0, 1.0, 4.0])
+    populations = [rng.normal(size=(int(40 * 2**t), 2)) for t in times]
+    course = TimeCourse(times=times, populations=populations, indices=[np.arange(len(x)) for x in populations])
+    model = cf.CellFlow("wfr", delta=2.0, n_steps=600, seed=0).fit(course, progress=False)
+    probe = rng.normal(size=(200, 2)) * 0.5
+    for t in times:
+        before, at, after = (np.median(model.growth(probe, t + offset)) for offset in (-0.01, 0.0, 0.01))
+        assert 0.5 * np.log(2) < at < 2 * np.log(2), (t, at)
+        assert abs(before - at) < 0.05 * at and abs(after - at) < 0.05 * at, (t, before, at, after)
