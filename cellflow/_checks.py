@@ -34,11 +34,13 @@ def number(
     below = minimum is not None and (value <= minimum if strict else value < minimum)
     above = maximum is not None and (value >= maximum if strict else value > maximum)
     if below or above:
-        relation = {
-            (True, False): f"{'>' if strict else '>='} {minimum:g}",
-            (False, True): f"{'<' if strict else '<='} {maximum:g}",
-            (True, True): f"in {'(' if strict else '['}{minimum:g}, {maximum:g}{')' if strict else ']'}",
-        }[(minimum is not None, maximum is not None)]
+        low, high = ("(", ")") if strict else ("[", "]")
+        if minimum is not None and maximum is not None:
+            relation = f"in {low}{minimum:g}, {maximum:g}{high}"
+        elif minimum is not None:
+            relation = f"{'>' if strict else '>='} {minimum:g}"
+        else:
+            relation = f"{'<' if strict else '<='} {maximum:g}"
         raise ValueError(f"{name}={value!r} must be {relation}{hint}")
     return value
 

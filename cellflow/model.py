@@ -248,7 +248,7 @@ class CellFlow:
         """Real times broadcast to ``n`` cells, checked finite, as float64 on the model's device."""
         t = np.broadcast_to(np.asarray(t, dtype=np.float64), (n,))
         if not np.isfinite(t).all():
-            raise ValueError(f"{name}={t[~np.isfinite(t)][0]!r}: times must be finite numbers")
+            raise ValueError(f"{name}={float(t[~np.isfinite(t)][0])!r}: times must be finite numbers")
         return torch.as_tensor(t.copy(), device=self.device)
 
     def _field(self, z: torch.Tensor, t: torch.Tensor):
