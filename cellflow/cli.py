@@ -3,18 +3,86 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
+from typing import Callable
+
+from ._checks import integer, number
+
+
+def _parsed(convert: Callable, check: Callable) -> Callable:
+    """An argparse ``type`` that converts the text and checks the value, as a usage error when bad."""
+
+    def parse(text: str):
+        try:
+            value = convert(text)
+        except ValueError:
+            value = text  # the check names the text it could not convert
+        try:
+            return check(value)
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
+
+    return parse
+
+
+def _whole_number(flag: str, minimum: int) -> Callable:
+    """An argparse ``type`` for whole numbers of at least ``minimum``."""
+    return _parsed(int, lambda value: integer(flag, value, minimum))
+
+
+def _finite_number(flag: str) -> Callable:
+    """An argparse ``type`` for finite numbers."""
+    return _parsed(float, lambda value: number(flag, value))
+
+
+def _require_input(path: str) -> None:
+    """Refuse an input that is not an existing file."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"input {path!r} is not an existing file; check the path")
+
+
+def _read_input(path: str):
+    """The AnnData of an ``.h5ad`` input, or an ``OSError`` naming the file when it is not one."""
+    import anndata as ad
+
+    try:
+        return ad.read_h5ad(path)
+    except OSError as err:
+        raise OSError(f"input {path!r} cannot be read as .h5ad ({err}); give a file written by AnnData.write_h5ad") from None
+
+
+def _require_writable_folder(folder: Path, flag: str, value: str) -> None:
+    """Refuse to go on when ``folder`` (where ``flag value`` writes) is missing or read-only."""
+    if not folder.is_dir():
+        raise FileNotFoundError(
+            f"{flag} {value!r}: the folder {str(folder)!r} does not exist; create it or choose another path"
+        )
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise PermissionError(f"{flag} {value!r}: the folder {str(folder)!r} is not writable; choose another path")
+
+
+def _require_output_file(path: str) -> None:
+    """Refuse an ``--out`` file that is a folder or whose folder is missing or read-only."""
+    if Path(path).is_dir():
+        raise IsADirectoryError(f"--out {path!r} is a folder; give a file name inside it")
+    _require_writable_folder(Path(path).parent, "--out", path)
 
 
 def _demo(args) -> None:
+    out = Path(args.out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise OSError(f"--out {args.out!r}: cannot create this folder ({err.strerror}); choose another path") from None
+    _require_writable_folder(out, "--out", args.out)
+
     import matplotlib
 
     matplotlib.use("Agg")
     from . import datasets, pl, tl
 
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     adata = datasets.simulate(seed=args.seed)
     print(f"simulated time course: {adata.n_obs} cells, times {sorted(set(adata.obs['time']))}")
     model = tl.fit(adata, time_key="time", use_rep="X_pca", method=args.method, seed=args.seed, n_steps=args.steps)
@@ -27,36 +95,37 @@ def _demo(args) -> None:
 
 
 def _fit(args) -> None:
-    import anndata as ad
-
+    _require_input(args.input)
+    _require_output_file(args.out)
     from . import tl
 
-    adata = ad.read_h5ad(args.input)
+    adata = _read_input(args.input)
     print(f"read {adata.n_obs} cells x {adata.n_vars} genes; fitting {args.method} ({args.steps} steps)", flush=True)
     tl.fit(adata, time_key=args.time_key, use_rep=args.use_rep, method=args.method, seed=args.seed,
-           n_steps=args.steps, device=args.device)
+           n_steps=args.steps, device=args.device, key_added=args.key_added)
     adata.write_h5ad(args.out)
     print(f"wrote {Path(args.out).resolve()}")
 
 
 def _interpolate(args) -> None:
-    import anndata as ad
-
+    _require_input(args.input)
+    _require_output_file(args.out)
     from . import tl
 
-    adata = ad.read_h5ad(args.input)
+    adata = _read_input(args.input)
     print(f"pushing the cells of time {args.from_time:g} to {args.to_time:g}", flush=True)
-    pred = tl.interpolate(adata, args.from_time, args.to_time)
+    pred = tl.interpolate(adata, args.from_time, args.to_time, key=args.key)
     pred.write_h5ad(args.out)
     print(f"wrote {pred.n_obs} predicted cells at time {args.to_time:g} to {Path(args.out).resolve()}")
 
 
 def _benchmark(args) -> None:
-    import anndata as ad
-
+    _require_input(args.input)
+    if args.out:
+        _require_output_file(args.out)
     from . import tl
 
-    adata = ad.read_h5ad(args.input)
+    adata = _read_input(args.input)
     print(f"read {adata.n_obs} cells; leave-one-out with {args.method}, seeds {args.seeds}", flush=True)
     table = tl.leave_one_out(adata, time_key=args.time_key, use_rep=args.use_rep, method=args.method,
                              seeds=args.seeds, n_steps=args.steps)
@@ -69,54 +138,64 @@ def _benchmark(args) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``cellflow`` command."""
-    from .model import METHODS
+    from .methods import METHODS
 
     method_help = f"one of {', '.join(METHODS)} (default: otcfm; wfr learns growth too)"
     parser = argparse.ArgumentParser(prog="cellflow", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
+    steps, seed = _whole_number("--steps", 1), _whole_number("--seed", 0)
+
     demo = commands.add_parser("demo", help="fit the simulated default time course; write .h5ad and a velocity plot")
     demo.add_argument("--out", default="cellflow_demo", help="output folder (default: ./cellflow_demo)")
-    demo.add_argument("--method", default="otcfm", help=method_help)
-    demo.add_argument("--steps", type=int, default=2000, help="training steps")
-    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--method", default="otcfm", choices=METHODS, metavar="METHOD", help=method_help)
+    demo.add_argument("--steps", type=steps, default=2000, help="training steps (at least 1)")
+    demo.add_argument("--seed", type=seed, default=0)
     demo.set_defaults(run=_demo)
 
     def common(sub):
         sub.add_argument("input", help="input .h5ad")
         sub.add_argument("--time-key", default="time", help="obs column with each cell's time")
         sub.add_argument("--use-rep", default="X_pca", help="obsm key, 'X' or a layer")
-        sub.add_argument("--method", default="otcfm", help=method_help)
-        sub.add_argument("--steps", type=int, default=2000, help="training steps")
+        sub.add_argument("--method", default="otcfm", choices=METHODS, metavar="METHOD", help=method_help)
+        sub.add_argument("--steps", type=steps, default=2000, help="training steps (at least 1)")
 
     fit = commands.add_parser("fit", help="learn velocity; write it into a copy of the .h5ad")
     common(fit)
-    fit.add_argument("--seed", type=int, default=0)
+    fit.add_argument("--seed", type=seed, default=0)
     fit.add_argument("--device", default="auto")
+    fit.add_argument("--key-added", default="cellflow", help="prefix of every key written (default: cellflow)")
     fit.add_argument("--out", required=True, help="output .h5ad")
     fit.set_defaults(run=_fit)
 
     interp = commands.add_parser("interpolate", help="push the cells of one time point to another time")
     interp.add_argument("input", help=".h5ad written by 'cellflow fit'")
-    interp.add_argument("--from", dest="from_time", type=float, required=True, help="a measured time point")
-    interp.add_argument("--to", dest="to_time", type=float, required=True, help="any time")
+    interp.add_argument("--from", dest="from_time", type=_finite_number("--from"), required=True,
+                        help="a measured time point")
+    interp.add_argument("--to", dest="to_time", type=_finite_number("--to"), required=True, help="any time")
+    interp.add_argument("--key", default="cellflow", help="the --key-added of 'cellflow fit' (default: cellflow)")
     interp.add_argument("--out", required=True, help="output .h5ad of predicted cells")
     interp.set_defaults(run=_interpolate)
 
     bench = commands.add_parser("benchmark", help="leave-one-time-point-out benchmark")
     common(bench)
-    bench.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    bench.add_argument("--seeds", type=_whole_number("--seeds", 0), nargs="+", default=[0, 1, 2])
     bench.add_argument("--out", help="CSV of every run")
     bench.set_defaults(run=_benchmark)
     return parser
 
 
 def main(argv=None) -> int:
-    """Entry point; returns the exit status (1 with a one-line reason on bad input)."""
+    """Entry point; returns the exit status.
+
+    Bad arguments are usage errors (argparse exits with status 2). A ``ValueError``, ``KeyError``,
+    ``OSError`` or ``RuntimeError`` raised while a command runs becomes the single line
+    ``cellflow <command>: error: <reason>`` on stderr and status 1, without a traceback.
+    """
     args = build_parser().parse_args(argv)
     try:
         args.run(args)
-    except (KeyError, ValueError, FileNotFoundError, OSError) as err:
+    except (KeyError, ValueError, OSError, RuntimeError) as err:
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
         print(f"cellflow {args.command}: error: {' '.join(str(message).split())}", file=sys.stderr)
         return 1

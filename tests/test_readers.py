@@ -27,11 +27,28 @@ def _course(n=12, times=(0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3), d=3, seed=0):
         (["day 2.5", "day 3"], [2.5, 3.0]),
         (["D3", "D10"], [3.0, 10.0]),
         (["12h", "0.5h"], [12.0, 0.5]),
-        (["E8.25", "E-1e1"], [8.25, -10.0]),
+        (["E8.25", "t=-1e1"], [8.25, -10.0]),
     ],
 )
 def test_time_labels_hold_one_number(labels, expected):
     np.testing.assert_allclose(parse_times(pd.Series(labels).astype("category"), "t"), expected)
+
+
+@pytest.mark.parametrize(
+    "labels, expected",
+    [
+        (["day-1", "day-2", "day-3"], [1.0, 2.0, 3.0]),  # a dash after a word separates, it is no sign
+        (["D-3", "E-1e1", "t_-4"], [3.0, 10.0, 4.0]),
+        (["t=-1", "-1.5", "+2", "day -2.5"], [-1.0, -1.5, 2.0, -2.5]),  # a sign after a symbol or a space
+    ],
+)
+def test_minus_is_a_sign_only_when_no_word_character_precedes_it(labels, expected):
+    np.testing.assert_allclose(parse_times(pd.Series(labels), "t"), expected)
+
+
+def test_two_labels_reading_as_one_time_are_refused():
+    with pytest.raises(ValueError, match="'day-1' and 'day1' .* both read as time 1; pass time_map"):
+        parse_times(pd.Series(["day-1", "day0", "day1"]), "stage")
 
 
 def test_time_map_for_stage_names():
@@ -119,6 +136,33 @@ def test_error_nan_in_representation():
     adata.obsm["X_pca"][7, 0] = np.inf
     with pytest.raises(ValueError, match="NaN or inf values in 2 cells \\(first: '4'\\)"):
         read_time_course(adata, "time")
+
+
+def test_error_representation_without_columns():
+    adata = _course()
+    adata.obsm["X_pca"] = np.zeros((adata.n_obs, 0), dtype=np.float32)
+    with pytest.raises(ValueError, match="'X_pca' has 0 columns.*at least one component"):
+        read_time_course(adata, "time")
+
+
+def test_error_cell_absurdly_far_from_the_others():
+    adata = _course(n=40, times=np.repeat([0, 1, 2, 3], 10))
+    adata.obsm["X_pca"][[7, 30], 2] = [1e30, -1e6]
+    with pytest.raises(ValueError, match=r"2 cell\(s\) of the representation 'X_pca'.*first: '7'.*remove them"):
+        read_time_course(adata, "time")
+
+
+def test_rare_far_cells_and_long_trajectories_are_kept():
+    rng = np.random.default_rng(0)
+    adata = _course(n=1000, times=np.repeat(np.arange(10), 100))
+    cloud = rng.normal(size=(1000, 3))
+    cloud[:5] += 300.0  # five rare cells, 300 standard deviations from the others
+    adata.obsm["X_pca"] = cloud.astype(np.float32)
+    read_time_course(adata, "time")
+    adata.obsm["X_pca"][:, 0] += adata.obs["time"].to_numpy() ** 4  # a trajectory that speeds up to 6561
+    read_time_course(adata, "time")
+    adata.obsm["X_pca"][:600] = 0.0  # most cells on one point: the typical distance leaves them out
+    read_time_course(adata, "time")
 
 
 def test_error_wrong_number_of_rows():
