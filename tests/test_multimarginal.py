@@ -5,11 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from scipy.stats import spearmanr
+from scipy.stats import chi2, spearmanr
 
 import cellflow as cf
+from cellflow import benchmark
 from cellflow.couplings import ExactOTCoupling, WFRCoupling, sample_chains
 from cellflow.paths import CubicSplinePath, MonotoneHermitePath
+from cellflow.readers import TimeCourse
 
 
 def _chains(sizes, n, seed=0, coupling=None):
@@ -53,6 +55,80 @@ def test_unbalanced_chains_carry_masses_and_deaths():
     assert (link.m1[link.died] == 0).all() and (link.m0 > 0).all()
 
 
+def _draws_per_entry(plan, i, j):
+    """How many of the pairs ``(i, j)`` fall on each entry of the sparse ``plan`` (in COO order); all must."""
+    plan = plan.tocoo()
+    n1 = plan.shape[1]
+    counts = np.bincount(i * n1 + j, minlength=plan.shape[0] * n1)
+    on_support = counts[plan.row * n1 + plan.col]
+    assert on_support.sum() == len(i), "a drawn pair lies outside the plan's support"
+    return plan, on_support
+
+
+def _assert_counts_follow(observed, expected):
+    """Chi-square goodness of fit (bins expecting fewer than five draws pooled into one)."""
+    small = expected < 5
+    observed = np.append(observed[~small], observed[small].sum())
+    expected = np.append(expected[~small], expected[small].sum())
+    keep = expected > 0
+    statistic = ((observed[keep] - expected[keep]) ** 2 / expected[keep]).sum()
+    assert chi2.sf(statistic, keep.sum() - 1) > 1e-3, f"chi-square {statistic:.0f} on {keep.sum() - 1} dof"
+
+
+def test_exact_chains_draw_each_next_cell_from_the_row_of_the_cell_just_drawn():
+    rng = np.random.default_rng(21)
+    sizes = [150, 240, 180, 210]
+    pops = [rng.normal(0.5 * k, 1, size=(m, 2)) for k, m in enumerate(sizes)]
+    mass = [rng.uniform(0.5, 2, m) for m in sizes]  # uneven rows, so the draws' weights matter
+    samplers = [ExactOTCoupling().sampler(pops[k], pops[k + 1], mass[k], mass[k + 1]) for k in range(3)]
+    n = 200_000
+    links = sample_chains(samplers, n, rng)
+    for k, (sampler, link) in enumerate(zip(samplers, links)):
+        if k + 1 < len(links):
+            np.testing.assert_array_equal(link.j, links[k + 1].i)
+        plan, observed = _draws_per_entry(sampler.plan, link.i, link.j)
+        assert plan.nnz > sizes[k + 1]  # the plan splits cells: rows with several entries
+        # plan k's columns carry the masses that plan k + 1's rows do: every link is the plan itself
+        _assert_counts_follow(observed, n * plan.data / plan.data.sum())
+
+
+def test_unbalanced_chains_follow_the_plan_rows_and_die_only_without_partners():
+    rng = np.random.default_rng(22)
+
+    def population(k):
+        cells = [rng.normal(0.3 * k, 0.7, size=(60, 2))]
+        if k == 0:
+            cells.append(rng.normal(size=(5, 2)) + [-20, 0])  # no partner at the next time: die in link 0
+        if k <= 1:
+            cells.append(rng.normal(size=(8, 2)) * 0.3 + [0, 10])  # reached from time 0, die in link 1
+        if k <= 2:
+            cells.append(rng.normal(size=(8, 2)) * 0.3 + [10, 0])  # reached from times 0 and 1, die in link 2
+        return np.concatenate(cells)
+
+    pops = [population(k) for k in range(4)]
+    samplers = [WFRCoupling(delta=0.8).sampler(pops[k], pops[k + 1]) for k in range(3)]
+    n = 100_000
+    links = sample_chains(samplers, n, rng)
+    _assert_counts_follow(np.bincount(links[0].i, minlength=len(pops[0])), np.full(len(pops[0]), n / len(pops[0])))
+    for k, (sampler, link) in enumerate(zip(samplers, links)):
+        if k + 1 < len(links):
+            np.testing.assert_array_equal(link.j, links[k + 1].i)
+        row_sums = np.asarray(sampler.plan.sum(axis=1)).ravel()
+        col_sums = np.asarray(sampler.plan.sum(axis=0)).ravel()
+        np.testing.assert_array_equal(link.died, row_sums[link.i] <= 0)
+        assert link.died.any() and not link.died.all()
+        assert (link.m1[link.died] == 0).all() and (link.m0[link.died] == 1).all()  # unit mass, all of it lost
+        alive = ~link.died
+        i, j = link.i[alive], link.j[alive]
+        plan, observed = _draws_per_entry(sampler.plan, i, j)
+        entry = np.asarray(sampler.plan[i, j]).ravel()
+        np.testing.assert_allclose(link.m0[alive], entry / row_sums[i], rtol=1e-12)  # semi-coupling masses
+        np.testing.assert_allclose(link.m1[alive], entry / col_sums[j], rtol=1e-12)
+        # given its source cell, the next cell is drawn in proportion to that cell's row of the plan
+        from_row = np.bincount(i, minlength=plan.shape[0])[plan.row]
+        _assert_counts_follow(observed, from_row * plan.data / row_sums[plan.row])
+
+
 def _spline_case(seed=0):
     gen = torch.Generator().manual_seed(seed)
     knots = torch.tensor([0.0, 0.1, 0.35, 0.4, 1.0], dtype=torch.float64)
@@ -60,15 +136,15 @@ def _spline_case(seed=0):
     return CubicSplinePath(knots), knots, tuples
 
 
-def test_spline_passes_through_every_knot():
-    path, knots, tuples = _spline_case()
-    zeros = torch.zeros(64, 3, dtype=torch.float64)
+@pytest.mark.parametrize("curve", [CubicSplinePath, MonotoneHermitePath])
+def test_curves_pass_exactly_through_every_knot(curve):
+    _, knots, tuples = _spline_case()
+    path, zeros = curve(knots), torch.zeros(64, 3, dtype=torch.float64)
     for k in range(4):
         segment = torch.full((64,), k)
-        start = path.sample(tuples, segment, torch.zeros(64, 1, dtype=torch.float64), zeros)
-        end = path.sample(tuples, segment, torch.ones(64, 1, dtype=torch.float64), zeros)
-        torch.testing.assert_close(start.x, tuples[k])
-        torch.testing.assert_close(end.x, tuples[k + 1])
+        for s, knot in ((0.0, k), (1.0, k + 1)):
+            point = path.sample(tuples, segment, torch.full((64, 1), s, dtype=torch.float64), zeros)
+            torch.testing.assert_close(point.x, tuples[knot], atol=1e-12, rtol=0)
 
 
 def test_spline_derivative_matches_finite_differences_and_is_continuous():
@@ -127,6 +203,49 @@ def test_held_out_time_is_not_a_knot():
     assert sorted(table["held_out_time"]) == [1.0, 2.5] and np.isfinite(table["w1"]).all()
 
 
+def test_leave_one_out_never_fits_on_the_held_out_cells(monkeypatch):
+    rng = np.random.default_rng(30)
+    times, sizes = np.array([0.0, 1.0, 2.5, 3.0, 4.5]), [30, 40, 35, 45, 30]
+    populations = [rng.normal(k, 1, size=(m, 2)).astype(np.float32) for k, m in enumerate(sizes)]
+    indices = np.split(np.arange(sum(sizes)), np.cumsum(sizes)[:-1])
+    course = TimeCourse(times, populations, indices, obs_times=np.repeat(times, sizes))
+    fits, pushes, observed = [], [], []
+
+    class Recording(cf.CellFlow):
+        def fit(self, training, progress=True):
+            fits.append(training)
+            return super().fit(training, progress)
+
+        def push(self, x, t_from, t_to, **kwargs):
+            pushes.append((np.array(x, copy=True), t_from, t_to))
+            return super().push(x, t_from, t_to, **kwargs)
+
+    def score(predicted, held, weights=None):
+        observed.append(held)
+        return real_score(predicted, held, weights)
+
+    real_score = benchmark.score
+    monkeypatch.setattr(benchmark, "CellFlow", Recording)
+    monkeypatch.setattr(benchmark, "score", score)
+    table = benchmark.leave_one_out(course, ("otcfm", "mmfm"), seeds=(0,), progress=False,
+                                    n_steps=2, hidden=(8,), batch_size=8, device="cpu")
+    assert table["held_out_time"].tolist() == [1.0] * 3 + [2.5] * 3 + [3.0] * 3  # baseline, then both methods
+    assert len(fits) == len(pushes) == 6 and len(observed) == 9
+    for fold, k in enumerate((1, 2, 3)):
+        held_rows = {row.tobytes() for row in populations[k]}
+        for training in fits[2 * fold : 2 * fold + 2]:
+            np.testing.assert_array_equal(training.times, np.delete(times, k))
+            assert not any(held_rows & {row.tobytes() for row in cells} for cells in training.populations)
+            assert not np.isin(indices[k], np.concatenate(training.indices)).any()
+            np.testing.assert_array_equal(training.populations[k - 1], populations[k - 1])  # both neighbours kept
+            np.testing.assert_array_equal(training.populations[k], populations[k + 1])
+        for start, t_from, t_to in pushes[2 * fold : 2 * fold + 2]:  # the flow starts from the cells of t_{k-1}
+            np.testing.assert_array_equal(start, populations[k - 1])
+            assert (t_from, t_to) == (times[k - 1], times[k])
+        for held in observed[3 * fold : 3 * fold + 3]:  # and every prediction is scored on the held-out cells
+            np.testing.assert_array_equal(held, populations[k])
+
+
 @pytest.mark.parametrize("path", ["wfr", "spline"])
 def test_unbalanced_multimarginal(path):
     adata = cf.datasets.simulate(n_cells=120, times=(0.0, 1.0, 2.0), seed=0)
@@ -135,15 +254,12 @@ def test_unbalanced_multimarginal(path):
     assert np.isfinite(adata.obs["cellflow_growth_rate"]).all()
 
 
-def test_monotone_hermite_hits_knots_matches_derivative_and_never_overshoots():
+def test_monotone_hermite_matches_derivative_and_never_overshoots():
     knots = torch.tensor([0.0, 0.02, 0.3, 0.35, 1.0], dtype=torch.float64)
     tuples = torch.randn(5, 64, 3, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
     path, zeros, h = MonotoneHermitePath(knots), torch.zeros(64, 3, dtype=torch.float64), 1e-6
     for k in range(4):
         segment = torch.full((64,), k)
-        ends = [path.sample(tuples, segment, torch.full((64, 1), e, dtype=torch.float64), zeros).x for e in (0.0, 1.0)]
-        torch.testing.assert_close(ends[0], tuples[k])
-        torch.testing.assert_close(ends[1], tuples[k + 1])
         width = (knots[k + 1] - knots[k]).item()
         s = torch.rand(64, 1, dtype=torch.float64) * 0.9 + 0.05
         point = path.sample(tuples, segment, s, zeros)

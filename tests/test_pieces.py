@@ -11,7 +11,7 @@ import cellflow as cf
 from cellflow import metrics
 from cellflow.couplings import EntropicOTCoupling, ExactOTCoupling, IndependentCoupling
 from cellflow.integration import integrate
-from cellflow.paths import BrownianBridgePath, LinearPath, VariancePreservingPath
+from cellflow.paths import BrownianBridgePath, LinearPath, VariancePreservingPath, WFRPath
 
 
 def _gaussian_pair(n, seed=0):
@@ -97,13 +97,24 @@ def test_path_target_is_its_derivative(path):
     torch.testing.assert_close(path.pair(x0, x1, s, eps).u, derivative, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("path", [LinearPath(0.0), BrownianBridgePath(0.5), VariancePreservingPath(0.0)])
-def test_path_endpoints(path):
-    x0, x1 = torch.randn(8, 2, dtype=torch.float64), torch.randn(8, 2, dtype=torch.float64)
-    eps = torch.randn(8, 2, dtype=torch.float64)
-    zeros, ones = torch.zeros(8, 1, dtype=torch.float64), torch.ones(8, 1, dtype=torch.float64)
-    torch.testing.assert_close(path.pair(x0, x1, zeros, eps).x, x0, atol=0.05, rtol=0)
-    torch.testing.assert_close(path.pair(x0, x1, ones, eps).x, x1, atol=0.05, rtol=0)
+@pytest.mark.parametrize(
+    "path", [LinearPath(0.0), BrownianBridgePath(0.5), VariancePreservingPath(0.0), WFRPath(delta=2.0)],
+    ids=lambda path: type(path).__name__,
+)
+@pytest.mark.parametrize("masses", [False, True])
+def test_pair_paths_start_and_end_exactly_at_the_pair(path, masses):
+    gen = torch.Generator().manual_seed(3)
+    x0, x1, eps = (torch.randn(200, 3, generator=gen, dtype=torch.float64) for _ in range(3))
+    x1 = x0 + 0.5 * x1  # within the WFR transport horizon pi * delta
+    x1[:10], x1[10:20] = x0[:10], x0[10:20] + 1e-9  # pairs that do not move, or barely
+    m0, m1 = (torch.rand(200, generator=gen, dtype=torch.float64) + 0.2 for _ in range(2)) if masses else (None, None)
+    zeros, ones = torch.zeros(200, 1, dtype=torch.float64), torch.ones(200, 1, dtype=torch.float64)
+    start, end = path.pair(x0, x1, zeros, eps, m0, m1), path.pair(x0, x1, ones, eps, m0, m1)
+    torch.testing.assert_close(start.x, x0, atol=1e-12, rtol=0)
+    torch.testing.assert_close(end.x, x1, atol=1e-12, rtol=0)
+    if masses:  # the loss weight m(s) / m0 runs from one to m1 / m0
+        torch.testing.assert_close(start.weight, torch.ones(200, dtype=torch.float64), atol=1e-12, rtol=0)
+        torch.testing.assert_close(end.weight, m1 / m0, atol=1e-12, rtol=0)
 
 
 def test_brownian_bridge_rejects_zero_noise():
