@@ -19,6 +19,8 @@ import pandas as pd
 import scipy.sparse as sp
 from anndata import AnnData
 
+from . import keys
+from ._checks import integer, number
 from ._utils import progress_bar
 from .model import CellFlow
 from .readers import TimeCourse, read_time_course
@@ -38,22 +40,37 @@ class _Fitted:
     time_key: str
 
 
-def _fitted(adata: AnnData, key: str, model: CellFlow | None) -> _Fitted:
-    if key not in adata.uns:
-        raise KeyError(
-            f"adata.uns[{key!r}] does not exist: run cellflow.tl.fit first (or pass key= the key_added of the fit)"
-        )
-    state = adata.uns[key]
-    for field in ("use_rep", "time_key"):
-        if field not in state:
-            raise KeyError(f"adata.uns[{key!r}] has no {field!r}; it was not written by cellflow.tl.fit")
-    use_rep, time_key = str(state["use_rep"]), str(state["time_key"])
-    course = read_time_course(adata, time_key, use_rep, time_map=state.get("time_map"))
-    model = model if model is not None else CellFlow.from_dict(state)
-    rep = np.empty((adata.n_obs, course.n_dims), dtype=np.float32)  # every cell has a time point
+def _representation(course: TimeCourse, n_obs: int) -> np.ndarray:
+    """The representation of every cell, in the AnnData's row order (every cell has a time point)."""
+    rep = np.empty((n_obs, course.n_dims), dtype=np.float32)
     for rows, cells in zip(course.indices, course.populations):
         rep[rows] = cells
-    return _Fitted(model, course, rep, use_rep, time_key)
+    return rep
+
+
+def _stored_model(adata: AnnData, key: str, device: str = "auto") -> CellFlow:
+    """The model that :func:`cellflow.tl.fit` stored in ``adata.uns[key]``; errors name that entry."""
+    state = keys.fit_state(adata, key)
+    try:
+        return CellFlow.from_dict(state, device=device)
+    except ValueError as err:
+        raise ValueError(f"adata.uns[{key!r}]: {err}") from err
+
+
+def _fitted(adata: AnnData, key: str, model: CellFlow | None) -> _Fitted:
+    """Read back the fit stored in ``adata.uns[key]``, with ``model`` in place of the stored one if given."""
+    state = keys.fit_state(adata, key)
+    use_rep, time_key = str(state["use_rep"]), str(state["time_key"])
+    course = read_time_course(adata, time_key, use_rep, time_map=state.get("time_map"))
+    whose = "the model given" if model is not None else f"the model of adata.uns[{key!r}]"
+    model = model if model is not None else _stored_model(adata, key)
+    if course.n_dims != model.center.size:
+        raise ValueError(
+            f"use_rep={use_rep!r} has {course.n_dims} columns now, but {whose} was fitted on "
+            f"{model.center.size}: the representation changed after fitting; fit again with cellflow.tl.fit "
+            "(or restore the representation)"
+        )
+    return _Fitted(model, course, _representation(course, adata.n_obs), use_rep, time_key)
 
 
 def _group_codes(adata: AnnData, groupby: str, rows: np.ndarray) -> tuple[np.ndarray, list[str]]:
@@ -118,8 +135,6 @@ def _push_and_match(
     desc: str,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Push ``sources`` (rows of the representation) and match them with ``reference`` rows."""
-    if n_neighbors < 1:
-        raise ValueError(f"n_neighbors={n_neighbors} must be at least 1")
     ref_points = fitted.rep[reference]
     indices, weights, masses = [], [], []
     bar = progress_bar(len(sources), desc, progress)
@@ -145,45 +160,24 @@ def _soft_labels(index: np.ndarray, weights: np.ndarray, codes: np.ndarray, n_gr
     return np.minimum(probs, 1.0)  # a sum of normalised weights may round to just above one
 
 
-def _check_order(earlier: float, later: float, earlier_name: str, later_name: str, other: str) -> None:
-    if not float(earlier) < float(later):
+def _checked_times(earlier, later, earlier_name: str, later_name: str, other: str) -> tuple[float, float]:
+    """Two finite times, ``earlier < later``, else a ``ValueError`` naming the arguments."""
+    earlier, later = number(earlier_name, earlier), number(later_name, later)
+    if not earlier < later:
         raise ValueError(
             f"{earlier_name}={earlier!r} must be earlier than {later_name}={later!r}; "
             f"for the other direction use cellflow.tl.{other}"
         )
-
-
-def _record(adata: AnnData, key: str, store_key: str) -> None:
-    """Add ``store_key`` to the keys cellflow wrote, so that later calls may replace it."""
-    state = adata.uns[key]
-    written = [str(k) for k in np.atleast_1d(state.get("written_keys", []))]
-    if store_key not in written:
-        state["written_keys"] = np.array(written + [store_key])
-
-
-def _write_probabilities(
-    adata: AnnData,
-    key: str,
-    key_added: str,
-    overwrite: bool,
-    rows: np.ndarray,
-    probs: np.ndarray,
-    groups: list[str],
-) -> pd.DataFrame:
-    from .tl import _claim
-
-    _claim(adata, "obsm", key_added, key, overwrite)
-    table = pd.DataFrame(np.nan, index=adata.obs_names.copy(), columns=pd.Index(groups, dtype=object))
-    table.iloc[rows] = probs
-    adata.obsm[key_added] = table
-    _record(adata, key, f"obsm/{key_added}")
-    return table
+    return earlier, later
 
 
 def _group_probabilities(
-    adata, key, model, groupby, t_start, t_end, n_neighbors, solver, step_size, progress, desc
-) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    adata, key, key_added, overwrite, model, groupby, t_start, t_end, n_neighbors, solver, step_size, progress, desc
+) -> pd.DataFrame:
+    """Per cell of ``t_start``, the probability of each group of ``t_end``, written to ``obsm[key_added]``."""
+    n_neighbors = integer("n_neighbors", n_neighbors)
     fitted = _fitted(adata, key, model)
+    keys.claim(adata, key, [f"obsm/{key_added}"], overwrite)
     course = fitted.course
     sources = course.indices[course.index_of(t_start)]
     targets = course.indices[course.index_of(t_end)]
@@ -194,7 +188,11 @@ def _group_probabilities(
     index, weights, _ = _push_and_match(
         fitted, sources, t_start, t_end, targets[labelled], n_neighbors, solver, step_size, progress, desc
     )
-    return sources, _soft_labels(index, weights, codes[labelled], len(groups)), groups
+    table = pd.DataFrame(np.nan, index=adata.obs_names.copy(), columns=pd.Index(groups, dtype=object))
+    table.iloc[sources] = _soft_labels(index, weights, codes[labelled], len(groups))
+    adata.obsm[key_added] = table
+    keys.record(adata, key, [f"obsm/{key_added}"])
+    return table
 
 
 # -- public functions ------------------------------------------------------------------------
@@ -235,9 +233,11 @@ def fate(
     n_neighbors
         Real cells per pushed cell.
     key_added
-        ``obsm`` key to write; default ``"{key}_fate"``.
+        ``obsm`` key to write; default ``"{key}_fate"``. It is recorded in the ledger of the fit
+        (``uns[key]["written_keys"]``), so a later call may replace it and a refit of ``key``
+        removes it.
     overwrite
-        Replace an ``obsm`` key of that name that another tool wrote.
+        Replace an ``obsm`` key of that name that another tool (or another fit) wrote.
     model
         Use this model instead of the one stored in ``adata.uns[key]``.
     solver, step_size
@@ -249,13 +249,13 @@ def fate(
     -------
     A DataFrame indexed by ``obs_names`` with one column per group of ``to_time``; rows of cells
     not measured at ``from_time`` are NaN. It is also written to ``adata.obsm[key_added]`` (a
-    DataFrame in ``obsm`` survives ``write_h5ad``).
+    DataFrame in ``obsm`` survives ``write_h5ad``); nothing is written when a check fails.
     """
-    _check_order(from_time, to_time, "from_time", "to_time", "ancestors")
-    rows, probs, groups = _group_probabilities(
-        adata, key, model, groupby, from_time, to_time, n_neighbors, solver, step_size, progress, "fate"
+    from_time, to_time = _checked_times(from_time, to_time, "from_time", "to_time", "ancestors")
+    return _group_probabilities(
+        adata, key, key_added or f"{key}_fate", overwrite, model, groupby, from_time, to_time,
+        n_neighbors, solver, step_size, progress, "fate",
     )
-    return _write_probabilities(adata, key, key_added or f"{key}_fate", overwrite, rows, probs, groups)
 
 
 def ancestors(
@@ -288,18 +288,18 @@ def ancestors(
     groupby, key, n_neighbors, overwrite, model, solver, step_size, progress
         As for :func:`fate`.
     key_added
-        ``obsm`` key to write; default ``"{key}_ancestors"``.
+        ``obsm`` key to write; default ``"{key}_ancestors"`` (recorded as for :func:`fate`).
 
     Returns
     -------
     A DataFrame indexed by ``obs_names`` with one column per group of ``from_time``; rows of cells
     not measured at ``to_time`` are NaN. Also written to ``adata.obsm[key_added]``.
     """
-    _check_order(from_time, to_time, "from_time", "to_time", "fate")
-    rows, probs, groups = _group_probabilities(
-        adata, key, model, groupby, to_time, from_time, n_neighbors, solver, step_size, progress, "ancestors"
+    from_time, to_time = _checked_times(from_time, to_time, "from_time", "to_time", "fate")
+    return _group_probabilities(
+        adata, key, key_added or f"{key}_ancestors", overwrite, model, groupby, to_time, from_time,
+        n_neighbors, solver, step_size, progress, "ancestors",
     )
-    return _write_probabilities(adata, key, key_added or f"{key}_ancestors", overwrite, rows, probs, groups)
 
 
 @dataclass(repr=False)
@@ -322,7 +322,8 @@ class Transitions:
     coupling
         AnnData of shape ``(n_t1, n_t2)``: ``X`` a sparse CSR matrix from each cell of ``t1``
         (``obs_names``) to the real cells of ``t2`` (``var_names``) next to where it lands, rows
-        summing to the cell's pushed mass. CellRank takes it as it is:
+        summing to the cell's pushed mass, and ``uns["{key}_coupling"]`` the two times, ``key`` and
+        ``n_neighbors``. CellRank takes it as it is:
         ``RealTimeKernel(adata, time_key=..., couplings={(t1, t2): transitions.coupling})``.
     """
 
@@ -384,7 +385,8 @@ def transitions(
     A :class:`Transitions` with ``counts``, ``row_normalised`` (where cells go),
     ``column_normalised`` (where cells come from) and ``coupling``.
     """
-    _check_order(t1, t2, "t1", "t2", "transitions with the times swapped")
+    t1, t2 = _checked_times(t1, t2, "t1", "t2", "transitions with the times swapped")
+    n_neighbors = integer("n_neighbors", n_neighbors)
     fitted = _fitted(adata, key, model)
     course = fitted.course
     sources = course.indices[course.index_of(t1)]
@@ -420,10 +422,10 @@ def transitions(
     obs = adata.obs.iloc[sources][keep].copy()
     var = adata.obs.iloc[targets][keep].copy()
     coupling = AnnData(X=matrix, obs=obs, var=var)
-    coupling.uns["cellflow_coupling"] = {"t1": float(t1), "t2": float(t2), "key": key, "n_neighbors": int(n_neighbors)}
+    coupling.uns[f"{key}_coupling"] = {"t1": t1, "t2": t2, "key": key, "n_neighbors": n_neighbors}
     return Transitions(
-        t1=float(t1),
-        t2=float(t2),
+        t1=t1,
+        t2=t2,
         groupby=groupby,
         counts=counts,
         row_normalised=_normalise(counts, axis=1),

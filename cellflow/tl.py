@@ -9,10 +9,13 @@ import pandas as pd
 import scipy.sparse as sp
 from anndata import AnnData
 
-from . import benchmark
-from .analysis import ancestors, fate, transitions, trajectories
+from . import benchmark, keys
+from ._checks import number
+from .analysis import _fitted, _representation, _stored_model, ancestors, fate, transitions, trajectories
 from .model import CellFlow
-from .readers import get_representation, read_time_course
+from .readers import read_time_course
+
+_MEAN_CHUNK_VALUES = 2**22  # entries of X read at a time when averaging the genes
 
 
 def _basis(use_rep: str) -> str:
@@ -20,14 +23,36 @@ def _basis(use_rep: str) -> str:
     return use_rep[2:] if use_rep.startswith("X_") else use_rep
 
 
-def _claim(adata: AnnData, store: str, key: str, key_added: str, overwrite: bool) -> None:
-    """Refuse to overwrite a key that cellflow did not write, unless told to."""
-    ours = adata.uns.get(key_added, {}).get("written_keys", [])
-    existing = adata.obs.columns if store == "obs" else getattr(adata, store).keys()
-    if key in existing and f"{store}/{key}" not in list(ours) and not overwrite:
+def _pca_loadings(adata: AnnData, use_rep: str, n_dims: int) -> np.ndarray | None:
+    """``varm["PCs"]`` as ``(n_vars, n_dims)`` float32 when ``use_rep="X_pca"``, else ``None``."""
+    if use_rep != "X_pca" or "PCs" not in adata.varm:
+        return None
+    loadings = np.asarray(adata.varm["PCs"], dtype=np.float32)
+    if loadings.shape != (adata.n_vars, n_dims):
         raise ValueError(
-            f"adata.{store}[{key!r}] already exists and was not written by cellflow; "
-            "pass key_added='another_name' or overwrite=True"
+            f'adata.varm["PCs"] has shape {loadings.shape}, but use_rep="X_pca" has {n_dims} columns, so the '
+            f"loadings must have shape {(adata.n_vars, n_dims)}; recompute the PCA (scanpy.pp.pca) so that "
+            'obsm["X_pca"] and varm["PCs"] match, or delete varm["PCs"] to skip gene space'
+        )
+    return loadings
+
+
+def _to_gene_space(values: np.ndarray, use_rep: str, loadings: np.ndarray | None) -> np.ndarray | None:
+    """Rows of the representation in gene space: as they are for ``"X"``, through the PCA loadings, or ``None``."""
+    if use_rep == "X":
+        return values.astype(np.float32)
+    return None if loadings is None else (values @ loadings.T).astype(np.float32)
+
+
+def _check_finite(use_rep: str, **outputs: np.ndarray | None) -> None:
+    """Raise a ``ValueError`` when an output of a trained model has NaN or inf values."""
+    for name, values in outputs.items():
+        if values is None or np.isfinite(values).all():
+            continue
+        raise ValueError(
+            f"training diverged: the {name.replace('_', ' ')} has NaN or inf values, so nothing was written; "
+            f"fit again with a lower lr= (e.g. lr=1e-4), and check that use_rep={use_rep!r} is scaled "
+            "sensibly (no extreme values)"
         )
 
 
@@ -67,9 +92,9 @@ def fit(
     time_map
         Optional mapping of time labels to numbers (stage names).
     key_added
-        Prefix of every key written.
+        Prefix of every key written, and the ``uns`` key of the fit.
     overwrite
-        Replace keys of the same name that another tool wrote.
+        Replace keys of the same name that another tool (or another ``key_added``) wrote.
     progress
         Show a progress bar.
     **model_kwargs
@@ -79,61 +104,62 @@ def fit(
     -------
     The trained model. Writes ``obsm["{key_added}_velocity_{basis}"]`` (velocity in the
     representation, per unit of time), ``layers["{key_added}_velocity"]`` (gene space, when
-    ``use_rep="X_pca"`` and ``varm["PCs"]`` exist), ``uns["{key_added}_velocity_params"]`` and
-    ``uns[key_added]`` (the model as plain arrays: an ``.h5ad`` round trip restores it); for
-    methods with growth also ``obs["{key_added}_growth_rate"]`` (``d log m / dt`` per time unit).
+    ``use_rep="X"``, or ``use_rep="X_pca"`` and ``varm["PCs"]`` exist), ``uns["{key_added}_velocity_params"]``
+    and ``uns[key_added]`` (the model as plain arrays, with ``written_keys``, the keys written:
+    an ``.h5ad`` round trip restores both); for methods with growth also
+    ``obs["{key_added}_growth_rate"]`` (``d log m / dt`` per time unit). Every key is checked
+    before training, and nothing is written when a check fails. A refit of the same
+    ``key_added`` first removes what the earlier fit, and the analyses of its model
+    (:func:`fate`, :func:`ancestors`), wrote.
     """
+    model = CellFlow(method, **model_kwargs)
     course = read_time_course(adata, time_key, use_rep, weight_key, time_map, growth_key)
-    model = CellFlow(method, **model_kwargs).fit(course, progress=progress)
-    rep = get_representation(adata, use_rep)
-    velocity = model.velocity(rep, course.obs_times).astype(np.float32)
-    growth_key_added = f"{key_added}_growth_rate"
-
+    loadings = _pca_loadings(adata, use_rep, course.n_dims)
     basis = _basis(use_rep)
     obsm_key, layer_key = f"{key_added}_velocity_{basis}", f"{key_added}_velocity"
-    written = [f"obsm/{obsm_key}"]
-    _claim(adata, "obsm", obsm_key, key_added, overwrite)
-    gene_velocity = None
-    if use_rep == "X":
-        gene_velocity = velocity
-    elif use_rep == "X_pca" and "PCs" in adata.varm:
-        gene_velocity = velocity @ np.asarray(adata.varm["PCs"], dtype=np.float32).T
-    if gene_velocity is not None:
-        _claim(adata, "layers", layer_key, key_added, overwrite)
+    params_key, growth_key_added = f"{layer_key}_params", f"{key_added}_growth_rate"
+    written = [f"obsm/{obsm_key}", f"uns/{params_key}"]
+    if use_rep == "X" or loadings is not None:
         written.append(f"layers/{layer_key}")
     if model.has_growth:
-        _claim(adata, "obs", growth_key_added, key_added, overwrite)
         written.append(f"obs/{growth_key_added}")
+    keys.claim(adata, key_added, [*written, f"uns/{key_added}"], overwrite)
 
-    if model.has_growth:
-        adata.obs[growth_key_added] = model.growth(rep, course.obs_times)
+    model.fit(course, progress=progress)
+    rep = _representation(course, adata.n_obs)
+    velocity = model.velocity(rep, course.obs_times).astype(np.float32)
+    gene_velocity = _to_gene_space(velocity, use_rep, loadings)
+    growth = model.growth(rep, course.obs_times) if model.has_growth else None
+    _check_finite(use_rep, velocity=velocity, gene_space_velocity=gene_velocity, growth_rate=growth)
+
+    keys.remove_written(adata, key_added)
     adata.obsm[obsm_key] = velocity
+    adata.uns[params_key] = {"embeddings": [basis]}
     if gene_velocity is not None:
         adata.layers[layer_key] = gene_velocity
-    adata.uns[f"{layer_key}_params"] = {"embeddings": [basis]}
+    if growth is not None:
+        adata.obs[growth_key_added] = growth
     state = model.to_dict()
-    state.update(time_key=time_key, use_rep=use_rep, written_keys=np.array(written))
+    state.update(time_key=time_key, use_rep=use_rep, written_keys=np.array(written, dtype=object))
     if time_map is not None:
         state["time_map"] = {str(k): float(v) for k, v in time_map.items()}
     adata.uns[key_added] = state
+    keys.record(adata, key_added, written)
     return model
 
 
 def load_model(adata: AnnData, key: str = "cellflow", device: str = "auto") -> CellFlow:
     """Restore the model that :func:`fit` stored in ``adata.uns[key]``."""
-    if key not in adata.uns:
-        raise KeyError(f"adata.uns[{key!r}] does not exist: run cellflow.tl.fit first (or pass key=...)")
-    return CellFlow.from_dict(adata.uns[key], device=device)
+    return _stored_model(adata, key, device)
 
 
-def _gene_space(adata: AnnData, positions: np.ndarray, use_rep: str) -> np.ndarray | None:
-    """Expression of predicted cells: positions themselves, or PCA loadings plus gene means."""
-    if use_rep == "X":
-        return positions.astype(np.float32)
-    if use_rep == "X_pca" and "PCs" in adata.varm:
-        mean = np.asarray(adata.X.mean(axis=0)).ravel() if not adata.isbacked else 0.0
-        return (positions @ np.asarray(adata.varm["PCs"]).T + mean).astype(np.float32)
-    return None
+def _gene_means(adata: AnnData) -> np.ndarray:
+    """Mean of every gene over the cells, read in blocks of rows (so a backed ``X`` stays on disk)."""
+    rows = max(1, _MEAN_CHUNK_VALUES // max(adata.n_vars, 1))
+    total = np.zeros(adata.n_vars)
+    for start in range(0, adata.n_obs, rows):
+        total += np.asarray(adata.X[start : start + rows].sum(axis=0, dtype=np.float64)).ravel()
+    return total / adata.n_obs
 
 
 def interpolate(
@@ -151,13 +177,14 @@ def interpolate(
     Parameters
     ----------
     adata
-        The AnnData that :func:`fit` wrote into.
+        The AnnData that :func:`fit` wrote into (in memory or backed); it is not changed.
     from_time
         A measured time point (its cells are the starting population).
     to_time
         Any real time, between, before or beyond the measured ones.
     key
-        Where :func:`fit` stored the model.
+        Where :func:`fit` stored the model (its ``key_added``); also the prefix of the keys of
+        the result.
     model
         Use this model instead of the stored one.
     solver, step_size
@@ -166,33 +193,33 @@ def interpolate(
     Returns
     -------
     A new AnnData with one row per starting cell: predicted positions in ``obsm[use_rep]``,
-    gene space in ``X`` where PCA loadings exist, ``obs["time"]``, ``obs["cellflow_mass"]``
+    gene space in ``X`` where PCA loadings exist, ``obs["time"]``, ``obs["{key}_mass"]``
     (how many cells each row stands for: one at ``from_time``, changed by the growth field of
-    unbalanced methods, so that its sum predicts the population size) and ``obs["source_cell"]``.
+    unbalanced methods, so that its sum predicts the population size), ``obs["source_cell"]``
+    and ``uns["{key}_interpolation"]`` (the two times and ``key``).
     """
-    if key not in adata.uns:
-        raise KeyError(f"adata.uns[{key!r}] does not exist: run cellflow.tl.fit first")
-    state = adata.uns[key]
-    model = model or CellFlow.from_dict(state)
-    use_rep = str(state["use_rep"])
-    course = read_time_course(adata, str(state["time_key"]), use_rep, time_map=state.get("time_map"))
-    k = course.index_of(from_time)
-    positions, mass = model.push(
-        course.populations[k], float(from_time), float(to_time), return_mass=True, method=solver, step_size=step_size
+    from_time, to_time = number("from_time", from_time), number("to_time", to_time)
+    fitted = _fitted(adata, key, model)
+    loadings = _pca_loadings(adata, fitted.use_rep, fitted.course.n_dims)
+    k = fitted.course.index_of(from_time)
+    positions, mass = fitted.model.push(
+        fitted.course.populations[k], from_time, to_time, return_mass=True, method=solver, step_size=step_size
     )
-    source = adata.obs_names[course.indices[k]]
+    source = adata.obs_names[fitted.course.indices[k]]
     obs = pd.DataFrame(
-        {"time": float(to_time), "cellflow_mass": mass, "source_cell": np.asarray(source)},
-        index=[f"{name}@{float(to_time):g}" for name in source],
+        {"time": to_time, f"{key}_mass": mass, "source_cell": np.asarray(source)},
+        index=[f"{name}@{to_time:g}" for name in source],
     )
-    genes = _gene_space(adata, positions, use_rep)
+    genes = _to_gene_space(positions, fitted.use_rep, loadings)
+    if loadings is not None:
+        genes += _gene_means(adata).astype(np.float32)
     out = AnnData(
         X=genes if genes is not None else sp.csr_matrix((len(obs), 0), dtype=np.float32),
         obs=obs,
         var=adata.var.copy() if genes is not None and genes.shape[1] == adata.n_vars else None,
     )
-    out.obsm[use_rep if use_rep != "X" else "X_cellflow"] = positions.astype(np.float32)
-    out.uns["cellflow_interpolation"] = {"from_time": float(from_time), "to_time": float(to_time), "key": key}
+    out.obsm[fitted.use_rep if fitted.use_rep != "X" else "X_cellflow"] = positions.astype(np.float32)
+    out.uns[f"{key}_interpolation"] = {"from_time": from_time, "to_time": to_time, "key": key}
     return out
 
 

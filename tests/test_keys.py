@@ -1,0 +1,310 @@
+"""The key ledger of every writer, and the checks at the boundary of cellflow.tl and cellflow.analysis.
+
+Every failing call must leave the AnnData exactly as it was: obs, obsm, layers and uns are
+compared deeply before and after.
+"""
+
+from __future__ import annotations
+
+import ast
+import copy
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Mapping
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+
+import cellflow as cf
+
+FIT = dict(n_steps=30, hidden=(32, 32), batch_size=64, seed=0, progress=False)
+QUIET = dict(progress=False)
+
+
+def _course() -> ad.AnnData:
+    """A small simulated course (2 PCs, 50 genes) with an obs column of groups."""
+    adata = cf.datasets.simulate(n_cells=40, times=(0.0, 1.0, 2.0), seed=0)
+    adata.obs["side"] = np.where(adata.obsm["X_pca"][:, 0] > 0, "left", "right")
+    return adata
+
+
+@pytest.fixture(scope="module")
+def fitted_course() -> ad.AnnData:
+    adata = _course()
+    cf.tl.fit(adata, **FIT)
+    return adata
+
+
+@pytest.fixture
+def fitted(fitted_course) -> ad.AnnData:
+    """A fresh copy of the fitted course, for a test to write into."""
+    return fitted_course.copy()
+
+
+def _snapshot(adata: ad.AnnData) -> dict:
+    return copy.deepcopy(
+        {"obs": adata.obs, "obsm": dict(adata.obsm), "layers": dict(adata.layers), "uns": dict(adata.uns)}
+    )
+
+
+def _assert_same(before, after, where: str) -> None:
+    if isinstance(before, pd.DataFrame):
+        pd.testing.assert_frame_equal(after, before, obj=where)
+    elif isinstance(before, Mapping):
+        assert isinstance(after, Mapping) and list(after) == list(before), f"{where}: keys changed"
+        for name in before:
+            _assert_same(before[name], after[name], f"{where}[{name!r}]")
+    elif sp.issparse(before):
+        assert sp.issparse(after) and after.shape == before.shape and (after != before).nnz == 0, where
+    elif isinstance(before, np.ndarray):
+        np.testing.assert_array_equal(after, before, err_msg=where)
+    else:
+        assert type(after) is type(before) and after == before, where
+
+
+@contextmanager
+def _unchanged(adata: ad.AnnData):
+    """Assert that the block leaves obs, obsm, layers and uns of ``adata`` as they were."""
+    before = _snapshot(adata)
+    yield
+    _assert_same(before, _snapshot(adata), "adata")
+
+
+def _ledger(adata: ad.AnnData, key: str = "cellflow") -> list[str]:
+    return sorted(str(store_key) for store_key in adata.uns[key]["written_keys"])
+
+
+# -- the ledger ------------------------------------------------------------------------------
+def test_fit_fate_fit_fate_replaces_its_own_keys():
+    adata = _course()
+    cf.tl.fit(adata, **FIT)
+    cf.tl.fate(adata, 0, 1, "side", **QUIET)
+    cf.tl.fit(adata, **FIT)
+    assert "cellflow_fate" not in adata.obsm  # it came from the replaced model
+    cf.tl.fate(adata, 0, 1, "side", **QUIET)
+    cf.tl.fate(adata, 0, 1, "side", **QUIET)
+    assert _ledger(adata) == sorted(
+        ["obsm/cellflow_velocity_pca", "layers/cellflow_velocity", "uns/cellflow_velocity_params", "obsm/cellflow_fate"]
+    )
+
+
+def test_refit_removes_stale_keys_of_the_same_key_added_only():
+    adata = _course()
+    adata.obsm["X_wide"] = np.c_[adata.obsm["X_pca"], adata.obsm["X_pca"][:, :1] ** 2]
+    cf.tl.fit(adata, method="wfr", **FIT)
+    cf.tl.ancestors(adata, 1, 0, "side", **QUIET)
+    cf.tl.fit(adata, method="wfr", key_added="other", **FIT)
+    assert "cellflow_growth_rate" in adata.obs and "cellflow_ancestors" in adata.obsm
+
+    cf.tl.fit(adata, use_rep="X_wide", **FIT)  # balanced, in another basis without gene space
+    assert _ledger(adata) == ["obsm/cellflow_velocity_wide", "uns/cellflow_velocity_params"]
+    assert "cellflow_growth_rate" not in adata.obs
+    assert not {"cellflow_velocity_pca", "cellflow_ancestors"} & set(adata.obsm)
+    assert "cellflow_velocity" not in adata.layers
+    assert list(adata.uns["cellflow_velocity_params"]["embeddings"]) == ["wide"]
+    # the other fit keeps everything it wrote
+    assert "other_growth_rate" in adata.obs and "other_velocity_pca" in adata.obsm and "other_velocity" in adata.layers
+
+
+def test_ledger_survives_h5ad(fitted, tmp_path):
+    cf.tl.fate(fitted, 0, 1, "side", **QUIET)
+    fitted.write_h5ad(tmp_path / "fitted.h5ad")
+    back = ad.read_h5ad(tmp_path / "fitted.h5ad")
+    assert _ledger(back) == _ledger(fitted) and "obsm/cellflow_fate" in _ledger(back)
+    cf.tl.fate(back, 0, 2, "side", **QUIET)  # ours: replacing it is fine
+    cf.tl.fit(back, **FIT)
+    assert "cellflow_fate" not in back.obsm
+
+
+def test_a_key_taken_over_by_another_fit_leaves_the_first_ledger(fitted):
+    cf.tl.fit(fitted, key_added="other", **FIT)
+    cf.tl.fate(fitted, 0, 1, "side", key_added="shared", **QUIET)
+    with _unchanged(fitted), pytest.raises(ValueError, match=r"obsm\['shared'\].*uns\['other'\].*overwrite=True"):
+        cf.tl.fate(fitted, 0, 1, "side", key="other", key_added="shared", **QUIET)
+    cf.tl.fate(fitted, 0, 1, "side", key="other", key_added="shared", overwrite=True, **QUIET)
+    assert "obsm/shared" not in _ledger(fitted) and "obsm/shared" in _ledger(fitted, "other")
+    cf.tl.fit(fitted, **FIT)
+    assert "shared" in fitted.obsm  # no longer the first fit's key
+    cf.tl.fit(fitted, key_added="other", **FIT)
+    assert "shared" not in fitted.obsm
+
+
+@pytest.mark.parametrize(
+    "entry, key_added, message",
+    [
+        ({"params": {"zero_center": True}, "variance": np.ones(2)}, "pca", r"uns\['pca'\].*mapping without"),
+        ("a note", "cellflow", r"uns\['cellflow'\].*holds a str"),
+    ],
+    ids=["scanpy_pca", "string"],
+)
+def test_fit_replaces_an_uns_entry_only_if_it_is_a_fit(entry, key_added, message):
+    adata = _course()
+    adata.uns[key_added] = entry
+    with _unchanged(adata), pytest.raises(ValueError, match=message + r".*key_added=.*overwrite=True"):
+        cf.tl.fit(adata, key_added=key_added, **FIT)
+    cf.tl.fit(adata, key_added=key_added, overwrite=True, **FIT)
+    assert adata.uns[key_added]["params"]["method"] == "otcfm"
+
+
+def test_fit_refuses_a_foreign_velocity_params_entry():
+    adata = _course()
+    adata.uns["cellflow_velocity_params"] = {"mode": "another tool"}
+    with _unchanged(adata), pytest.raises(ValueError, match=r"uns\['cellflow_velocity_params'\].*overwrite=True"):
+        cf.tl.fit(adata, **FIT)
+
+
+def test_foreign_keys_are_refused_before_anything_changes(fitted):
+    fitted.obsm["cellflow_fate"] = np.zeros((fitted.n_obs, 2))
+    with _unchanged(fitted), pytest.raises(ValueError, match=r"obsm\['cellflow_fate'\].*not written by cellflow"):
+        cf.tl.fate(fitted, 0, 1, "side", **QUIET)
+    fitted.obs["other_growth_rate"] = 0.0
+    with _unchanged(fitted), pytest.raises(ValueError, match=r"obs\['other_growth_rate'\].*key_added="):
+        cf.tl.fit(fitted, method="wfr", key_added="other", **FIT)
+
+
+def test_outputs_are_named_after_the_key(fitted):
+    cf.tl.fit(fitted, key_added="flow", **FIT)
+    pred = cf.tl.interpolate(fitted, 0, 1.5, key="flow")
+    assert "flow_mass" in pred.obs and "cellflow_mass" not in pred.obs
+    assert list(pred.uns) == ["flow_interpolation"]
+    assert pred.uns["flow_interpolation"] == {"from_time": 0.0, "to_time": 1.5, "key": "flow"}
+    coupling = cf.tl.transitions(fitted, 0, 1, "side", key="flow", **QUIET).coupling
+    assert list(coupling.uns) == ["flow_coupling"]
+
+
+def _imports_of(path: Path, modules: set[str]) -> set[str]:
+    """The cellflow modules that ``path`` imports anywhere (in functions too)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.level == 1:
+            found |= {node.module.split(".")[0]} if node.module else {a.name for a in node.names} & modules
+    return found
+
+
+def test_tl_analysis_and_keys_import_nothing_that_imports_them_back():
+    package = Path(cf.__file__).parent
+    modules = {path.stem for path in package.glob("*.py")}
+    imports = {name: _imports_of(package / f"{name}.py", modules) for name in modules}
+    for start in ("tl", "analysis", "keys"):
+        reached, frontier = set(), set(imports[start])
+        while frontier:
+            module = frontier.pop()
+            reached.add(module)
+            frontier |= imports.get(module, set()) - reached
+        assert start not in reached, f"cellflow.{start} imports a module that imports it back"
+
+
+# -- checks before training or writing ------------------------------------------------------
+def test_pca_loadings_of_the_wrong_shape_are_refused_before_training(monkeypatch):
+    adata = _course()
+    adata.varm["PCs"] = np.c_[adata.varm["PCs"], adata.varm["PCs"][:, :1]]
+
+    def no_training(self, *args, **kwargs):
+        raise AssertionError("training started before the loadings were checked")
+
+    monkeypatch.setattr(cf.CellFlow, "fit", no_training)
+    with _unchanged(adata), pytest.raises(ValueError, match=r'varm\["PCs"\] has shape \(50, 3\).*\(50, 2\)'):
+        cf.tl.fit(adata, **FIT)
+
+
+def test_interpolate_checks_the_pca_loadings(fitted):
+    fitted.varm["PCs"] = fitted.varm["PCs"][:, :1]
+    with _unchanged(fitted), pytest.raises(ValueError, match=r'varm\["PCs"\] has shape \(50, 1\).*\(50, 2\)'):
+        cf.tl.interpolate(fitted, 0, 1)
+
+
+def _nan_like(self, x, t):
+    return np.full(np.shape(x), np.nan)
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered in matmul:RuntimeWarning")
+@pytest.mark.parametrize("output", ["velocity", "gene space velocity", "growth rate"])
+def test_diverged_training_writes_nothing(fitted, output, monkeypatch):
+    method = "otcfm"
+    if output == "velocity":
+        monkeypatch.setattr(cf.CellFlow, "velocity", _nan_like)
+    elif output == "gene space velocity":
+        monkeypatch.setattr(cf.CellFlow, "velocity", lambda self, x, t: np.ones(np.shape(x)))
+        fitted.varm["PCs"] = np.full_like(fitted.varm["PCs"], np.finfo(np.float32).max)  # finite, but overflows
+    else:
+        monkeypatch.setattr(cf.CellFlow, "growth", lambda self, x, t: np.full(len(x), np.nan))
+        method = "wfr"
+    with _unchanged(fitted), pytest.raises(ValueError, match=f"training diverged: the {output} .*lr="):
+        cf.tl.fit(fitted, method=method, **FIT)
+
+
+@pytest.mark.parametrize(
+    "call, argument",
+    [
+        (lambda adata: cf.tl.interpolate(adata, np.nan, 1.0), "from_time"),
+        (lambda adata: cf.tl.interpolate(adata, 0.0, np.inf), "to_time"),
+        (lambda adata: cf.tl.fate(adata, np.nan, 1.0, "side", **QUIET), "from_time"),
+        (lambda adata: cf.tl.ancestors(adata, np.inf, 0.0, "side", **QUIET), "to_time"),
+        (lambda adata: cf.tl.transitions(adata, 0.0, np.nan, "side", **QUIET), "t2"),
+    ],
+    ids=["interpolate_from", "interpolate_to", "fate", "ancestors", "transitions"],
+)
+def test_times_must_be_finite(fitted, call, argument):
+    with _unchanged(fitted), pytest.raises(ValueError, match=rf"{argument}=(nan|inf) must be a finite number"):
+        call(fitted)
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda adata: cf.tl.interpolate(adata, 0, 1),
+        lambda adata: cf.tl.fate(adata, 0, 1, "side", **QUIET),
+        lambda adata: cf.tl.transitions(adata, 0, 1, "side", **QUIET),
+        lambda adata: cf.tl.trajectories(adata, adata.obs_names[:2], [0.5]),
+    ],
+    ids=["interpolate", "fate", "transitions", "trajectories"],
+)
+def test_a_changed_representation_is_named(fitted, call):
+    fitted.obsm["X_pca"] = fitted.obsm["X_pca"][:, :1].copy()
+    with _unchanged(fitted), pytest.raises(ValueError, match=r"use_rep='X_pca' has 1 columns.*fitted on 2.*fit again"):
+        call(fitted)
+
+
+def _without(state: Mapping, field: str) -> dict:
+    return {name: value for name, value in state.items() if name != field}
+
+
+@pytest.mark.parametrize(
+    "damage, error, message",
+    [
+        (lambda state: "a note", ValueError, r"uns\['cellflow'\] is a str"),
+        (lambda state: _without(state, "use_rep"), KeyError, r"uns\['cellflow'\] has no 'use_rep'"),
+        (lambda state: _without(state, "weights"), ValueError, r"uns\['cellflow'\]: .*'weights'"),
+        (lambda state: {**state, "params": "otcfm"}, ValueError, r"uns\['cellflow'\]: .*'params'"),
+    ],
+    ids=["string", "no_use_rep", "no_weights", "params_string"],
+)
+def test_a_damaged_fit_state_is_named(fitted, damage, error, message):
+    fitted.uns["cellflow"] = damage(fitted.uns["cellflow"])
+    for call in (
+        lambda: cf.tl.interpolate(fitted, 0, 1),
+        lambda: cf.tl.fate(fitted, 0, 1, "side", **QUIET),
+        lambda: cf.tl.load_model(fitted),
+    ):
+        with _unchanged(fitted), pytest.raises(error, match=message):
+            call()
+
+
+@pytest.mark.parametrize("sparse", [False, True], ids=["dense", "sparse"])
+def test_backed_interpolation_matches_in_memory(fitted, sparse, tmp_path, monkeypatch):
+    if sparse:
+        fitted.X = sp.csr_matrix(fitted.X)
+    fitted.write_h5ad(tmp_path / "fitted.h5ad")
+    backed = ad.read_h5ad(tmp_path / "fitted.h5ad", backed="r")
+    monkeypatch.setattr(cf.tl, "_MEAN_CHUNK_VALUES", 16 * fitted.n_vars)  # the gene means in blocks of 16 cells
+    try:
+        in_memory, from_disk = cf.tl.interpolate(fitted, 0, 1.5), cf.tl.interpolate(backed, 0, 1.5)
+    finally:
+        backed.file.close()
+    means = np.asarray(fitted.X.mean(axis=0)).ravel()
+    expected = in_memory.obsm["X_pca"] @ fitted.varm["PCs"].T + means
+    np.testing.assert_allclose(in_memory.X, expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(from_disk.X, in_memory.X, rtol=1e-6, atol=1e-6)
