@@ -17,12 +17,14 @@ class Clock:
       ``1 / K``;
     - its output ``w`` is a velocity per unit ``r(t)``: the real-time velocity is
       ``v = r(t) w`` (growth likewise). ``r`` is ``1 / (K h_k)`` at the middle of each interval
-      of length ``h_k`` (the clock's rate there), and ``1 / r`` runs linearly in ``tau`` from
-      one middle to the next (constant before the first and after the last).
+      of length ``h_k`` (the clock's rate there), and ``1 / r`` moves from one middle to the next
+      along a smooth step in ``tau`` (``3 x^2 - 2 x^3`` of the fraction ``x`` of the way: flat
+      at the middles, the mean of the two at the measured time between them; constant before the
+      first middle and after the last).
 
     So the network's targets are of the same size in every interval, and, since ``r`` is
-    continuous, a velocity that is continuous in real time asks for a continuous output: there
-    is no jump at a measured time, where cellflow evaluates each cell. The clock concerns the
+    smooth, a velocity that is smooth in real time asks for a smooth output: there is no jump
+    at a measured time, where cellflow evaluates each cell. The clock concerns the
     network only; paths and couplings are defined in real time.
 
     Parameters
@@ -55,7 +57,7 @@ class Clock:
         else:
             m = (torch.searchsorted(middles, internal.contiguous(), right=True) - 1).clamp(0, len(middles) - 2)
             share = ((internal - middles[m]) / (middles[m + 1] - middles[m])).clamp(0, 1)
-            inverse = lengths[m] + share * (lengths[m + 1] - lengths[m])
+            inverse = lengths[m] + share**2 * (3 - 2 * share) * (lengths[m + 1] - lengths[m])
         return internal.to(t.dtype), (1 / inverse).to(t.dtype)
 
     def __call__(self, t):

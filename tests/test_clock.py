@@ -25,11 +25,13 @@ def test_velocity_unit_is_the_clock_rate_mid_interval_and_continuous():
     clock = Clock(UNEVEN)
     # mid-interval (and beyond the outer middles) the unit is the clock's rate 1 / (K h_k)
     np.testing.assert_allclose(clock.unit([0.0, 0.5, 3.5, 15.0, 24.0, 40.0]), [1 / 3, 1 / 3, 1 / 15, 1 / 54, 1 / 54, 1 / 54])
-    # between two middles, 1 / unit is linear in internal time: at a measured time, the mean
+    # between two middles 1 / unit follows a smooth step in internal time: at a measured time, the mean
     np.testing.assert_allclose(1 / clock.unit([1.0, 6.0]), [(3 + 15) / 2, (15 + 54) / 2])
     for knot in UNEVEN:  # no jump at a measured time (the old clock's rate jumped 5-fold at 1)
         before, at, after = clock.unit([knot - 1e-9, knot, knot + 1e-9])
         assert before == pytest.approx(at, rel=1e-6) and after == pytest.approx(at, rel=1e-6)
+    # three quarters of the way from the first middle (tau 1/6) to the second (tau 1/2)
+    np.testing.assert_allclose(1 / clock.unit(2.25), 3 + (15 - 3) * 0.75**2 * (3 - 2 * 0.75))
     assert Clock([2.0, 5.0]).unit(3.0) == pytest.approx(1 / 3)
 
 
