@@ -251,7 +251,8 @@ def interpolation(
                          label="measured")
     for pred in predictions:
         points = np.asarray(pred.obsm[pred_key])[:, dims]
-        mass = pred.obs["cellflow_mass"].to_numpy(dtype=float) if "cellflow_mass" in pred.obs else np.ones(len(points))
+        mass_key = f"{key}_mass"
+        mass = pred.obs[mass_key].to_numpy(dtype=float) if mass_key in pred.obs else np.ones(len(points))
         size = 14 * mass / max(float(np.mean(mass)), 1e-12)
         t = float(pred.obs["time"].iloc[0])
         ax.scatter(*points.T, c=pred.obs["time"].to_numpy(dtype=float), cmap="viridis", norm=norm, s=size,

@@ -235,7 +235,7 @@ def leave_one_out(
     progress: bool = True,
     **model_kwargs,
 ) -> pd.DataFrame:
-    """Leave-one-time-point-out benchmark (DESIGN.md section 3).
+    """Leave-one-time-point-out benchmark.
 
     For every inner time point ``t_k``: fit on the other time points, push the cells of
     ``t_{k-1}`` to ``t_k`` and compare with the held-out cells.
@@ -259,7 +259,7 @@ def leave_one_out(
     -------
     One row per method, held-out time and seed: ``w1``, ``w2``, ``mmd`` (see
     :mod:`cellflow.metrics`; predicted cells weighted by their normalised mass),
-    ``mass_error`` (relative error of the predicted population size, DESIGN.md section 3),
+    ``mass_error`` (relative error of the predicted population size, ``|M_hat - n_k / n_{k-1}| / (n_k / n_{k-1})``),
     ``n_predicted`` (points in the prediction: the cells of ``t_{k-1}`` for a flow, every pair
     of the plan for the interpolation, which splits a cell whose mass the plan splits) and
     ``seconds`` (fit and prediction).

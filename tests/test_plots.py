@@ -94,3 +94,15 @@ def test_fate_plot_needs_fates(moscot):
 def test_loss(moscot, tmp_path):
     cf.pl.loss(moscot, save=str(tmp_path / "loss.png"), show=False)
     assert _is_png(tmp_path / "loss.png")
+
+
+def test_interpolation_sizes_cells_by_the_mass_of_its_own_key(tmp_path):
+    adata, _ = moscot_fit("otcfm")
+    adata = adata.copy()
+    cf.tl.fit(adata, method="wfr", key_added="flow", delta=5.0, n_steps=30, progress=False)
+    predicted = cf.tl.interpolate(adata, 10, 10.5, key="flow")
+    mass = predicted.obs["flow_mass"].to_numpy()
+    assert "cellflow_mass" not in predicted.obs and mass.std() > 0
+    ax = cf.pl.interpolation(adata, predicted, key="flow", show=False)
+    sizes = ax.collections[1].get_sizes()
+    np.testing.assert_allclose(sizes, 14 * mass / mass.mean(), rtol=1e-6)
