@@ -40,7 +40,7 @@ print(f"correlation of learned and true growth: {np.corrcoef(growth, adata.obs['
 # %%
 pred = cf.tl.interpolate(adata, from_time=2, to_time=2.5, key="wfr")
 n2 = (adata.obs["time"] == 2).sum()
-print(f"{pred.n_obs} cells pushed to t=2.5 stand for {pred.obs['cellflow_mass'].sum():.0f} cells (were {n2} at t=2)")
+print(f"{pred.n_obs} cells pushed to t=2.5 stand for {pred.obs['wfr_mass'].sum():.0f} cells (were {n2} at t=2)")
 pred.write_h5ad("quickstart_t2.5.h5ad")
 
 # %% [markdown]
