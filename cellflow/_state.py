@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 FORMAT = "cellflow-model"
-VERSION = 2  # 2: the internal clock is C1 (version 1 models ran on a piecewise linear clock)
+VERSION = 2  # 2: the clock's units come from the training targets (version 1: from the interval lengths)
 _MARK = "__format__"
 
 
@@ -97,7 +97,7 @@ def check_state(state) -> dict:
 
     Returns
     -------
-    ``dict(params=..., center=..., scale=..., times=..., weights=..., history=...)`` with
+    ``dict(params=..., center=..., scale=..., times=..., clock_units=..., weights=..., history=...)`` with
     arrays as float64 (weights as float32) and params as plain Python values.
 
     Raises
@@ -125,6 +125,10 @@ def check_state(state) -> dict:
         raise ValueError(f"the model state has {center.size} dimensions and scale {scale}; refit the model")
     if times.size < 2 or not np.all(np.diff(times) > 0):
         raise ValueError(f"the model state's times {times.tolist()} are not increasing; refit the model")
+    units = _array(state, "clock_units", 2)
+    if units.shape[0] != times.size - 1 or units.shape[1] not in (1, 2) or not (units > 0).all():
+        raise ValueError(f"the model state's clock units (shape {units.shape}) must be positive, one row per "
+                         f"interval of its {times.size} times; refit the model")
     weights = {}
     for name, value in state["weights"].items():
         array = np.asarray(value)
@@ -137,4 +141,5 @@ def check_state(state) -> dict:
         params[str(name)] = value.tolist() if value.ndim else value.item()
     history = state.get("history", {})
     history = {str(k): np.asarray(v) for k, v in history.items()} if isinstance(history, Mapping) else {}
-    return dict(params=params, center=center, scale=scale, times=times, weights=weights, history=history)
+    return dict(params=params, center=center, scale=scale, times=times, clock_units=units, weights=weights,
+                history=history)

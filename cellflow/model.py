@@ -32,8 +32,8 @@ class CellFlow:
     and a training objective (pairs of neighbouring time points, or chains through all of them);
     one network ``v(x, t)`` is regressed on the path velocities. Positions are internally
     centred and divided by one overall scale, and the network sees time on an internal clock on
-    which every interval between measured time points has the same length, with an output unit
-    that changes continuously from interval to interval (:class:`cellflow.clock.Clock`);
+    which every interval between measured time points has the same length, with outputs in
+    units of the typical size of each interval's targets (:class:`cellflow.clock.Clock`);
     everything the model returns is in the user's units.
 
     Parameters
@@ -166,7 +166,6 @@ class CellFlow:
     def _set_frame(self, center, scale, times) -> None:
         self.center, self.scale = np.asarray(center, dtype=np.float64), float(scale)
         self.times = np.asarray(times, dtype=np.float64)
-        self.clock = Clock(self.times)
 
     def _to_internal(self, x) -> torch.Tensor:
         x = np.asarray(x, dtype=np.float64)
@@ -228,11 +227,12 @@ class CellFlow:
         samplers = self._samplers(course, cpu, rng)
         coupling_seconds = time.perf_counter() - start
         objective = OBJECTIVES[self.method.objective](
-            internal, course.times, samplers, self._path(course.times), p["batch_size"], self.clock,
-            growth=self.has_growth,
+            internal, course.times, samplers, self._path(course.times), p["batch_size"], growth=self.has_growth,
         )
+        curves = self.method.path_class.through_knots  # continuous targets: continuous units
+        self.clock = Clock.from_targets(course.times, objective, rng, continuous=curves)
         net, loss = train(
-            self._network(course.n_dims).to(self.device), objective, n_steps=p["n_steps"], lr=p["lr"],
+            self._network(course.n_dims).to(self.device), objective, self.clock, n_steps=p["n_steps"], lr=p["lr"],
             lr_schedule=p["lr_schedule"], ema_decay=p["ema_decay"] or None, rng=rng, progress=progress,
         )
         self.net = net.eval()
@@ -251,12 +251,17 @@ class CellFlow:
             raise ValueError(f"{name}={float(t[~np.isfinite(t)][0])!r}: times must be finite numbers")
         return torch.as_tensor(t.copy(), device=self.device)
 
-    def _field(self, z: torch.Tensor, t: torch.Tensor):
-        """Internal velocity (and growth) per unit of real time at internal positions ``z`` and real times ``t``."""
-        tau, unit = self.clock.evaluate(t.to(torch.float64).expand(len(z)))
+    def _field(self, z: torch.Tensor, t: torch.Tensor, at_knots: str = "mean"):
+        """Internal velocity (and growth) per unit of real time at internal positions ``z`` and real times ``t``.
+
+        ``at_knots``: the unit exactly at a measured time (see :meth:`cellflow.clock.Clock.evaluate`).
+        """
+        tau, unit = self.clock.evaluate(t.to(torch.float64).expand(len(z)), at_knots)
         out = self.net(z, tau.to(z.dtype))
-        unit = unit.to(z.dtype)[:, None]
-        return (out[0] * unit, out[1] * unit) if isinstance(out, tuple) else (out * unit, None)
+        unit = unit.to(z.dtype)
+        if isinstance(out, tuple):
+            return out[0] * unit[:, :1], out[1] * unit[:, -1:]
+        return out * unit[:, :1], None
 
     def _evaluate(self, x, t) -> tuple[np.ndarray, np.ndarray | None]:
         """Velocity (user units) and growth per unit of real time at user positions ``x`` and times ``t``."""
@@ -276,10 +281,6 @@ class CellFlow:
         v, g = self._evaluate(x, t)
         return np.zeros(len(v)) if g is None else g
 
-    def _augmented_field(self, state: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """``d(z, log m)/dt`` for the integrator; the log-mass is the last column."""
-        v, g = self._field(state[:, :-1], t)
-        return torch.cat([v, g], dim=1)
 
     def transport(
         self, x, times, *, method: str = "dopri5", step_size: float | None = None
@@ -299,14 +300,16 @@ class CellFlow:
         step = check_solver(method, step_size)
         times = self._times(times, len(times), "times").to(torch.float32)
         z = self._to_internal(x)
+        side = "after" if len(times) < 2 or times[-1] >= times[0] else "before"  # the interval the cells move into
+
+        def field(state, t):  # d(z, log m)/dt, the log-mass in the last column
+            v, g = self._field(state[:, :-1], t, side)
+            return torch.cat([v, g if g is not None else torch.zeros_like(v[:, :1])], dim=1)
+
         with torch.no_grad():
-            if self.has_growth:
-                state = torch.cat([z, torch.zeros(len(z), 1, device=z.device)], dim=1)
-                out = integrate(self._augmented_field, state, times, method=method, step_size=step)
-                z, log_mass = out[..., :-1], out[..., -1]
-            else:
-                z = integrate(lambda z_t, t: self._field(z_t, t)[0], z, times, method=method, step_size=step)
-                log_mass = torch.zeros(z.shape[:2])
+            state = torch.cat([z, torch.zeros(len(z), 1, device=z.device)], dim=1)
+            out = integrate(field, state, times, method=method, step_size=step)
+            z, log_mass = out[..., :-1], out[..., -1]
         positions = z.cpu().numpy().astype(np.float64) * self.scale + self.center
         return positions, np.exp(log_mass.cpu().numpy().astype(np.float64))
 
@@ -329,6 +332,7 @@ class CellFlow:
             "center": self.center,
             "scale": self.scale,
             "times": self.times,
+            "clock_units": self.clock.units,
             "n_dims": int(self.center.size),
             "weights": {k: v.detach().cpu().numpy() for k, v in self.net.state_dict().items()},
             "history": dict(self.history),
@@ -358,6 +362,7 @@ class CellFlow:
         except TypeError as err:
             raise ValueError(f"the model's parameters do not fit this cellflow ({err}); refit the model") from None
         model._set_frame(parts["center"], parts["scale"], parts["times"])
+        model.clock = Clock(parts["times"], parts["clock_units"], continuous=model.method.path_class.through_knots)
         with torch.device("meta"):  # shapes only: nothing is allocated
             expected = {k: tuple(v.shape) for k, v in model._network(model.center.size).state_dict().items()}
         found = {k: tuple(v.shape) for k, v in parts["weights"].items()}

@@ -10,7 +10,6 @@ import torch
 from torch import nn
 
 from ._utils import progress_bar
-from .clock import Clock
 from .couplings import sample_chains
 
 LR_SCHEDULES = ("constant", "cosine")
@@ -25,21 +24,15 @@ def check_lr_schedule(schedule: str) -> str:
 
 @dataclass
 class Batch:
-    """Regression targets at points ``x`` and internal times ``t``, in the network's units (see
-    :class:`cellflow.clock.Clock`): velocity ``u`` and, for methods with growth, growth ``g``,
-    with per-point loss weights ``weight``."""
+    """Regression targets at points ``x`` and times ``t``: velocity ``u`` and, for methods with
+    growth, growth ``g``, with per-point loss weights ``weight``. Objectives give them in real
+    time; :meth:`cellflow.clock.Clock.to_network` turns them into the network's units."""
 
     x: torch.Tensor
     t: torch.Tensor
     u: torch.Tensor
     g: torch.Tensor | None = None
     weight: torch.Tensor | None = None
-
-
-def on_clock(clock: Clock, x, t, u, g, weight) -> Batch:
-    """A batch of real-time targets (``t``, ``u = dx/dt``, ``g = d log m / dt``) in the network's units."""
-    tau, unit = clock.evaluate(t)
-    return Batch(x=x, t=tau, u=u / unit[:, None], g=None if g is None else g / unit, weight=weight)
 
 
 class PairObjective:
@@ -57,19 +50,16 @@ class PairObjective:
         A pair path (see :mod:`cellflow.paths`).
     batch_size
         Pairs drawn per interval and step.
-    clock
-        The network's clock (see :class:`cellflow.clock.Clock`).
     growth
         Produce growth targets (zero where the path gives none).
     """
 
-    def __init__(self, populations, times, samplers, path, batch_size: int, clock: Clock, growth: bool = False):
+    def __init__(self, populations, times, samplers, path, batch_size: int, growth: bool = False):
         if path.through_knots:
             raise ValueError("a curve through every time point trains on chains: use objective='chains'")
         self.samplers = samplers
         self.path = path
         self.batch_size = int(batch_size)
-        self.clock = clock
         self.growth = growth
         # every interval's pairs are drawn as one batch: cells indexed in one stacked tensor
         self.cells = torch.cat(populations)
@@ -100,7 +90,7 @@ class PairObjective:
         if self.growth:
             g = point.g / self.span if point.g is not None else torch.zeros_like(self.span)
         t = self.start + self.span * s[:, 0]
-        return on_clock(self.clock, point.x, t, point.u / self.span[:, None], g, point.weight)
+        return Batch(x=point.x, t=t, u=point.u / self.span[:, None], g=g, weight=point.weight)
 
 
 class TupleObjective:
@@ -113,20 +103,19 @@ class TupleObjective:
 
     Parameters
     ----------
-    populations, times, samplers, batch_size, clock, growth
+    populations, times, samplers, batch_size, growth
         As for :class:`PairObjective`.
     path
         Any path of :mod:`cellflow.paths`.
     """
 
-    def __init__(self, populations, times, samplers, path, batch_size: int, clock: Clock, growth: bool = False):
+    def __init__(self, populations, times, samplers, path, batch_size: int, growth: bool = False):
         self.populations = populations
         self.times = torch.as_tensor(np.asarray(times, dtype=float), device=populations[0].device,
                                      dtype=populations[0].dtype)
         self.samplers = samplers
         self.path = path
         self.batch_size = int(batch_size)
-        self.clock = clock
         self.growth = growth
 
     def draw(self, rng: np.random.Generator) -> Batch:
@@ -164,7 +153,7 @@ class TupleObjective:
         if m0 is not None:
             weight = weight * torch.stack(alive_before)[segment, rows].to(dtype)
         t = self.times[segment] + widths * s[:, 0]
-        return on_clock(self.clock, point.x, t, point.u / widths[:, None], g, weight)
+        return Batch(x=point.x, t=t, u=point.u / widths[:, None], g=g, weight=weight)
 
 
 OBJECTIVES = {"pairs": PairObjective, "chains": TupleObjective}
@@ -185,6 +174,7 @@ def learning_rate(step: int, n_steps: int, lr: float, schedule: str = "constant"
 def train(
     net: nn.Module,
     objective,
+    clock,
     *,
     n_steps: int,
     lr: float = 1e-3,
@@ -204,7 +194,9 @@ def train(
     net
         The field, trained in place: returns a velocity, or ``(velocity, growth)``.
     objective
-        Anything with ``draw(rng) -> Batch``.
+        Anything with ``draw(rng) -> Batch`` (real-time targets).
+    clock
+        Turns each batch into the network's units (:meth:`cellflow.clock.Clock.to_network`).
     n_steps
         Optimiser steps.
     lr
@@ -233,7 +225,7 @@ def train(
     for step in range(n_steps):
         for group in optimiser.param_groups:
             group["lr"] = learning_rate(step, n_steps, lr, lr_schedule)
-        batch = objective.draw(rng)
+        batch = clock.to_network(objective.draw(rng))
         output = net(batch.x, batch.t)
         velocity, growth = output if isinstance(output, tuple) else (output, None)
         error = ((velocity - batch.u) ** 2).sum(dim=1)

@@ -9,6 +9,7 @@ import torch
 import cellflow as cf
 from cellflow.clock import Clock
 from cellflow.readers import TimeCourse
+from cellflow.training import Batch
 
 UNEVEN = [0.0, 1.0, 6.0, 24.0]
 
@@ -19,20 +20,44 @@ def test_clock_gives_every_interval_the_same_length():
     np.testing.assert_allclose(clock([0.5, 3.5, 15.0]), [1 / 6, 0.5, 5 / 6])
     # outside the measured range the clock runs on at the rate of the nearest interval
     np.testing.assert_allclose(clock([-1.0, 33.0]), [-1 / 3, 1 + 9 / 54])
+    # without measured units, the unit is the clock's own rate 1 / (K h_k)
+    np.testing.assert_allclose(clock.unit([0.5, 3.5, 15.0])[:, 0], [1 / 3, 1 / 15, 1 / 54])
 
 
-def test_velocity_unit_is_the_clock_rate_mid_interval_and_continuous():
-    clock = Clock(UNEVEN)
-    # mid-interval (and beyond the outer middles) the unit is the clock's rate 1 / (K h_k)
-    np.testing.assert_allclose(clock.unit([0.0, 0.5, 3.5, 15.0, 24.0, 40.0]), [1 / 3, 1 / 3, 1 / 15, 1 / 54, 1 / 54, 1 / 54])
-    # between two middles 1 / unit follows a smooth step in internal time: at a measured time, the mean
-    np.testing.assert_allclose(1 / clock.unit([1.0, 6.0]), [(3 + 15) / 2, (15 + 54) / 2])
-    for knot in UNEVEN:  # no jump at a measured time (the old clock's rate jumped 5-fold at 1)
-        before, at, after = clock.unit([knot - 1e-9, knot, knot + 1e-9])
-        assert before == pytest.approx(at, rel=1e-6) and after == pytest.approx(at, rel=1e-6)
-    # three quarters of the way from the first middle (tau 1/6) to the second (tau 1/2)
-    np.testing.assert_allclose(1 / clock.unit(2.25), 3 + (15 - 3) * 0.75**2 * (3 - 2 * 0.75))
-    assert Clock([2.0, 5.0]).unit(3.0) == pytest.approx(1 / 3)
+def test_units_change_at_a_measured_time_only_with_the_targets():
+    units = np.array([[1.0, 10.0], [3.0, 10.0], [3.0, 20.0]])
+    clock = Clock(UNEVEN, units)
+    np.testing.assert_allclose(clock.unit([0.5, 3.5, 15.0]), units)
+    # exactly at an inner measured time: the mean of the two sides, or the side a path leaves into
+    np.testing.assert_allclose(clock.unit([1.0, 6.0]), [[2.0, 10.0], [3.0, 15.0]])
+    _, after = clock.evaluate(torch.tensor([1.0, 6.0], dtype=torch.float64), at_knots="after")
+    _, before = clock.evaluate(torch.tensor([1.0, 6.0], dtype=torch.float64), at_knots="before")
+    np.testing.assert_allclose(after.numpy(), units[1:])
+    np.testing.assert_allclose(before.numpy(), units[:2])
+    np.testing.assert_allclose(clock.unit([0.0, 24.0]), units[[0, 2]])  # the ends have one side
+    with pytest.raises(ValueError, match="positive"):
+        Clock(UNEVEN, -units)
+
+
+def test_continuous_units_move_smoothly_between_interval_middles():
+    units = np.array([[1.0], [3.0], [3.0]])
+    clock = Clock(UNEVEN, units, continuous=True)
+    np.testing.assert_allclose(clock.unit([0.0, 0.5, 3.5, 15.0, 24.0])[:, 0], [1, 1, 3, 3, 3])
+    # at the measured time between two middles, the inverse is the mean of theirs
+    np.testing.assert_allclose(1 / clock.unit([1.0])[0, 0], (1 + 1 / 3) / 2)
+    dense = clock.unit(np.linspace(0.0, 6.0, 6001))[:, 0]
+    assert np.abs(np.diff(dense)).max() < 0.01 and np.all(np.diff(dense) >= 0)
+
+
+def test_units_are_the_median_size_of_each_intervals_targets():
+    class Drift:  # targets of a cloud drifting at 2 per unit time, as pairs of an objective
+        def draw(self, rng):
+            t = torch.as_tensor(rng.uniform(0, 24, 500))
+            return Batch(x=torch.zeros(500, 2), t=t, u=torch.tensor([[1.2, -1.6]]).expand(500, 2),
+                         g=torch.where(t < 1, 0.0, 0.5))
+    clock = Clock.from_targets(UNEVEN, Drift(), np.random.default_rng(0))
+    np.testing.assert_allclose(clock.units[:, 0], 2.0)  # one size everywhere: no step at a measured time
+    np.testing.assert_allclose(clock.units[:, 1], [0.5e-3, 0.5, 0.5])  # floored at 1/1000 of the largest
 
 
 def test_clock_on_tensors_matches_arrays():
