@@ -1,16 +1,17 @@
 """Leave-one-time-point-out benchmark of cellflow against its baselines, with a speed section.
 
-What it runs (DESIGN.md section 3, issue 2 "What must show it"):
+What it runs:
 
 * datasets: ``emt`` (the published 10-d embedding, used as ``X_pca``), ``kouno_thp1``
   (``scanpy.pp.pca`` with 10 components of the log2 data) and ``moscot_temporal``
   (``scanpy.pp.pca(adata, n_comps=10)`` of the log-normalised data); time key ``time``;
 * methods, in the same run on the same data: cellflow ``otcfm`` (through
   ``cellflow.benchmark.leave_one_out``, which also adds the exact-OT displacement
-  interpolation baseline), and TorchCFM's OT-CFM
-  (``ExactOptimalTransportConditionalFlowMatcher``) trained by a small runner below that
-  shares everything with cellflow except the method: network, steps, batch size per
-  interval, optimiser, normalisation, internal clock, loss and integrator;
+  interpolation baseline), the exact-OT barycentric map (a reference with one point per
+  cell), and TorchCFM's OT-CFM (``ExactOptimalTransportConditionalFlowMatcher``) trained by a
+  small runner below that shares everything with cellflow except the coupling: network,
+  steps, pairs per interval, optimiser, weight averaging (EMA), normalisation, clock, loss
+  and integrator;
 * scores: ``cellflow.benchmark.score`` (W1, W2, MMD) of every prediction; no checkpoint is
   ever chosen by the held-out score (every fit is used as it ends);
 * speed: cellflow ``otcfm`` vs ``icfm`` per training step on the same batch, and ``fit``
@@ -26,6 +27,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as dt
+import inspect
 import os
 import platform
 import shlex
@@ -46,11 +48,12 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
 import cellflow  # noqa: E402
-from sections import write_section  # noqa: E402  (benchmarks/sections.py, shared by the benchmark scripts)
+from sections import code_version, write_section  # noqa: E402  (benchmarks/sections.py, shared by the benchmark scripts)
 import cellflow.benchmark as cf_benchmark  # noqa: E402
+from cellflow.clock import Clock  # noqa: E402
 from cellflow.integration import integrate  # noqa: E402
-from cellflow.model import Clock  # noqa: E402
 from cellflow.networks import TimeMLP  # noqa: E402
+from cellflow.training import Batch, train  # noqa: E402
 from cellflow.readers import TimeCourse, read_time_course  # noqa: E402
 
 DATASETS = ("emt", "kouno_thp1", "moscot_temporal")
@@ -64,6 +67,7 @@ BATCH_SIZE = 256
 LR = 1e-3
 SPEED_WIDTHS = (HIDDEN, (128, 128, 128), (64, 64, 64))  # per-step timing: cellflow's default down to TorchCFM's
 SIGMA = 0.1  # path noise, in units of the data's overall standard deviation (both methods)
+EMA = inspect.signature(cellflow.CellFlow).parameters["ema_decay"].default  # cellflow's weight averaging
 
 SECTION = "leave_one_out"  # <!-- leave_one_out:start --> ... <!-- leave_one_out:end --> in BENCHMARKS.md
 
@@ -107,29 +111,55 @@ def load_dataset(name: str):
 # TorchCFM runner
 # ---------------------------------------------------------------------------------------------
 
-class TorchCFMRunner:
-    """TorchCFM's exact minibatch OT-CFM, trained like cellflow trains.
+class TorchCFMPairs:
+    """Training batches of TorchCFM's exact minibatch OT-CFM, in real time as cellflow's objectives give them.
 
-    Per step and per interval ``[t_k, t_{k+1}]`` of the training time points, ``batch_size``
-    cells are drawn uniformly with replacement from each side; TorchCFM's
+    Per step and per interval ``[t_k, t_{k+1}]`` (length ``h_k``) of the training time points,
+    ``batch_size`` cells are drawn uniformly with replacement from each side; TorchCFM's
     ``sample_location_and_conditional_flow`` solves the exact OT plan of that minibatch,
-    resamples pairs from it and returns ``(s, x_s, u)`` with ``s`` in ``[0, 1]``. ``s`` is
-    placed on the interval's normalised time and ``u`` divided by the interval's length (so
-    the network learns velocity per unit of normalised time, as cellflow's does). The
-    intervals are concatenated into one batch and regressed with the squared error summed
-    over dimensions and averaged over the batch (cellflow's loss), by Adam.
+    resamples pairs from it and returns ``(s, x_s, u)`` with ``s`` in ``[0, 1]``. As in
+    cellflow, the path is defined in real time: the point lies at ``t = t_k + s h_k`` and moves
+    at ``u / h_k``; the training loop turns these into the network's input time ``tau(t)`` and
+    its units (:meth:`cellflow.clock.Clock.to_network`), exactly as for cellflow's own pairs.
+    """
 
-    Shared with cellflow: :class:`cellflow.networks.TimeMLP` of the same widths (and, for the
-    same seed, the same initial weights), steps, pairs per interval and step, learning rate,
-    path noise ``sigma`` (relative units), coordinates (centre, one overall scale; time on
-    cellflow's internal clock, :class:`cellflow.model.Clock`, on which every interval has the
-    same length, as TorchCFM's own single-cell examples index time by time point) and the
-    integrator (:func:`cellflow.integration.integrate`, dopri5 with its default tolerances). Not shared: cellflow's weight averaging (EMA), which
-    is part of cellflow's training loop; ``ema_decay`` switches an identical average on here.
+    def __init__(self, populations, times, batch_size: int, sigma: float):
+        from torchcfm.conditional_flow_matching import ExactOptimalTransportConditionalFlowMatcher
+
+        self.populations = populations
+        self.times = [float(t) for t in times]
+        self.batch_size = int(batch_size)
+        self.matcher = ExactOptimalTransportConditionalFlowMatcher(sigma=sigma)
+
+    def draw(self, rng: np.random.Generator):
+        xs, ts, us = [], [], []
+        for k in range(len(self.populations) - 1):
+            source, target = self.populations[k], self.populations[k + 1]
+            i = torch.from_numpy(rng.integers(0, source.shape[0], self.batch_size)).to(source.device)
+            j = torch.from_numpy(rng.integers(0, target.shape[0], self.batch_size)).to(target.device)
+            s, x_s, u = self.matcher.sample_location_and_conditional_flow(source[i], target[j])
+            span = self.times[k + 1] - self.times[k]
+            xs.append(x_s)
+            ts.append(self.times[k] + span * s)
+            us.append(u / span)
+        return Batch(x=torch.cat(xs), t=torch.cat(ts), u=torch.cat(us))
+
+
+class TorchCFMRunner:
+    """TorchCFM's exact minibatch OT-CFM, trained and integrated as cellflow trains and integrates.
+
+    Batches come from :class:`TorchCFMPairs` (TorchCFM's coupling and path, cellflow's clock).
+    Everything else is cellflow's own code, called rather than copied: the network
+    (:class:`cellflow.networks.TimeMLP` of the same widths, hence the same initial weights for a
+    seed), the training loop :func:`cellflow.training.train` (loss, Adam, weight averaging with
+    the same decay, ``ema_decay``, cellflow's default unless switched off with 0), the
+    coordinates (centre, one overall scale, :class:`cellflow.clock.Clock`) and the integrator
+    (:func:`cellflow.integration.integrate`, dopri5 with its default tolerances) on the
+    real-time field ``net(z, tau(t)) * r(t)``, the form of ``CellFlow._field``.
     """
 
     def __init__(self, *, sigma=SIGMA, hidden=HIDDEN, n_steps=2000, batch_size=BATCH_SIZE, lr=LR,
-                 ema_decay: float | None = None, seed: int = 0, device: str = "cpu"):
+                 ema_decay: float | None = EMA, seed: int = 0, device: str = "cpu"):
         self.sigma = float(sigma)
         self.hidden = tuple(hidden)
         self.n_steps = int(n_steps)
@@ -146,8 +176,6 @@ class TorchCFMRunner:
         return torch.as_tensor(z, dtype=torch.float32, device=self.device)
 
     def fit(self, course: TimeCourse) -> "TorchCFMRunner":
-        from torchcfm.conditional_flow_matching import ExactOptimalTransportConditionalFlowMatcher
-
         start = time.perf_counter()
         # torch: initial weights and TorchCFM's draws of s and noise; np.random: TorchCFM's
         # resampling of pairs from the minibatch plan; rng: which cells enter a minibatch.
@@ -158,49 +186,25 @@ class TorchCFMRunner:
         pooled = np.concatenate(course.populations).astype(np.float64)
         self.center = pooled.mean(axis=0)
         self.scale = float(np.sqrt(pooled.var(axis=0).mean())) or 1.0
-        self.clock = Clock(course.times)
         populations = [self._internal(x) for x in course.populations]
-        taus = [float(v) for v in self.clock(course.times)]
-        spans = [b - a for a, b in zip(taus[:-1], taus[1:])]
-
+        pairs = TorchCFMPairs(populations, course.times, self.batch_size, self.sigma)
+        self.clock = Clock.from_targets(course.times, pairs, rng)  # units from its own targets, as cellflow's
         net = TimeMLP(course.n_dims, self.hidden).to(self.device)
-        optimiser = torch.optim.Adam(net.parameters(), lr=self.lr)
-        average = None
-        if self.ema_decay:
-            import copy
-
-            average = copy.deepcopy(net).requires_grad_(False)
-        matcher = ExactOptimalTransportConditionalFlowMatcher(sigma=self.sigma)
-        losses = torch.empty(self.n_steps)
-        for step in range(self.n_steps):
-            xs, ts, us = [], [], []
-            for k in range(len(populations) - 1):
-                source, target = populations[k], populations[k + 1]
-                i = torch.from_numpy(rng.integers(0, source.shape[0], self.batch_size)).to(self.device)
-                j = torch.from_numpy(rng.integers(0, target.shape[0], self.batch_size)).to(self.device)
-                s, x_s, u = matcher.sample_location_and_conditional_flow(source[i], target[j])
-                xs.append(x_s)
-                ts.append(taus[k] + spans[k] * s)
-                us.append(u / spans[k])
-            x, t, u = torch.cat(xs), torch.cat(ts), torch.cat(us)
-            loss = ((net(x, t) - u) ** 2).sum(dim=1).mean()
-            optimiser.zero_grad(set_to_none=True)
-            loss.backward()
-            optimiser.step()
-            if average is not None:
-                decay = min(self.ema_decay, (1 + step) / (10 + step))
-                with torch.no_grad():
-                    for p_avg, p in zip(average.parameters(), net.parameters()):
-                        p_avg.lerp_(p, 1 - decay)
-            losses[step] = loss.detach()
-        self.net = (average if average is not None else net).eval()
-        self.history = {"loss": losses.numpy(), "fit_seconds": time.perf_counter() - start}
+        net, losses = train(net, pairs, self.clock, n_steps=self.n_steps, lr=self.lr, ema_decay=self.ema_decay,
+                            rng=rng, progress=False)
+        self.net = net.eval()
+        self.history = {"loss": losses, "fit_seconds": time.perf_counter() - start}
         return self
 
+    def _field(self, z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """Velocity per unit of real time: the network's output at ``tau(t)`` in the unit of the interval ahead."""
+        tau, unit = self.clock.evaluate(t.to(torch.float64).expand(len(z)), at_knots="after")
+        return self.net(z, tau.to(z.dtype)) * unit.to(z.dtype)[:, :1]
+
     def push(self, x, t_from: float, t_to: float) -> np.ndarray:
-        tau = torch.as_tensor(self.clock([t_from, t_to]), dtype=torch.float32)
+        times = torch.tensor([t_from, t_to], dtype=torch.float32, device=self.device)
         with torch.no_grad():
-            z = integrate(self.net, self._internal(x), tau, method="dopri5")
+            z = integrate(self._field, self._internal(x), times, method="dopri5")
         return z[-1].cpu().numpy().astype(np.float64) * self.scale + self.center
 
 
@@ -411,21 +415,6 @@ def machine_lines(device: str) -> list[str]:
     ]
 
 
-def code_version() -> str:
-    """Commit of the checkout and whether ``cellflow/`` differs from it."""
-    import subprocess
-
-    def git(*cmd):
-        return subprocess.run(["git", "-C", str(ROOT), *cmd], capture_output=True, text=True, check=True).stdout.strip()
-
-    try:
-        commit = git("rev-parse", "--short", "HEAD")
-        dirty = git("status", "--porcelain", "--", "cellflow")
-    except (OSError, subprocess.CalledProcessError):
-        return "not a git checkout"
-    return f"commit {commit}, cellflow/ " + ("with uncommitted changes" if dirty else "as committed")
-
-
 def write_report(path: Path, *, command, args, device, started, elapsed, notes, table, summary, speed) -> str:
     methods = ["otcfm", "ot_interpolation", "ot_map", "torchcfm_otcfm"]
     out = [
@@ -439,7 +428,7 @@ def write_report(path: Path, *, command, args, device, started, elapsed, notes, 
         command,
         "```",
         "",
-        f"Data: `CELLFLOW_DATA_DIR={os.environ['CELLFLOW_DATA_DIR']}`. Code: {code_version()}.",
+        f"Data: `CELLFLOW_DATA_DIR={os.environ['CELLFLOW_DATA_DIR']}`. Code: {args.code} (when the run started).",
         "",
         "### Machine",
         "",
@@ -447,7 +436,7 @@ def write_report(path: Path, *, command, args, device, started, elapsed, notes, 
         "",
         "### Protocol",
         "",
-        "Leave one time point out (DESIGN.md section 3): for every inner time point t_k, fit on the",
+        "Leave one time point out: for every inner time point t_k, fit on the",
         "other time points, push all cells of t_{k-1} to t_k and score against the held-out cells",
         "(`cellflow.benchmark.score`: exact W1 and W2, RBF-MMD with bandwidths 0.5, 1 and 2 times the",
         "median pooled distance). Scores are in the units of each dataset's 10-d representation.",
@@ -457,7 +446,7 @@ def write_report(path: Path, *, command, args, device, started, elapsed, notes, 
         "",
         f"- **cellflow otcfm**: `cellflow.benchmark.leave_one_out(course, ['otcfm'], n_steps={args.steps})`,",
         f"  cellflow defaults otherwise (sigma {SIGMA}, hidden {list(HIDDEN)}, {BATCH_SIZE} pairs per interval",
-        f"  and step, Adam lr {LR}, EMA 0.999, exact OT solved once per interval, dopri5).",
+        f"  and step, Adam lr {LR}, EMA {EMA}, exact OT solved once per interval, dopri5).",
         "- **exact-OT interpolation**: McCann interpolation of the exact OT plan between t_{k-1} and",
         "  t_{k+1} at the held-out time (`cellflow.benchmark.ot_interpolation`; no learning). Every pair of",
         "  the plan is a point, weighted by its mass: where the plan splits a cell, the prediction has more",
@@ -469,8 +458,13 @@ def write_report(path: Path, *, command, args, device, started, elapsed, notes, 
         f"(sigma={SIGMA})`",
         f"  (exact OT on every {BATCH_SIZE} x {BATCH_SIZE} minibatch, every interval, every step), same network",
         f"  class and widths, same {args.steps} steps, {BATCH_SIZE} cells per side per interval and step,",
-        "  Adam lr 1e-3, cellflow's normalisation and internal clock (every interval of equal length), loss and integrator (see `TorchCFMRunner`);",
-        f"  weight averaging: {'EMA ' + str(args.torchcfm_ema) if args.torchcfm_ema else 'none (cellflow uses EMA 0.999)'}.",
+        "  cellflow's normalisation, clock (`cellflow.clock.Clock`: network input tau(t), outputs in units of",
+        "  the median target size of each interval, `Clock.from_targets`), training loop (`cellflow.training.train`:",
+        "  loss, Adam lr 1e-3, weight averaging) and real-time dopri5 integration of net(z, tau(t)) r(t)",
+        "  (see `TorchCFMRunner`); weight averaging: "
+        + (f"EMA {args.torchcfm_ema}" + (", the same as cellflow's." if args.torchcfm_ema == EMA else
+                                         f" (cellflow uses EMA {EMA}).")
+           if args.torchcfm_ema else f"none (`--torchcfm-ema 0`; cellflow uses EMA {EMA})."),
         "",
         "Representations:",
         "",
@@ -586,8 +580,8 @@ def parse_args(argv=None):
                    help="smoke run: 200 steps, seed 0, emt only, short speed section; report under benchmarks/results/")
     p.add_argument("--speed-steps", type=int, default=None, help="steps of each per-step timing fit (default 300; 100 with --quick)")
     p.add_argument("--speed-repeats", type=int, default=None, help="alternating repeats of the per-step timing (default 3; 1 with --quick)")
-    p.add_argument("--torchcfm-ema", type=float, default=0.0,
-                   help="EMA decay for the TorchCFM runner's weights (0: none, TorchCFM has no EMA of its own)")
+    p.add_argument("--torchcfm-ema", type=float, default=EMA,
+                   help="EMA decay of the TorchCFM runner's weights (default: cellflow's; 0 switches it off)")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads for every fit (default: torch's default)")
     p.add_argument("--device", default="auto", help="torch device of both trained methods (auto: CUDA when present)")
     p.add_argument("--out", type=Path, default=None,
@@ -626,7 +620,8 @@ def main(argv=None) -> int:
     log(f"$ {command}")
     for line in machine_lines(device):
         log(line[2:])
-    log(f"code: {code_version()}")
+    args.code = code_version()  # cellflow is imported once: the code that runs is the code at the start
+    log(f"code: {args.code}")
     log("load average at start: " + ", ".join(f"{v:.2f}" for v in os.getloadavg()))
     log(f"CELLFLOW_DATA_DIR={os.environ['CELLFLOW_DATA_DIR']}; steps {args.steps}; seeds {args.seeds}; "
         f"datasets {args.datasets}")

@@ -1,14 +1,14 @@
-"""Multimarginal benchmark (issue 4): one model through all time points against pairwise OT-CFM.
+"""Multimarginal benchmark: one model through all time points against pairwise OT-CFM.
 
 Leave one inner time point out (the held-out time is simply not a knot), 3 seeds, on kouno_thp1
 (10 PCs of log2 expression), emt, mouse_hematopoiesis and the moscot AnnData (10 PCs), for
 `mmfm` with the monotone cubic Hermite path, the natural cubic spline and the piecewise-linear
-path, pairwise `otcfm`, and the
-exact-OT interpolation baseline, all in the same run. TorchCFM's OT-CFM is in
-`benchmarks/leave_one_out.py`'s run (issue 2) on the same data and protocol.
+path, pairwise `otcfm`, and the exact-OT interpolation baseline, all in the same run. TorchCFM's
+OT-CFM is in `benchmarks/leave_one_out.py`'s run on the same data and protocol.
 
-Run: ``python benchmarks/multimarginal.py [--steps 1000] [--seeds 0 1 2]``; writes its section of
-BENCHMARKS.md. Every fit uses one torch thread so that the run is not at the mercy of other jobs.
+Run: ``python benchmarks/multimarginal.py [--steps 1000] [--seeds 0 1 2] [--datasets ...] [--threads 1]``;
+writes its section of BENCHMARKS.md. Every fit uses one torch thread by default, so that the run is
+not at the mercy of other jobs.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]  # this checkout's cellflow
 
 import cellflow as cf  # noqa: E402
 from cellflow import benchmark  # noqa: E402
-from sections import write_section  # noqa: E402
+from sections import code_version, write_section  # noqa: E402
 
 os.environ.setdefault("CELLFLOW_DATA_DIR", str(ROOT.parent / "shared" / "data"))
 VARIANTS = {
@@ -67,21 +67,25 @@ def run(name: str, steps: int, seeds) -> pd.DataFrame:
     return pd.concat(tables, ignore_index=True)
 
 
-def section(results: dict[str, pd.DataFrame], steps: int, seeds, minutes: float) -> str:
+def section(results: dict[str, pd.DataFrame], steps: int, seeds, minutes: float, threads: int = 1,
+            code: str = "") -> str:
     """The markdown section of BENCHMARKS.md."""
     lines = [
         "## Multimarginal (`method=\"mmfm\"`) vs pairwise OT-CFM, leave one time point out",
         "",
-        f"`python benchmarks/multimarginal.py --steps {steps} --seeds {' '.join(map(str, seeds))}` "
-        f"({platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, 1 thread; {minutes:.0f} min). "
+        f"`python benchmarks/multimarginal.py --steps {steps} --seeds {' '.join(map(str, seeds))} "
+        f"--datasets {' '.join(results)} --threads {threads}` "
+        f"({code} when the run started; {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, {threads} thread"
+        f"{'s' if threads > 1 else ''}; {minutes:.0f} min; load average at the end "
+        f"{', '.join(f'{v:.2f}' for v in os.getloadavg())}). "
         "Mean ± std over seeds of the mean W1 over held-out times; ratio = W1 / pairwise otcfm's.",
         "",
         "With two or three knots left after holding one out every curve is (nearly) the straight line and "
         "mmfm equals pairwise otcfm, as it should; time courses with many, unevenly spaced time points "
-        "(kouno_thp1) separate the curves. The curves pass through the knots on cellflow's internal clock, "
-        "where the knots are evenly spaced, so the natural cubic spline no longer overshoots between close "
-        "knots as it did in real time; the monotone Hermite curve never does. TorchCFM's OT-CFM on the same "
-        "protocol is in the balanced section.",
+        "(kouno_thp1) separate the curves. The curves pass through the knots in real time (the network "
+        "sees time on cellflow's clock, `cellflow.clock.Clock`, but paths are defined in real time); the "
+        "natural cubic spline can overshoot between closely spaced knots, the monotone Hermite curve "
+        "cannot. TorchCFM's OT-CFM on the same protocol is in the balanced section.",
         "",
         "| dataset | method | W1 | ratio to otcfm | W2 | seconds per fit |",
         "|---|---|---|---|---|---|",
@@ -105,8 +109,11 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=1000)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--datasets", nargs="+", default=["kouno_thp1", "emt", "mouse_hematopoiesis", "moscot_temporal"])
+    parser.add_argument("--threads", type=int, default=1, help="torch threads of every fit")
+    parser.add_argument("--out", type=Path, default=None, help="report whose section is written (default BENCHMARKS.md)")
     args = parser.parse_args()
-    torch.set_num_threads(1)
+    torch.set_num_threads(args.threads)
+    code = code_version()  # cellflow is imported once: the code that runs is the code at the start
     clock = time.perf_counter()
     results = {}
     out = ROOT / "benchmarks" / "results"
@@ -114,8 +121,8 @@ def main() -> int:
     for name in args.datasets:
         results[name] = run(name, args.steps, args.seeds)
         results[name].to_csv(out / f"multimarginal_{name}.csv", index=False)
-    text = section(results, args.steps, args.seeds, (time.perf_counter() - clock) / 60)
-    write_section("multimarginal", text)
+    text = section(results, args.steps, args.seeds, (time.perf_counter() - clock) / 60, args.threads, code)
+    write_section("multimarginal", text, *([args.out] if args.out else []))
     print(text)
     return 0
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import subprocess
 from pathlib import Path
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "BENCHMARKS.md"
@@ -21,3 +22,17 @@ def write_section(name: str, body: str, path: Path = BENCHMARKS) -> None:
     pattern = re.compile(re.escape(start) + ".*?" + re.escape(end), re.S)
     text = pattern.sub(lambda _: section, text) if pattern.search(text) else text.rstrip() + "\n\n" + section + "\n"
     path.write_text(text)
+
+
+def code_version() -> str:
+    """Commit of the checkout and whether ``cellflow/`` differs from it (call it when a run starts)."""
+
+    def git(*cmd):
+        return subprocess.run(["git", "-C", str(BENCHMARKS.parent), *cmd], capture_output=True, text=True,
+                              check=True).stdout.strip()
+
+    try:
+        commit, dirty = git("rev-parse", "--short", "HEAD"), git("status", "--porcelain", "--", "cellflow")
+    except (OSError, subprocess.CalledProcessError):
+        return "not a git checkout"
+    return f"commit {commit}, cellflow/ " + ("with uncommitted changes" if dirty else "as committed")
