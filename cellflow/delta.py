@@ -52,7 +52,7 @@ def default_delta(populations, quantile: float = 0.9, block_size: int = 2048, se
     return float(2 * q / np.pi) if q > 0 else 1.0
 
 
-def wfr_interpolation(x0, x1, s: float, delta: float, *, reg: float = 0.01, n_points: int = 1000,
+def wfr_interpolation(x0, x1, s: float, delta: float, *, reg: float | None = None, n_points: int = 1000,
                       block_size: int = 2048, rng: np.random.Generator | None = None):
     """Cells on the static WFR geodesic between two populations, at fraction ``s`` of the interval.
 
@@ -66,6 +66,7 @@ def wfr_interpolation(x0, x1, s: float, delta: float, *, reg: float = 0.01, n_po
     """
     rng = np.random.default_rng(0) if rng is None else rng
     x0, x1 = np.asarray(x0, dtype=np.float64), np.asarray(x1, dtype=np.float64)
+    reg = WFRCoupling.default_reg(0.0) if reg is None else reg
     pairs = WFRCoupling(delta, reg=reg, block_size=block_size).sampler(x0, x1, rng=rng).all_pairs()
     start = torch.from_numpy(x0[pairs.i])
     end = torch.from_numpy(np.where(pairs.died[:, None], x0[pairs.i], x1[pairs.j]))
@@ -82,8 +83,8 @@ def wfr_interpolation(x0, x1, s: float, delta: float, *, reg: float = 0.01, n_po
 DELTA_FACTORS = tuple(2.0 ** (k / 2) for k in range(-2, 5))  # 0.5 to 4 times the displacement rule
 
 
-def cross_validated_delta(populations, times, factors=DELTA_FACTORS, *, reg: float = 0.01, n_points: int = 1000,
-                          block_size: int = 2048, seed: int = 0) -> float:
+def cross_validated_delta(populations, times, factors=DELTA_FACTORS, *, reg: float | None = None,
+                          n_points: int = 1000, block_size: int = 2048, seed: int = 0) -> float:
     """The ``delta`` whose WFR geodesics best predict every inner time point from its neighbours.
 
     For each inner time point ``t_k``, the static WFR interpolation between the populations of
@@ -92,7 +93,8 @@ def cross_validated_delta(populations, times, factors=DELTA_FACTORS, *, reg: flo
     :func:`default_delta`, and the one with the lowest mean W1 wins. This is leave-one-out on
     the training data itself, with no network trained, on at most ``2 n_points`` cells per time
     point (``n_points`` for the held-out one). With only two time points there is nothing to
-    hold out, and :func:`default_delta` is returned.
+    hold out, and :func:`default_delta` is returned. ``reg`` is the WFR coupling's (its default
+    when ``None``).
     """
     base = default_delta(populations, block_size=block_size, seed=seed)
     if len(populations) < 3:

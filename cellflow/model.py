@@ -198,11 +198,10 @@ class CellFlow:
             masses.append(mass[k] * np.exp(log_growth))
         return masses
 
-    def _samplers(self, course: TimeCourse, internal: list[np.ndarray], rng):
-        """One pair sampler per interval; a prior growth rate reweights the source marginal."""
+    def _samplers(self, course: TimeCourse, internal: list[np.ndarray], sources: list[np.ndarray], rng):
+        """One pair sampler per interval, fitted to the source marginals ``sources`` (see :meth:`_source_masses`)."""
         coupling = self._coupling()
         mass = course.weights or [np.ones(len(z)) for z in internal]
-        sources = self._source_masses(course)
         return [
             coupling.sampler(internal[k], internal[k + 1], sources[k], mass[k + 1], rng, source_mass=mass[k])
             for k in range(len(internal) - 1)
@@ -212,19 +211,19 @@ class CellFlow:
         """Train on a time course (see :func:`cellflow.readers.read_time_course`)."""
         p = self.params
         rng = seed_everything(p["seed"])
-        self._source_masses(course)  # bad prior growth fails before any work
+        sources = self._source_masses(course)  # bad prior growth fails before any work
         cells = np.concatenate(course.populations).astype(np.float64)
         self._set_frame(cells.mean(axis=0), float(np.sqrt(cells.var(axis=0).mean())) or 1.0, course.times)
         internal = [self._to_internal(x) for x in course.populations]
         cpu = [z.cpu().numpy().astype(np.float64) for z in internal]
         start = time.perf_counter()
         if self.method.needs_delta and p["delta"] is None:
-            reg = p["reg"] if "delta" in self.method.coupling_class.settings else None
             p["delta"] = cross_validated_delta(
                 [np.asarray(x, dtype=np.float64) for x in course.populations], course.times,
-                **({} if reg is None else {"reg": reg}), block_size=p["block_size"], seed=p["seed"],
+                reg=p["reg"] if "delta" in self.method.coupling_class.settings else None,
+                block_size=p["block_size"], seed=p["seed"],
             )
-        samplers = self._samplers(course, cpu, rng)
+        samplers = self._samplers(course, cpu, sources, rng)
         coupling_seconds = time.perf_counter() - start
         objective = OBJECTIVES[self.method.objective](
             internal, course.times, samplers, self._path(course.times), p["batch_size"], growth=self.has_growth,
