@@ -66,26 +66,28 @@ class Clock:
 
     @classmethod
     def from_targets(cls, knots, objective, rng: np.random.Generator, continuous: bool = False) -> "Clock":
-        """A clock whose units are the median size of each interval's targets.
+        """A clock whose units are the typical size of each interval's targets.
 
         Draws :data:`TARGET_DRAWS` batches of ``objective`` (real-time targets) and takes, per
-        interval, the median norm of the velocity targets and the median magnitude of the growth
-        targets (where there are any). A unit below a thousandth of the largest of its output is
-        raised to that (an interval where nothing moves or grows).
+        interval, the median norm of the velocity targets (robust to the heavy tails of noisy
+        paths near their ends) and the mean magnitude of the growth targets, where there are
+        any (most pairs may have almost none, while cells dying in place have large ones: a
+        median would make the unit tiny and those targets huge). A unit below a thousandth of
+        the largest of its output is raised to that (an interval where nothing moves or grows).
         """
         knots = np.asarray(knots, dtype=np.float64)
         batches = [objective.draw(rng) for _ in range(TARGET_DRAWS)]
         t = torch.cat([b.t for b in batches]).detach().cpu().numpy()
-        sizes = [torch.cat([torch.linalg.vector_norm(b.u, dim=1) for b in batches])]
+        sizes = [(np.median, torch.cat([torch.linalg.vector_norm(b.u, dim=1) for b in batches]))]
         if batches[0].g is not None:
-            sizes.append(torch.cat([b.g.abs() for b in batches]))
+            sizes.append((np.mean, torch.cat([b.g.abs() for b in batches])))
         interval = np.clip(np.searchsorted(knots, t, side="right") - 1, 0, knots.size - 2)
         units = np.ones((knots.size - 1, len(sizes)))
-        for c, size in enumerate(sizes):
+        for c, (typical, size) in enumerate(sizes):
             size = size.detach().cpu().numpy().astype(np.float64)
             for k in range(knots.size - 1):
                 if (interval == k).any():
-                    units[k, c] = np.median(size[interval == k])
+                    units[k, c] = typical(size[interval == k])
             top = units[:, c].max()
             units[:, c] = np.maximum(units[:, c], 1e-3 * top) if top > 0 else 1.0
         return cls(knots, units, continuous)
