@@ -9,17 +9,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from ._checks import choice
 from ._utils import progress_bar
 from .couplings import sample_chains
 
 LR_SCHEDULES = ("constant", "cosine")
-
-
-def check_lr_schedule(schedule: str) -> str:
-    """Return ``schedule`` if it is one of :data:`LR_SCHEDULES`, else raise a ``ValueError`` naming it."""
-    if schedule not in LR_SCHEDULES:
-        raise ValueError(f"lr_schedule={schedule!r} is unknown; choose one of {LR_SCHEDULES}")
-    return schedule
 
 
 @dataclass
@@ -215,7 +209,7 @@ def train(
     -------
     The trained field (the averaged copy when ``ema_decay`` is set) and the loss of every step.
     """
-    check_lr_schedule(lr_schedule)
+    choice("lr_schedule", lr_schedule, LR_SCHEDULES)
     optimiser = torch.optim.Adam(net.parameters(), lr=lr, foreach=True)
     average = copy.deepcopy(net).requires_grad_(False) if ema_decay else None
     trained = list(net.parameters())
