@@ -262,8 +262,14 @@ class CellFlow:
             return out[0] * unit[:, :1], out[1] * unit[:, -1:]
         return out * unit[:, :1], None
 
-    def _evaluate(self, x, t) -> tuple[np.ndarray, np.ndarray | None]:
-        """Velocity (user units) and growth per unit of real time at user positions ``x`` and times ``t``."""
+    def evaluate(self, x, t) -> tuple[np.ndarray, np.ndarray | None]:
+        """Velocity and growth rate at positions ``x`` ``(n, d)`` and times ``t`` in one pass of the network.
+
+        Returns
+        -------
+        Velocity ``(n, d)`` as :meth:`velocity` gives it, and growth ``(n,)`` as :meth:`growth`
+        gives it, or ``None`` for balanced methods.
+        """
         self._check_fitted()
         z = self._to_internal(x)
         with torch.no_grad():
@@ -273,13 +279,12 @@ class CellFlow:
 
     def velocity(self, x, t) -> np.ndarray:
         """Velocity ``dx/dt`` in the user's units at positions ``x`` ``(n, d)`` and times ``t`` (one or ``(n,)``)."""
-        return self._evaluate(x, t)[0]
+        return self.evaluate(x, t)[0]
 
     def growth(self, x, t) -> np.ndarray:
         """Growth rate ``d log m / dt`` (per unit of the user's time); zeros for balanced methods."""
-        v, g = self._evaluate(x, t)
+        v, g = self.evaluate(x, t)
         return np.zeros(len(v)) if g is None else g
-
 
     def transport(
         self, x, times, *, method: str = "dopri5", step_size: float | None = None

@@ -127,9 +127,9 @@ def fit(
 
     model.fit(course, progress=progress)
     rep = _representation(course, adata.n_obs)
-    velocity = model.velocity(rep, course.obs_times).astype(np.float32)
+    velocity, growth = model.evaluate(rep, course.obs_times)
+    velocity = velocity.astype(np.float32)
     gene_velocity = _to_gene_space(velocity, use_rep, loadings)
-    growth = model.growth(rep, course.obs_times) if model.has_growth else None
     _check_finite(use_rep, velocity=velocity, gene_space_velocity=gene_velocity, growth_rate=growth)
 
     keys.remove_written(adata, key_added)
@@ -140,7 +140,7 @@ def fit(
     if growth is not None:
         adata.obs[growth_key_added] = growth
     state = model.to_dict()
-    state.update(time_key=time_key, use_rep=use_rep, written_keys=np.array(written, dtype=object))
+    state.update(time_key=time_key, use_rep=use_rep)
     if time_map is not None:
         state["time_map"] = {str(k): float(v) for k, v in time_map.items()}
     adata.uns[key_added] = state

@@ -216,22 +216,27 @@ def test_interpolate_checks_the_pca_loadings(fitted):
         cf.tl.interpolate(fitted, 0, 1)
 
 
-def _nan_like(self, x, t):
-    return np.full(np.shape(x), np.nan)
+def _fake_outputs(velocity, growth):
+    """A stand-in for ``CellFlow.evaluate`` giving the velocity and growth of the functions given."""
+    def evaluate(self, x, t):
+        return velocity(x), growth(x) if self.has_growth else None
+    return evaluate
 
 
 @pytest.mark.filterwarnings("ignore:overflow encountered in matmul:RuntimeWarning")
 @pytest.mark.parametrize("output", ["velocity", "gene space velocity", "growth rate"])
 def test_diverged_training_writes_nothing(fitted, output, monkeypatch):
     method = "otcfm"
+    zero_growth = lambda x: np.zeros(len(x))  # noqa: E731
     if output == "velocity":
-        monkeypatch.setattr(cf.CellFlow, "velocity", _nan_like)
+        fake = _fake_outputs(lambda x: np.full(np.shape(x), np.nan), zero_growth)
     elif output == "gene space velocity":
-        monkeypatch.setattr(cf.CellFlow, "velocity", lambda self, x, t: np.ones(np.shape(x)))
+        fake = _fake_outputs(lambda x: np.ones(np.shape(x)), zero_growth)
         fitted.varm["PCs"] = np.full_like(fitted.varm["PCs"], np.finfo(np.float32).max)  # finite, but overflows
     else:
-        monkeypatch.setattr(cf.CellFlow, "growth", lambda self, x, t: np.full(len(x), np.nan))
+        fake = _fake_outputs(lambda x: np.zeros(np.shape(x)), lambda x: np.full(len(x), np.nan))
         method = "wfr"
+    monkeypatch.setattr(cf.CellFlow, "evaluate", fake)
     with _unchanged(fitted), pytest.raises(ValueError, match=f"training diverged: the {output} .*lr="):
         cf.tl.fit(fitted, method=method, **FIT)
 
