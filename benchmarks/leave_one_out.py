@@ -131,12 +131,12 @@ class TorchCFMPairs:
         self.batch_size = int(batch_size)
         self.matcher = ExactOptimalTransportConditionalFlowMatcher(sigma=sigma)
 
-    def draw(self, rng: np.random.Generator):
+    def draw(self):
         xs, ts, us = [], [], []
         for k in range(len(self.populations) - 1):
             source, target = self.populations[k], self.populations[k + 1]
-            i = torch.from_numpy(rng.integers(0, source.shape[0], self.batch_size)).to(source.device)
-            j = torch.from_numpy(rng.integers(0, target.shape[0], self.batch_size)).to(target.device)
+            i = torch.randint(0, source.shape[0], (self.batch_size,), device=source.device)
+            j = torch.randint(0, target.shape[0], (self.batch_size,), device=target.device)
             s, x_s, u = self.matcher.sample_location_and_conditional_flow(source[i], target[j])
             span = self.times[k + 1] - self.times[k]
             xs.append(x_s)
@@ -177,23 +177,22 @@ class TorchCFMRunner:
 
     def fit(self, course: TimeCourse) -> "TorchCFMRunner":
         start = time.perf_counter()
-        # torch: initial weights and TorchCFM's draws of s and noise; np.random: TorchCFM's
-        # resampling of pairs from the minibatch plan; rng: which cells enter a minibatch.
+        # torch: initial weights, which cells enter a minibatch and TorchCFM's draws of s and
+        # noise; np.random: TorchCFM's resampling of pairs from the minibatch plan.
         torch.manual_seed(self.seed)
         np.random.seed(self.seed)
-        rng = np.random.default_rng(self.seed)
 
         pooled = np.concatenate(course.populations).astype(np.float64)
         self.center = pooled.mean(axis=0)
         self.scale = float(np.sqrt(pooled.var(axis=0).mean())) or 1.0
         populations = [self._internal(x) for x in course.populations]
         pairs = TorchCFMPairs(populations, course.times, self.batch_size, self.sigma)
-        self.clock = Clock.from_targets(course.times, pairs, rng)  # units from its own targets, as cellflow's
+        self.clock = Clock.from_targets(course.times, pairs)  # units from its own targets, as cellflow's
         net = TimeMLP(course.n_dims, self.hidden).to(self.device)
-        net, losses = train(net, pairs, self.clock, n_steps=self.n_steps, lr=self.lr, ema_decay=self.ema_decay,
-                            rng=rng, progress=False)
+        net, log = train(net, pairs, self.clock, n_steps=self.n_steps, lr=self.lr, ema_decay=self.ema_decay,
+                         progress=False)
         self.net = net.eval()
-        self.history = {"loss": losses, "fit_seconds": time.perf_counter() - start}
+        self.history = {"loss": log["loss"], "fit_seconds": time.perf_counter() - start}
         return self
 
     def _field(self, z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:

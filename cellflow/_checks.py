@@ -8,13 +8,13 @@ from numbers import Integral, Real
 from typing import Iterable
 
 
-def integer(name: str, value, minimum: int = 1, maximum: int | None = None) -> int:
+def integer(name: str, value, minimum: int = 1, maximum: int | None = None, hint: str = "") -> int:
     """``value`` as an int in ``[minimum, maximum]``, else a ``ValueError`` naming ``name``."""
     if isinstance(value, bool) or not isinstance(value, Integral):
-        raise ValueError(f"{name}={value!r} must be a whole number (at least {minimum})")
+        raise ValueError(f"{name}={value!r} must be a whole number (at least {minimum}){hint}")
     if value < minimum or (maximum is not None and value > maximum):
         bound = f"at least {minimum}" if maximum is None else f"between {minimum} and {maximum}"
-        raise ValueError(f"{name}={value!r} must be {bound}")
+        raise ValueError(f"{name}={value!r} must be {bound}{hint}")
     return int(value)
 
 

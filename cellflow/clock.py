@@ -65,7 +65,7 @@ class Clock:
         self._middles = (torch.arange(steps, dtype=torch.float64) + 0.5) / steps
 
     @classmethod
-    def from_targets(cls, knots, objective, rng: np.random.Generator, continuous: bool = False) -> "Clock":
+    def from_targets(cls, knots, objective, continuous: bool = False) -> "Clock":
         """A clock whose units are the typical size of each interval's targets.
 
         Draws :data:`TARGET_DRAWS` batches of ``objective`` (real-time targets) and takes, per
@@ -76,7 +76,7 @@ class Clock:
         the largest of its output is raised to that (an interval where nothing moves or grows).
         """
         knots = np.asarray(knots, dtype=np.float64)
-        batches = [objective.draw(rng) for _ in range(TARGET_DRAWS)]
+        batches = [objective.draw() for _ in range(TARGET_DRAWS)]
         t = torch.cat([b.t for b in batches]).detach().cpu().numpy()
         sizes = [(np.median, torch.cat([torch.linalg.vector_norm(b.u, dim=1) for b in batches]))]
         if batches[0].g is not None:

@@ -12,49 +12,77 @@ masses, so the method learns growth). :data:`COUPLINGS` names them for the metho
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass
 
 import numpy as np
 import ot
 import scipy.sparse as sp
+import torch
+
+from ._checks import choice
+from ._utils import progress_bar
 
 
 @dataclass
 class Pairs:
-    """Indices of paired cells, with the masses of the pair at both ends where transport is unbalanced.
+    """Indices of paired cells (torch tensors on the sampler's device), with the masses of the
+    pair at both ends where transport is unbalanced.
 
     ``died`` marks source cells with no partner: they stay where they are while their mass
     ``m0`` decays to ``m1 = 0`` (their ``j`` is meaningless).
     """
 
-    i: np.ndarray
-    j: np.ndarray
-    m0: np.ndarray | None = None
-    m1: np.ndarray | None = None
-    died: np.ndarray | None = None
+    i: torch.Tensor
+    j: torch.Tensor
+    m0: torch.Tensor | None = None
+    m1: torch.Tensor | None = None
+    died: torch.Tensor | None = None
+
+
+def _cumulative(weights, device) -> torch.Tensor:
+    """Cumulative sums of non-negative weights, float64 on ``device`` (the draws' lookup table)."""
+    return torch.as_tensor(np.cumsum(np.asarray(weights, dtype=np.float64)), device=device)
+
+
+def _lookup(cdf: torch.Tensor, n: int) -> torch.Tensor:
+    """``n`` entries drawn in proportion to the increments of ``cdf``, on its device (global torch generator)."""
+    u = torch.rand(n, dtype=cdf.dtype, device=cdf.device) * cdf[-1]
+    return torch.searchsorted(cdf, u, right=True).clamp_(max=cdf.numel() - 1)
 
 
 class IndependentSampler:
-    """Pairs drawn from the product of the two marginals (no plan stored)."""
+    """Pairs drawn from the product of the two marginals (no plan stored).
 
-    def __init__(self, a: np.ndarray, b: np.ndarray):
-        self._cdf_a = np.cumsum(a) / a.sum()
-        self._cdf_b = np.cumsum(b) / b.sum()
+    Every sampler draws on its ``device`` with torch's global generator, so training never
+    copies indices from the host.
+    """
 
-    def sample(self, n: int, rng: np.random.Generator) -> Pairs:
+    def __init__(self, a: np.ndarray, b: np.ndarray, device="cpu"):
+        self._cdf_a, self._cdf_b = _cumulative(a, device), _cumulative(b, device)
+        self._source_cdf = self._cdf_a
+
+    def sample(self, n: int) -> Pairs:
         """Draw ``n`` pairs: source and target cell indices."""
-        i = np.searchsorted(self._cdf_a, rng.random(n) * self._cdf_a[-1], side="right")
-        j = np.searchsorted(self._cdf_b, rng.random(n) * self._cdf_b[-1], side="right")
-        return Pairs(np.minimum(i, self._cdf_a.size - 1), np.minimum(j, self._cdf_b.size - 1))
+        return Pairs(self.sources(n), _lookup(self._cdf_b, n))
 
-    def sources(self, n: int, rng: np.random.Generator) -> np.ndarray:
+    def sources(self, n: int) -> torch.Tensor:
         """Draw ``n`` source cells in proportion to their mass."""
-        return self.sample(n, rng).i
+        return _lookup(self._source_cdf, n)
 
-    def conditional(self, i: np.ndarray, rng: np.random.Generator) -> Pairs:
+    def conditional(self, i: torch.Tensor) -> Pairs:
         """A partner for each source cell ``i``: independent of ``i``."""
-        return Pairs(i, self.sample(len(i), rng).j)
+        return Pairs(i, _lookup(self._cdf_b, len(i)))
+
+    def restricted(self, rows: np.ndarray) -> "IndependentSampler":
+        """The same sampler drawing its sources (:meth:`sample`, :meth:`sources`) only among ``rows``."""
+        out = copy.copy(self)
+        increments = torch.diff(self._cdf_a, prepend=self._cdf_a.new_zeros(1))
+        mask = torch.zeros_like(increments)
+        mask[torch.as_tensor(rows, device=mask.device)] = 1
+        out._source_cdf = torch.cumsum(increments * mask, 0)
+        return out
 
 
 class PlanSampler:
@@ -64,50 +92,98 @@ class PlanSampler:
     ----------
     plan
         ``(n0, n1)`` sparse matrix with non-negative entries; it need not sum to one.
+    device
+        Where the plan's lookup tables live and pairs are drawn.
     """
 
-    def __init__(self, plan: sp.spmatrix):
+    def __init__(self, plan: sp.spmatrix, device="cpu"):
         self.plan = sp.csr_matrix(plan)
         self.plan.eliminate_zeros()
         coo = self.plan.tocoo()  # row-major order, so each row's entries are contiguous
-        self._rows, self._cols = coo.row, coo.col
-        self._cdf = np.cumsum(coo.data, dtype=float)
-        self._row_start = self.plan.indptr
+        self._set_entries(coo.row, coo.col, coo.data, self.plan.shape[0], device)
 
-    def sample(self, n: int, rng: np.random.Generator) -> Pairs:
-        """Draw ``n`` pairs with probability proportional to the plan."""
-        k = self._draw(n, rng)
-        return Pairs(self._rows[k], self._cols[k])
+    def _set_entries(self, rows, cols, weights, n_rows: int, device) -> None:
+        """Store row-sorted entries with their weights as the device's lookup tables."""
+        self.n_entries = len(rows)
+        self._rows = torch.as_tensor(rows, dtype=torch.long, device=device)
+        self._cols = torch.as_tensor(cols, dtype=torch.long, device=device)
+        self._cdf = _cumulative(weights, device)
+        self._source_cdf = self._cdf
+        self._row_start = torch.as_tensor(np.searchsorted(rows, np.arange(n_rows + 1)), device=device)
 
-    def _draw(self, n: int, rng: np.random.Generator) -> np.ndarray:
-        k = np.searchsorted(self._cdf, rng.random(n) * self._cdf[-1], side="right")
-        return np.minimum(k, self._cdf.size - 1)
+    def _draw(self, n: int) -> torch.Tensor:
+        return _lookup(self._source_cdf, n)
 
-    def _draw_in_rows(self, i: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    def _draw_in_rows(self, i: torch.Tensor) -> torch.Tensor:
         """For each source cell ``i``, an entry of its own row, in proportion to the plan."""
         start, stop = self._row_start[i], self._row_start[i + 1]
-        low = np.where(start > 0, self._cdf[np.maximum(start - 1, 0)], 0.0)
-        high = self._cdf[np.maximum(stop - 1, 0)]
-        k = np.searchsorted(self._cdf, low + rng.random(len(i)) * (high - low), side="right")
-        return np.clip(k, start, np.maximum(stop - 1, start))
+        low = torch.where(start > 0, self._cdf[(start - 1).clamp(min=0)], 0.0)
+        high = self._cdf[(stop - 1).clamp(min=0)]
+        u = low + torch.rand(len(i), dtype=self._cdf.dtype, device=self._cdf.device) * (high - low)
+        return torch.searchsorted(self._cdf, u, right=True).clamp(min=start, max=(stop - 1).clamp(min=start))
 
-    def sources(self, n: int, rng: np.random.Generator) -> np.ndarray:
+    def sample(self, n: int) -> Pairs:
+        """Draw ``n`` pairs with probability proportional to the plan."""
+        k = self._draw(n)
+        return Pairs(self._rows[k], self._cols[k])
+
+    def sources(self, n: int) -> torch.Tensor:
         """Draw ``n`` source cells in proportion to the plan's row sums."""
-        return self._rows[self._draw(n, rng)]
+        return self._rows[self._draw(n)]
 
-    def conditional(self, i: np.ndarray, rng: np.random.Generator) -> Pairs:
+    def conditional(self, i: torch.Tensor) -> Pairs:
         """A partner for each source cell ``i`` from that cell's own row of the plan."""
-        return Pairs(i, self._cols[self._draw_in_rows(i, rng)])
+        return Pairs(i, self._cols[self._draw_in_rows(i)])
+
+    def restricted(self, rows: np.ndarray):
+        """The same plan drawing its pairs (:meth:`sample`, :meth:`sources`) only from the source cells ``rows``.
+
+        :meth:`conditional` still reaches every row (a chain passes through any cell).
+        """
+        out = copy.copy(self)
+        keep = torch.zeros(len(self._row_start) - 1, dtype=self._cdf.dtype, device=self._cdf.device)
+        keep[torch.as_tensor(rows, device=keep.device)] = 1
+        increments = torch.diff(self._cdf, prepend=self._cdf.new_zeros(1))
+        out._source_cdf = torch.cumsum(increments * keep[self._rows], 0)
+        return out
 
 
-def _blocks(n0: int, n1: int, block_size: int, rng: np.random.Generator):
-    """Split two populations into the same number of random blocks of at most ``block_size``."""
+BLOCK_ORDERS = ("random", "projection")
+
+
+def _principal_axis(x0: np.ndarray, x1: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """First principal axis of the pooled cells (of at most 10,000 of them; a cheap projection)."""
+    pooled = np.concatenate([x0, x1])
+    sample = pooled[rng.choice(len(pooled), min(len(pooled), 10_000), replace=False)].astype(np.float64)
+    centred = sample - sample.mean(axis=0)
+    return np.linalg.svd(centred, full_matrices=False)[2][0]
+
+
+def blocks(x0: np.ndarray, x1: np.ndarray, block_size: int, rng: np.random.Generator, order: str = "random"):
+    """Split two populations into the same number of blocks of at most ``block_size`` cells per side.
+
+    The number of blocks is ``ceil(max(n0, n1) / block_size)``; both sides are cut into that many
+    near-equal parts. ``order="random"``: the parts of a random permutation, so each block is a
+    random subsample of its population and the plans of the blocks together approximate the
+    population's plan without bias in where cells go. ``order="projection"``: both
+    populations sorted along the first principal axis of the pooled cells and cut into
+    consecutive slabs, so a block's cells are neighbours (and the k-th slab of one time point can
+    only reach the k-th slab of the next).
+
+    Returns
+    -------
+    A list of ``(rows of x0, rows of x1)`` index pairs.
+    """
+    n0, n1 = len(x0), len(x1)
     n_blocks = max(1, math.ceil(max(n0, n1) / block_size))
     if n_blocks == 1:
         return [(np.arange(n0), np.arange(n1))]
-    parts0 = np.array_split(rng.permutation(n0), n_blocks)
-    parts1 = np.array_split(rng.permutation(n1), n_blocks)
-    return list(zip(parts0, parts1))
+    if order == "projection":
+        axis = _principal_axis(x0, x1, rng)
+        first, second = np.argsort(x0 @ axis, kind="stable"), np.argsort(x1 @ axis, kind="stable")
+    else:
+        first, second = rng.permutation(n0), rng.permutation(n1)
+    return list(zip(np.array_split(first, n_blocks), np.array_split(second, n_blocks)))
 
 
 class Coupling:
@@ -129,11 +205,14 @@ class Coupling:
         """Entropic regularisation when none is given (``None``: the coupling has none)."""
         return None
 
-    def sampler(self, x0, x1, a=None, b=None, rng=None, source_mass=None):
+    def sampler(self, x0, x1, a=None, b=None, *, rng=None, source_mass=None, device="cpu", part=(0, 1),
+                progress=False):
         """A pair sampler between ``x0`` and ``x1`` with cell masses ``a`` and ``b``.
 
         ``source_mass`` is the mass each source cell carries where it differs from the
         marginal ``a`` the plan is fitted to (unbalanced couplings; ignored by balanced ones).
+        ``device``: where pairs are drawn. ``part=(rank, size)``: solve only this process's
+        share of the blocks (see :meth:`_BlockwiseOT.plan`). ``progress``: a bar over the blocks.
         """
         raise NotImplementedError
 
@@ -141,12 +220,13 @@ class Coupling:
 class _BlockwiseOT(Coupling):
     """Shared machinery: solve a plan on each block and assemble one sparse plan."""
 
-    settings = ("block_size",)
+    settings = ("block_size", "block_order")
 
-    def __init__(self, block_size: int = 2048):
+    def __init__(self, block_size: int = 2048, block_order: str = "random"):
         if block_size < 2:
             raise ValueError(f"block_size must be at least 2, got {block_size}")
         self.block_size = int(block_size)
+        self.block_order = choice("block_order", block_order, BLOCK_ORDERS)
 
     def solve_block(self, a: np.ndarray, b: np.ndarray, cost: np.ndarray) -> np.ndarray:
         raise NotImplementedError
@@ -155,50 +235,67 @@ class _BlockwiseOT(Coupling):
         """Ground cost between two blocks of cells: squared Euclidean distance."""
         return ot.dist(x0, x1)
 
-    def plan(self, x0: np.ndarray, x1: np.ndarray, a=None, b=None, rng=None) -> sp.csr_matrix:
+    def plan(self, x0: np.ndarray, x1: np.ndarray, a=None, b=None, *, rng=None, part=(0, 1),
+             progress: bool = False) -> sp.csr_matrix:
         """The transport plan between ``x0`` and ``x1`` as a sparse ``(n0, n1)`` matrix.
 
-        ``a`` and ``b`` are the masses of the cells (one each when ``None``). For balanced
-        couplings each block's masses are normalised and its plan weighted by the block's
-        share of the mass, so the plan sums to one; unbalanced plans keep the masses as they are.
+        ``a`` and ``b`` are the masses of the cells (one each when ``None``). Populations larger
+        than ``block_size`` are split by :func:`blocks` (in :attr:`block_order`) and each block
+        is solved on its own, so memory stays linear in the number of cells: one dense
+        ``block_size x block_size`` cost at a time, and the plan kept sparse. For balanced
+        couplings each block's masses are normalised and its plan weighted by the block's share
+        of the mass, so the plan sums to one; unbalanced plans keep the masses as they are.
+
+        ``part=(rank, size)`` solves only every ``size``-th block from the ``rank``-th (the
+        share of one process of a distributed fit; all blocks when there are fewer blocks
+        than processes). ``progress`` shows a bar over the blocks.
         """
         rng = np.random.default_rng(0) if rng is None else rng
         n0, n1 = len(x0), len(x1)
         a = np.full(n0, 1.0) if a is None else np.asarray(a, dtype=float)
         b = np.full(n1, 1.0) if b is None else np.asarray(b, dtype=float)
+        rank, size = part
+        pieces = blocks(x0, x1, self.block_size, rng, self.block_order)
+        if len(pieces) >= size:
+            pieces = pieces[rank::size]
         rows, cols, vals = [], [], []
-        for i0, i1 in _blocks(n0, n1, self.block_size, rng):
+        bar = progress_bar(len(pieces), "coupling blocks", progress and len(pieces) > 1)
+        for i0, i1 in pieces:
             cost = self.cost(x0[i0].astype(np.float64), x1[i1].astype(np.float64))
             if not self.unbalanced:
                 share = 0.5 * (a[i0].sum() / a.sum() + b[i1].sum() / b.sum())
                 block = self.solve_block(a[i0] / a[i0].sum(), b[i1] / b[i1].sum(), cost) * share
             else:
                 block = self.solve_block(a[i0], b[i1], cost)
+            bar.update()
             if not block.any():
                 continue
             r, c = np.nonzero(block > 1e-12 * block.max())
             rows.append(i0[r])
             cols.append(i1[c])
             vals.append(block[r, c])
+        bar.close()
         if not rows:
             return sp.csr_matrix((n0, n1))
         return sp.csr_matrix(
             (np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(n0, n1)
         )
 
-    def sampler(self, x0, x1, a=None, b=None, rng=None, source_mass=None) -> PlanSampler:
+    def sampler(self, x0, x1, a=None, b=None, *, rng=None, source_mass=None, device="cpu", part=(0, 1),
+                progress=False) -> PlanSampler:
         """A pair sampler over the plan between ``x0`` and ``x1``."""
-        return PlanSampler(self.plan(x0, x1, a, b, rng))
+        return PlanSampler(self.plan(x0, x1, a, b, rng=rng, part=part, progress=progress), device)
 
 
 class IndependentCoupling(Coupling):
     """The product coupling: every source cell with every target cell (I-CFM)."""
 
-    def sampler(self, x0, x1, a=None, b=None, rng=None, source_mass=None) -> IndependentSampler:
+    def sampler(self, x0, x1, a=None, b=None, *, rng=None, source_mass=None, device="cpu", part=(0, 1),
+                progress=False) -> IndependentSampler:
         """A sampler of independent pairs."""
         a = np.ones(len(x0)) if a is None else np.asarray(a, dtype=float)
         b = np.ones(len(x1)) if b is None else np.asarray(b, dtype=float)
-        return IndependentSampler(a, b)
+        return IndependentSampler(a, b, device)
 
 
 class ExactOTCoupling(_BlockwiseOT):
@@ -208,6 +305,8 @@ class ExactOTCoupling(_BlockwiseOT):
     ----------
     block_size
         Largest number of cells per side of one OT problem.
+    block_order
+        How larger populations are cut into blocks (:func:`blocks`).
     """
 
     def solve_block(self, a, b, cost):
@@ -224,17 +323,19 @@ class EntropicOTCoupling(_BlockwiseOT):
         Schroedinger bridge of noise ``sigma``: ``2 sigma**2``).
     block_size
         Largest number of cells per side of one OT problem.
+    block_order
+        How larger populations are cut into blocks (:func:`blocks`).
     """
 
-    settings = ("reg", "block_size")
+    settings = ("reg", "block_size", "block_order")
 
     @staticmethod
     def default_reg(sigma: float) -> float:
         """``2 sigma**2``, the Schroedinger bridge of the path's noise; 0.05 for a path without noise."""
         return 2 * sigma**2 if sigma > 0 else 0.05
 
-    def __init__(self, reg: float = 0.05, block_size: int = 2048):
-        super().__init__(block_size)
+    def __init__(self, reg: float = 0.05, block_size: int = 2048, block_order: str = "random"):
+        super().__init__(block_size, block_order)
         if reg <= 0:
             raise ValueError(f"reg must be positive, got {reg}")
         self.reg = float(reg)
@@ -257,7 +358,7 @@ class WFRSampler(PlanSampler):
     proportion to their mass with ``m1 = 0``.
     """
 
-    def __init__(self, plan: sp.spmatrix, a: np.ndarray, b: np.ndarray):
+    def __init__(self, plan: sp.spmatrix, a: np.ndarray, b: np.ndarray, device="cpu"):
         plan = sp.csr_matrix(plan)
         plan.eliminate_zeros()
         coo = plan.tocoo()
@@ -270,27 +371,27 @@ class WFRSampler(PlanSampler):
         self.n_died = orphans.size
         rows = np.concatenate([coo.row, orphans])
         order = np.argsort(rows, kind="stable")  # each row's entries contiguous, as for PlanSampler
-        self._rows = rows[order]
-        self._cols = np.concatenate([coo.col, np.zeros(orphans.size, dtype=coo.col.dtype)])[order]
-        self._m0 = np.concatenate([m0, a[orphans]])[order]
-        self._m1 = np.concatenate([m1, np.zeros(orphans.size)])[order]
-        self._died = np.concatenate([np.zeros(coo.nnz, bool), np.ones(orphans.size, bool)])[order]
-        self._cdf = np.cumsum(self._m0)
-        self._row_start = np.searchsorted(self._rows, np.arange(plan.shape[0] + 1))
+        cols = np.concatenate([coo.col, np.zeros(orphans.size, dtype=coo.col.dtype)])[order]
+        m0 = np.concatenate([m0, a[orphans]])[order]
+        self._set_entries(rows[order], cols, m0, plan.shape[0], device)
+        self._m0 = torch.as_tensor(m0, device=device)
+        self._m1 = torch.as_tensor(np.concatenate([m1, np.zeros(orphans.size)])[order], device=device)
+        self._died = torch.as_tensor(np.concatenate([np.zeros(coo.nnz, bool), np.ones(orphans.size, bool)])[order],
+                                     device=device)
 
-    def sample(self, n: int, rng: np.random.Generator) -> Pairs:
+    def sample(self, n: int) -> Pairs:
         """Draw ``n`` pairs in proportion to ``gamma0``, with their masses."""
-        return self._pairs(self._draw(n, rng))
+        return self._pairs(self._draw(n))
 
-    def conditional(self, i: np.ndarray, rng: np.random.Generator) -> Pairs:
+    def conditional(self, i: torch.Tensor) -> Pairs:
         """A partner for each source cell ``i`` from its own row, with the pair's masses."""
-        return self._pairs(self._draw_in_rows(i, rng))
+        return self._pairs(self._draw_in_rows(i))
 
     def all_pairs(self) -> Pairs:
         """Every pair of the plan (and every dying source cell), with its masses."""
-        return self._pairs(np.arange(self._rows.size))
+        return self._pairs(torch.arange(self.n_entries, device=self._rows.device))
 
-    def _pairs(self, k: np.ndarray) -> Pairs:
+    def _pairs(self, k: torch.Tensor) -> Pairs:
         return Pairs(self._rows[k], self._cols[k], self._m0[k], self._m1[k], self._died[k])
 
 
@@ -313,18 +414,21 @@ class WFRCoupling(_BlockwiseOT):
         Weight of the KL penalties on both marginals.
     block_size
         Largest problem per side.
+    block_order
+        How larger populations are cut into blocks (:func:`blocks`).
     """
 
     unbalanced = True
-    settings = ("delta", "reg", "block_size")
+    settings = ("delta", "reg", "block_size", "block_order")
 
     @staticmethod
     def default_reg(sigma: float) -> float:
         """0.01, in units of the cost (whose scale is fixed by ``delta``)."""
         return 0.01
 
-    def __init__(self, delta: float, reg: float = 0.01, marginal_penalty: float = 1.0, block_size: int = 2048):
-        super().__init__(block_size)
+    def __init__(self, delta: float, reg: float = 0.01, marginal_penalty: float = 1.0, block_size: int = 2048,
+                 block_order: str = "random"):
+        super().__init__(block_size, block_order)
         if not delta > 0:
             raise ValueError(f"delta must be positive, got {delta}")
         self.delta, self.reg, self.marginal_penalty = float(delta), float(reg), float(marginal_penalty)
@@ -349,7 +453,8 @@ class WFRCoupling(_BlockwiseOT):
         plan[~reachable] = 0.0
         return np.nan_to_num(plan, nan=0.0)
 
-    def sampler(self, x0, x1, a=None, b=None, rng=None, source_mass=None) -> WFRSampler:
+    def sampler(self, x0, x1, a=None, b=None, *, rng=None, source_mass=None, device="cpu", part=(0, 1),
+                progress=False) -> WFRSampler:
         """A sampler of pairs with semi-coupling masses.
 
         ``a``, ``b`` are the marginals the plan is fitted to (e.g. a growth prior on ``a``);
@@ -357,11 +462,11 @@ class WFRCoupling(_BlockwiseOT):
         """
         a = np.ones(len(x0)) if a is None else np.asarray(a, dtype=float)
         b = np.ones(len(x1)) if b is None else np.asarray(b, dtype=float)
-        plan = self.plan(x0, x1, a, b, rng)
-        return WFRSampler(plan, a if source_mass is None else np.asarray(source_mass, dtype=float), b)
+        plan = self.plan(x0, x1, a, b, rng=rng, part=part, progress=progress)
+        return WFRSampler(plan, a if source_mass is None else np.asarray(source_mass, dtype=float), b, device)
 
 
-def sample_chains(samplers, n: int, rng: np.random.Generator) -> list[Pairs]:
+def sample_chains(samplers, n: int) -> list[Pairs]:
     """Chain the plans of consecutive intervals into ``n`` tuples ``(x_0, ..., x_K)``.
 
     ``x_0`` is drawn in proportion to the first plan's source marginal; each next cell is
@@ -373,10 +478,10 @@ def sample_chains(samplers, n: int, rng: np.random.Generator) -> list[Pairs]:
     One :class:`Pairs` per interval: the chain's cells (indices into the two populations)
     at both ends, with masses where the coupling is unbalanced.
     """
-    i = samplers[0].sources(n, rng)
+    i = samplers[0].sources(n)
     links = []
     for sampler in samplers:
-        pairs = sampler.conditional(i, rng)
+        pairs = sampler.conditional(i)
         links.append(pairs)
         i = pairs.j
     return links

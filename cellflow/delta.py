@@ -68,12 +68,12 @@ def wfr_interpolation(x0, x1, s: float, delta: float, *, reg: float | None = Non
     x0, x1 = np.asarray(x0, dtype=np.float64), np.asarray(x1, dtype=np.float64)
     reg = WFRCoupling.default_reg(0.0) if reg is None else reg
     pairs = WFRCoupling(delta, reg=reg, block_size=block_size).sampler(x0, x1, rng=rng).all_pairs()
-    start = torch.from_numpy(x0[pairs.i])
-    end = torch.from_numpy(np.where(pairs.died[:, None], x0[pairs.i], x1[pairs.j]))
-    m0 = torch.from_numpy(pairs.m0)
+    i, j, died = pairs.i.numpy(), pairs.j.numpy(), pairs.died.numpy()
+    start = torch.from_numpy(x0[i])
+    end = torch.from_numpy(np.where(died[:, None], x0[i], x1[j]))
+    m0 = pairs.m0
     point = WFRPath(delta).pair(
-        start, end, torch.full((len(start), 1), float(s), dtype=torch.float64), torch.zeros_like(start),
-        m0, torch.from_numpy(pairs.m1),
+        start, end, torch.full((len(start), 1), float(s), dtype=torch.float64), torch.zeros_like(start), m0, pairs.m1,
     )
     mass = (point.weight * m0).numpy()
     pick = rng.choice(mass.size, n_points, p=mass / mass.sum())

@@ -7,18 +7,29 @@ import time
 import numpy as np
 import torch
 
-from . import _checks, _state
-from ._utils import resolve_device, seed_everything
+from . import _checks, _state, distributed
+from ._utils import compute_threads, resolve_device, seed_everything
 from .clock import Clock
+from .couplings import BLOCK_ORDERS
 from .delta import cross_validated_delta
 from .integration import check_solver, integrate
 from .methods import resolve_method
 from .networks import TimeMLP, VelocityGrowthField
 from .readers import TimeCourse
-from .training import LR_SCHEDULES, OBJECTIVES, train
+from .training import LR_SCHEDULES, OBJECTIVES, EarlyStopping, train
 
 MAX_WIDTH = 65536  # widest hidden layer accepted (a guard against typos and tampered files)
 MAX_LOG_GROWTH = 50.0  # largest |prior growth rate x interval| accepted (a factor e^50 per interval)
+HELD_OUT_FRACTION = 0.1  # source cells per interval kept out of training to decide when to stop (n_steps="auto")
+MAX_AUTO_STEPS = 4000  # the most steps n_steps="auto" takes
+EVALUATION_CHUNK = 65536  # cells evaluated together when writing velocity and growth
+
+
+def default_hidden(n_dims: int) -> list[int]:
+    """Hidden widths of ``hidden="auto"``: three layers of ``16 (d + 1)`` units, rounded up to a power
+    of two, between 64 and 256 (64 up to 3 dimensions, 128 up to 7, 256 from 15)."""
+    width = 2 ** int(np.ceil(np.log2(16 * (n_dims + 1))))
+    return [int(min(256, max(64, width)))] * 3
 
 
 def _optional(name: str, value, **bounds) -> float | None:
@@ -67,17 +78,32 @@ class CellFlow:
         points :func:`cellflow.delta.default_delta`). Pairs farther apart than ``pi * delta``
         are never transported: the source cell dies in place and the target cell is not reached.
     hidden
-        Hidden layer widths of the velocity network (and of the growth network).
-    n_steps, batch_size, lr, lr_schedule, ema_decay
-        Training: optimiser steps, pairs per interval and step, Adam learning rate, its
-        schedule (``"constant"`` or ``"cosine"`` decay to ``lr / 100``), weight averaging
-        (in ``[0, 1)``; ``None`` or 0 to switch off).
+        Hidden layer widths of the velocity network (and of the growth network); ``"auto"``
+        sizes them from the representation's dimension (:func:`default_hidden`).
+    n_steps
+        Optimiser steps; ``"auto"`` (default) stops when a held-out part of the pairs stops
+        improving: a random tenth of the source cells of every interval are kept out of
+        training, and their loss under the averaged network is checked every 100 steps;
+        training ends after 4 checks in a row without a 1% improvement, or at 4000 steps, with
+        the network of the best check (:class:`cellflow.training.EarlyStopping`). An integer
+        runs exactly that many steps on all cells.
+    batch_size, lr, lr_schedule, ema_decay
+        Training: pairs per interval and step, Adam learning rate, its schedule
+        (``"constant"`` or ``"cosine"`` decay to ``lr / 100``), weight averaging (in
+        ``[0, 1)``; ``None`` or 0 to switch off).
     block_size
-        Largest OT problem per side; larger populations are coupled in random blocks.
+        Largest OT problem per side; larger populations are coupled in blocks.
+    block_order
+        How populations larger than ``block_size`` are cut into blocks: ``"random"`` (random
+        subsamples) or ``"projection"`` (slabs along the first principal axis); see
+        :func:`cellflow.couplings.blocks`.
     seed
         Seed of every random draw (couplings, pairs, noise, initial weights).
     device
-        ``"auto"`` (CUDA when present), ``"cpu"``, ``"cuda"``, ...
+        ``"auto"`` (CUDA when present), ``"cpu"``, ``"cuda"``, ... Under ``torchrun`` a bare
+        CUDA device is each process's own GPU (:mod:`cellflow.distributed`). On a CPU, cellflow
+        uses as many threads as there are cores not busy with other work
+        (:func:`cellflow._utils.cpu_threads`).
     """
 
     def __init__(
@@ -90,13 +116,14 @@ class CellFlow:
         sigma: float | None = None,
         reg: float | None = None,
         delta: float | None = None,
-        hidden: tuple[int, ...] = (256, 256, 256),
-        n_steps: int = 2000,
+        hidden: tuple[int, ...] | str = "auto",
+        n_steps: int | str = "auto",
         batch_size: int = 256,
         lr: float = 1e-3,
         lr_schedule: str = "constant",
         ema_decay: float | None = 0.999,
         block_size: int = 2048,
+        block_order: str = "random",
         seed: int = 0,
         device: str = "auto",
     ):
@@ -108,20 +135,22 @@ class CellFlow:
             reg = None
         delta = _optional("delta", delta, minimum=0, strict=True,
                           hint=" (a length in the representation's units; None chooses it from the data)")
-        if isinstance(hidden, (str, bytes)) or not hasattr(hidden, "__len__") or len(hidden) == 0:
-            raise ValueError(f"hidden={hidden!r} must be a list of layer widths, e.g. (256, 256, 256)")
+        if hidden != "auto" and (isinstance(hidden, (str, bytes)) or not hasattr(hidden, "__len__") or len(hidden) == 0):
+            raise ValueError(f"hidden={hidden!r} must be 'auto' or a list of layer widths, e.g. (256, 256, 256)")
         self.params = dict(
             method=method, coupling=self.method.coupling, path=self.method.path, objective=self.method.objective,
             sigma=sigma, reg=reg, delta=delta if self.method.needs_delta else None,
-            hidden=[_checks.integer("hidden", h, 1, MAX_WIDTH) for h in hidden],
-            n_steps=_checks.integer("n_steps", n_steps), batch_size=_checks.integer("batch_size", batch_size),
+            hidden="auto" if hidden == "auto" else [_checks.integer("hidden", h, 1, MAX_WIDTH) for h in hidden],
+            n_steps="auto" if n_steps == "auto" else _checks.integer("n_steps", n_steps, hint=" (or 'auto')"),
+            batch_size=_checks.integer("batch_size", batch_size),
             lr=_checks.number("lr", lr, minimum=0, strict=True),
             lr_schedule=_checks.choice("lr_schedule", lr_schedule, LR_SCHEDULES),
             ema_decay=0.0 if ema_decay is None else _checks.number("ema_decay", ema_decay, minimum=0, maximum=1 - 1e-12),
-            block_size=_checks.integer("block_size", block_size, 2), seed=_checks.integer("seed", seed, 0),
+            block_size=_checks.integer("block_size", block_size, 2),
+            block_order=_checks.choice("block_order", block_order, BLOCK_ORDERS), seed=_checks.integer("seed", seed, 0),
         )
         self._path(np.array([0.0, 1.0]), 1.0)  # the path checks its own settings (e.g. the bridge's sigma > 0)
-        self.device = resolve_device(device)
+        self.device = distributed.local_device(resolve_device(device))
         self.net: TimeMLP | None = None
         self.history: dict[str, np.ndarray] = {}
 
@@ -144,7 +173,8 @@ class CellFlow:
     def _settings(self, times, delta) -> dict:
         """Every setting a coupling or a path may ask for, in internal units."""
         p = self.params
-        return dict(sigma=p["sigma"], reg=p["reg"], delta=delta, block_size=p["block_size"], times=times)
+        return dict(sigma=p["sigma"], reg=p["reg"], delta=delta, block_size=p["block_size"],
+                    block_order=p["block_order"], times=times)
 
     def _coupling(self):
         cls, delta = self.method.coupling_class, self.params["delta"]
@@ -198,18 +228,40 @@ class CellFlow:
             masses.append(mass[k] * np.exp(log_growth))
         return masses
 
-    def _samplers(self, course: TimeCourse, internal: list[np.ndarray], sources: list[np.ndarray], rng):
-        """One pair sampler per interval, fitted to the source marginals ``sources`` (see :meth:`_source_masses`)."""
+    def _samplers(self, course: TimeCourse, internal: list[np.ndarray], sources: list[np.ndarray], rng,
+                  progress: bool):
+        """One pair sampler per interval on the model's device, fitted to the source marginals
+        ``sources`` (see :meth:`_source_masses`); in a distributed fit each process solves its
+        share of the blocks (:meth:`cellflow.couplings._BlockwiseOT.plan`)."""
         coupling = self._coupling()
         mass = course.weights or [np.ones(len(z)) for z in internal]
+        part = distributed.part()
         return [
-            coupling.sampler(internal[k], internal[k + 1], sources[k], mass[k + 1], rng, source_mass=mass[k])
+            coupling.sampler(internal[k], internal[k + 1], sources[k], mass[k + 1], rng=rng, source_mass=mass[k],
+                             device=self.device, part=part, progress=progress)
             for k in range(len(internal) - 1)
         ]
 
+    def _stopping(self, objective, course: TimeCourse, rng):
+        """The held-out part of ``objective`` for ``n_steps="auto"`` (:class:`cellflow.training.EarlyStopping`):
+        a random :data:`HELD_OUT_FRACTION` of the source cells of every interval, at least one."""
+        held, kept = [], []
+        for x in course.populations[:-1]:
+            order = rng.permutation(len(x))
+            n_held = min(len(x) - 1, max(1, round(HELD_OUT_FRACTION * len(x))))
+            held.append(np.sort(order[:n_held]))
+            kept.append(np.sort(order[n_held:]))
+        return objective.restricted(kept), EarlyStopping(objective.restricted(held))
+
     def fit(self, course: TimeCourse, progress: bool = True) -> "CellFlow":
-        """Train on a time course (see :func:`cellflow.readers.read_time_course`)."""
+        """Train on a time course (see :func:`cellflow.readers.read_time_course`).
+
+        Under ``torchrun`` (an initialised ``torch.distributed`` group) every process runs
+        this same call: each solves its share of the coupling blocks and draws its own pairs,
+        and gradients are averaged (:func:`cellflow.training.train`).
+        """
         p = self.params
+        distributed.join(self.device)
         rng = seed_everything(p["seed"])
         sources = self._source_masses(course)  # bad prior growth fails before any work
         cells = np.concatenate(course.populations).astype(np.float64)
@@ -223,20 +275,29 @@ class CellFlow:
                 reg=p["reg"] if "delta" in self.method.coupling_class.settings else None,
                 block_size=p["block_size"], seed=p["seed"],
             )
-        samplers = self._samplers(course, cpu, sources, rng)
-        coupling_seconds = time.perf_counter() - start
-        objective = OBJECTIVES[self.method.objective](
-            internal, course.times, samplers, self._path(course.times), p["batch_size"], growth=self.has_growth,
-        )
-        curves = self.method.path_class.through_knots  # continuous targets: continuous units
-        self.clock = Clock.from_targets(course.times, objective, rng, continuous=curves)
-        net, loss = train(
-            self._network(course.n_dims).to(self.device), objective, self.clock, n_steps=p["n_steps"], lr=p["lr"],
-            lr_schedule=p["lr_schedule"], ema_decay=p["ema_decay"] or None, rng=rng, progress=progress,
-        )
+        with compute_threads(self.device):
+            samplers = self._samplers(course, cpu, sources, rng, progress)
+            coupling_seconds = time.perf_counter() - start
+            objective = OBJECTIVES[self.method.objective](
+                internal, course.times, samplers, self._path(course.times), p["batch_size"], growth=self.has_growth,
+            )
+            stopping = None
+            if p["n_steps"] == "auto":
+                objective, stopping = self._stopping(objective, course, rng)
+            # every process draws its own pairs: the seed differs per rank after the shared choices above
+            torch.manual_seed(p["seed"] + 1_000_003 * distributed.part()[0])
+            curves = self.method.path_class.through_knots  # continuous targets: continuous units
+            self.clock = Clock.from_targets(course.times, objective, continuous=curves)
+            if p["hidden"] == "auto":
+                p["hidden"] = default_hidden(course.n_dims)
+            net, log = train(
+                self._network(course.n_dims).to(self.device), objective, self.clock,
+                n_steps=MAX_AUTO_STEPS if stopping else p["n_steps"], lr=p["lr"], lr_schedule=p["lr_schedule"],
+                ema_decay=p["ema_decay"] or None, stopping=stopping, progress=progress,
+            )
         self.net = net.eval()
         self.history = {
-            "loss": loss,
+            **log,
             "coupling_seconds": np.array(coupling_seconds),
             "fit_seconds": np.array(time.perf_counter() - start),
         }
@@ -271,11 +332,20 @@ class CellFlow:
         gives it, or ``None`` for balanced methods.
         """
         self._check_fitted()
-        z = self._to_internal(x)
-        with torch.no_grad():
-            v, g = self._field(z, self._times(t, len(z)))
-        v = v.cpu().numpy().astype(np.float64) * self.scale
-        return v, None if g is None else g[:, 0].cpu().numpy().astype(np.float64)
+        x = np.asarray(x)
+        n = len(x)
+        t = np.broadcast_to(np.asarray(t, dtype=np.float64), (n,))
+        velocity = np.empty((n, self.center.size))
+        growth = np.empty(n) if self.has_growth else None
+        with torch.no_grad(), compute_threads(self.device):
+            for start in range(0, n, EVALUATION_CHUNK):  # memory bounded by the chunk, not the cells
+                rows = slice(start, start + EVALUATION_CHUNK)
+                z = self._to_internal(x[rows])
+                v, g = self._field(z, self._times(t[rows], len(z)))
+                velocity[rows] = v.cpu().numpy() * self.scale
+                if growth is not None:
+                    growth[rows] = g[:, 0].cpu().numpy()
+        return velocity, growth
 
     def velocity(self, x, t) -> np.ndarray:
         """Velocity ``dx/dt`` in the user's units at positions ``x`` ``(n, d)`` and times ``t`` (one or ``(n,)``)."""
@@ -310,7 +380,7 @@ class CellFlow:
             v, g = self._field(state[:, :-1], t, side)
             return torch.cat([v, g if g is not None else torch.zeros_like(v[:, :1])], dim=1)
 
-        with torch.no_grad():
+        with torch.no_grad(), compute_threads(self.device):
             state = torch.cat([z, torch.zeros(len(z), 1, device=z.device)], dim=1)
             out = integrate(field, state, times, method=method, step_size=step)
             z, log_mass = out[..., :-1], out[..., -1]
@@ -343,8 +413,11 @@ class CellFlow:
         }
 
     def save(self, path):
-        """Write the model to a ``.npz`` file of plain arrays; returns the path written."""
-        return _state.write(self.to_dict(), path)
+        """Write the model to a ``.npz`` file of plain arrays; returns the path written.
+
+        In a distributed fit only rank 0 writes (every process holds the same model).
+        """
+        return _state.write(self.to_dict(), path) if distributed.is_main() else path
 
     @classmethod
     def load(cls, path, device: str = "auto") -> "CellFlow":

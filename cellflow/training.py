@@ -57,26 +57,26 @@ class PairObjective:
         self.growth = growth
         # every interval's pairs are drawn as one batch: cells indexed in one stacked tensor
         self.cells = torch.cat(populations)
-        self.offsets = np.cumsum([0, *(len(x) for x in populations)])
+        self.offsets = np.cumsum([0, *(len(x) for x in populations)]).tolist()
         times = torch.as_tensor(np.asarray(times, dtype=float), device=self.cells.device, dtype=self.cells.dtype)
         self.start = times[:-1].repeat_interleave(self.batch_size)
         self.span = (times[1:] - times[:-1]).repeat_interleave(self.batch_size)
         self.segment = torch.zeros(len(self.start), dtype=torch.long, device=self.cells.device)
 
-    def draw(self, rng: np.random.Generator) -> Batch:
-        """One batch: ``batch_size`` pairs from every interval, at uniform fractions of it."""
-        device, dtype = self.cells.device, self.cells.dtype
-        drawn = [sampler.sample(self.batch_size, rng) for sampler in self.samplers]
-        i = np.concatenate([pairs.i + self.offsets[k] for k, pairs in enumerate(drawn)])
-        j = np.concatenate([pairs.j + self.offsets[k + 1] for k, pairs in enumerate(drawn)])
-        x0 = self.cells[torch.from_numpy(i).to(device)]
-        x1 = self.cells[torch.from_numpy(j).to(device)]
-        s = torch.rand(len(i), 1, device=device, dtype=dtype)
+    def draw(self) -> Batch:
+        """One batch: ``batch_size`` pairs from every interval, at uniform fractions of it.
+
+        Everything is drawn on the cells' device (torch's global generator): no copy from the host.
+        """
+        drawn = [sampler.sample(self.batch_size) for sampler in self.samplers]
+        x0 = self.cells[torch.cat([pairs.i + self.offsets[k] for k, pairs in enumerate(drawn)])]
+        x1 = self.cells[torch.cat([pairs.j + self.offsets[k + 1] for k, pairs in enumerate(drawn)])]
+        s = torch.rand(len(x0), 1, device=x0.device, dtype=x0.dtype)
         m0 = m1 = None
         if drawn[0].m0 is not None:
-            m0 = torch.as_tensor(np.concatenate([p.m0 for p in drawn]), device=device, dtype=dtype)
-            m1 = torch.as_tensor(np.concatenate([p.m1 for p in drawn]), device=device, dtype=dtype)
-            died = torch.from_numpy(np.concatenate([p.died for p in drawn])).to(device)[:, None]
+            m0 = torch.cat([p.m0 for p in drawn]).to(x0.dtype)
+            m1 = torch.cat([p.m1 for p in drawn]).to(x0.dtype)
+            died = torch.cat([p.died for p in drawn])[:, None]
             x1 = torch.where(died, x0, x1)  # a dying cell stays where it is
             s = torch.where(died, s.clamp(max=0.99), s)  # its growth target diverges at s = 1
         point = self.path.sample(torch.stack([x0, x1]), self.segment, s, torch.randn_like(x0), m0, m1)
@@ -85,6 +85,12 @@ class PairObjective:
             g = point.g / self.span if point.g is not None else torch.zeros_like(self.span)
         t = self.start + self.span * s[:, 0]
         return Batch(x=point.x, t=t, u=point.u / self.span[:, None], g=g, weight=point.weight)
+
+    def restricted(self, rows: list[np.ndarray]):
+        """The same objective drawing pairs only from the source cells ``rows[k]`` of each interval ``k``."""
+        out = copy.copy(self)
+        out.samplers = [sampler.restricted(r) for sampler, r in zip(self.samplers, rows)]
+        return out
 
 
 class TupleObjective:
@@ -112,21 +118,21 @@ class TupleObjective:
         self.batch_size = int(batch_size)
         self.growth = growth
 
-    def draw(self, rng: np.random.Generator) -> Batch:
-        """One batch of chains, each evaluated at one time in its segment."""
+    def draw(self) -> Batch:
+        """One batch of chains, each evaluated at one time in its segment (drawn on the cells' device)."""
         n_segments = len(self.samplers)
         n = self.batch_size * n_segments
         device, dtype = self.populations[0].device, self.populations[0].dtype
-        links = sample_chains(self.samplers, n, rng)
-        knots = [self.populations[0][torch.from_numpy(links[0].i).to(device)]]
+        links = sample_chains(self.samplers, n)
+        knots = [self.populations[0][links[0].i]]
         alive = torch.ones(n, dtype=torch.bool, device=device)
         alive_before = []
         for k, link in enumerate(links):
             alive_before.append(alive)
-            nxt = self.populations[k + 1][torch.from_numpy(link.j).to(device)]
+            nxt = self.populations[k + 1][link.j]
             if link.died is not None:
                 # a dying chain stays where it died: later knots repeat its last position
-                alive = alive & ~torch.from_numpy(link.died).to(device)
+                alive = alive & ~link.died
             knots.append(torch.where(alive[:, None], nxt, knots[-1]))
         tuples = torch.stack(knots)
         segment = torch.arange(n, device=device) % n_segments
@@ -134,10 +140,9 @@ class TupleObjective:
         s = torch.rand(n, 1, device=device, dtype=dtype)
         m0 = m1 = None
         if links[0].m0 is not None:
-            pick = lambda name: torch.as_tensor(np.stack([getattr(l, name) for l in links]), device=device)  # noqa: E731
-            m0 = pick("m0").to(dtype)[segment, rows]
-            m1 = pick("m1").to(dtype)[segment, rows]
-            s = torch.where(pick("died")[segment, rows][:, None], s.clamp(max=0.99), s)
+            m0 = torch.stack([link.m0 for link in links]).to(dtype)[segment, rows]
+            m1 = torch.stack([link.m1 for link in links]).to(dtype)[segment, rows]
+            s = torch.where(torch.stack([link.died for link in links])[segment, rows][:, None], s.clamp(max=0.99), s)
         point = self.path.sample(tuples, segment, s, torch.randn_like(tuples[0]), m0, m1)
         widths = (self.times[1:] - self.times[:-1])[segment]
         g = None
@@ -148,6 +153,8 @@ class TupleObjective:
             weight = weight * torch.stack(alive_before)[segment, rows].to(dtype)
         t = self.times[segment] + widths * s[:, 0]
         return Batch(x=point.x, t=t, u=point.u / widths[:, None], g=g, weight=weight)
+
+    restricted = PairObjective.restricted
 
 
 OBJECTIVES = {"pairs": PairObjective, "chains": TupleObjective}
@@ -165,6 +172,41 @@ def learning_rate(step: int, n_steps: int, lr: float, schedule: str = "constant"
     return floor + 0.5 * (lr - floor) * (1 + np.cos(np.pi * step / (n_steps - 1)))
 
 
+@dataclass
+class EarlyStopping:
+    """When to stop training: the rule of ``n_steps="auto"``.
+
+    Before training, ``draws`` batches are drawn once from ``held_out`` (the objective restricted
+    to source cells kept out of training) and fixed. Every ``check_every`` steps the averaged
+    network's loss on them is measured; training stops when it has not fallen below
+    ``(1 - min_improvement)`` times the last value that did so for ``patience`` checks in a row,
+    or at the step limit. The network of the check with the lowest loss is returned.
+    """
+
+    held_out: object
+    check_every: int = 100
+    patience: int = 4
+    min_improvement: float = 0.01
+    draws: int = 4
+
+
+def _squared_error(net: nn.Module, batch: Batch) -> torch.Tensor:
+    """Mean over the batch of ``(|v - u|^2 + |g_net - g|^2) * weight``."""
+    output = net(batch.x, batch.t)
+    velocity, growth = output if isinstance(output, tuple) else (output, None)
+    error = ((velocity - batch.u) ** 2).sum(dim=1)
+    if batch.g is not None:
+        error = error + (growth[:, 0] - batch.g) ** 2
+    if batch.weight is not None:
+        error = error * batch.weight
+    return error.mean()
+
+
+def _distributed() -> bool:
+    """Whether this process is one of several of an initialised ``torch.distributed`` group."""
+    return torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1
+
+
 def train(
     net: nn.Module,
     objective,
@@ -174,25 +216,30 @@ def train(
     lr: float = 1e-3,
     lr_schedule: str = "constant",
     ema_decay: float | None = 0.999,
-    rng: np.random.Generator,
+    stopping: EarlyStopping | None = None,
     progress: bool = True,
-) -> tuple[nn.Module, np.ndarray]:
+) -> tuple[nn.Module, dict]:
     """Fit ``net(x, t)`` to the targets of ``objective`` by Adam on the squared error.
 
     The loss is ``E[(|v - u|^2 + |g_net - g|^2) * weight]``, the growth term and the weight only
     where the batch has them. Velocity and growth are separate networks, so each is fitted to
     its own target (a relative weight of the two errors would not change the fit under Adam).
 
+    Under an initialised ``torch.distributed`` process group of several processes the network is
+    wrapped in :class:`torch.nn.parallel.DistributedDataParallel`: every process draws its own
+    batches, gradients are averaged across processes, and the held-out losses of early stopping
+    are averaged too, so every process takes the same steps and stops at the same one.
+
     Parameters
     ----------
     net
         The field, trained in place: returns a velocity, or ``(velocity, growth)``.
     objective
-        Anything with ``draw(rng) -> Batch`` (real-time targets).
+        Anything with ``draw() -> Batch`` (real-time targets).
     clock
         Turns each batch into the network's units (:meth:`cellflow.clock.Clock.to_network`).
     n_steps
-        Optimiser steps.
+        Optimiser steps (the most, with ``stopping``).
     lr
         Adam learning rate (the peak rate with a schedule).
     lr_schedule
@@ -200,34 +247,36 @@ def train(
     ema_decay
         Decay of an exponential moving average of the weights (``None``: no average). Early on
         the decay is ``min(ema_decay, (1 + step) / (10 + step))`` so the first weights do not linger.
-    rng
-        Random generator for pair sampling (torch draws use the global torch seed).
+    stopping
+        Stop early by a held-out loss (:class:`EarlyStopping`); ``None`` runs every step.
     progress
         Show a progress bar.
 
     Returns
     -------
-    The trained field (the averaged copy when ``ema_decay`` is set) and the loss of every step.
+    The trained field (the averaged copy when ``ema_decay`` is set) and its history: ``loss``
+    of every step run and, with ``stopping``, ``held_out_loss`` at each check with the checks'
+    ``held_out_step``.
     """
     choice("lr_schedule", lr_schedule, LR_SCHEDULES)
+    model = net
+    if _distributed():
+        model = nn.parallel.DistributedDataParallel(net)  # starts from rank 0's weights
     optimiser = torch.optim.Adam(net.parameters(), lr=lr, foreach=True)
     average = copy.deepcopy(net).requires_grad_(False) if ema_decay else None
+    result = average if average is not None else net
     trained = list(net.parameters())
     averaged = list(average.parameters()) if average is not None else None
     history = torch.empty(n_steps, device=next(net.parameters()).device)
+    held_out, checks, best, reference, best_state, waited = None, [], np.inf, np.inf, None, 0
+    if stopping is not None:
+        held_out = [clock.to_network(stopping.held_out.draw()) for _ in range(stopping.draws)]
     bar = progress_bar(n_steps, "training", progress)
+    step = 0
     for step in range(n_steps):
         for group in optimiser.param_groups:
             group["lr"] = learning_rate(step, n_steps, lr, lr_schedule)
-        batch = clock.to_network(objective.draw(rng))
-        output = net(batch.x, batch.t)
-        velocity, growth = output if isinstance(output, tuple) else (output, None)
-        error = ((velocity - batch.u) ** 2).sum(dim=1)
-        if batch.g is not None:
-            error = error + (growth[:, 0] - batch.g) ** 2
-        if batch.weight is not None:
-            error = error * batch.weight
-        loss = error.mean()
+        loss = _squared_error(model, clock.to_network(objective.draw()))
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         optimiser.step()
@@ -239,5 +288,25 @@ def train(
         if progress and (step % 50 == 0 or step == n_steps - 1):
             bar.set_postfix(loss=f"{loss.item():.4g}")
         bar.update()
+        if held_out is not None and (step + 1) % stopping.check_every == 0:
+            with torch.no_grad():
+                value = torch.stack([_squared_error(result, batch) for batch in held_out]).mean()
+            if _distributed():
+                torch.distributed.all_reduce(value)
+                value /= torch.distributed.get_world_size()
+            checks.append((step + 1, float(value)))
+            if checks[-1][1] < best:
+                best, best_state = checks[-1][1], copy.deepcopy(result.state_dict())
+            if checks[-1][1] < (1 - stopping.min_improvement) * reference:
+                reference, waited = checks[-1][1], 0
+            else:
+                waited += 1
+                if waited >= stopping.patience:
+                    break
     bar.close()
-    return (average if average is not None else net), history.cpu().numpy()
+    if best_state is not None:
+        result.load_state_dict(best_state)
+    log = {"loss": history[: step + 1].cpu().numpy()}
+    if checks:
+        log["held_out_step"], log["held_out_loss"] = (np.array(c) for c in zip(*checks))
+    return result, log

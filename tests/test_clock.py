@@ -51,21 +51,22 @@ def test_continuous_units_move_smoothly_between_interval_middles():
 
 def test_units_are_the_typical_size_of_each_intervals_targets():
     class Drift:  # targets of a cloud drifting at 2 per unit time, as pairs of an objective
-        def draw(self, rng):
-            t = torch.as_tensor(rng.uniform(0, 24, 500))
+        def draw(self):
+            t = torch.rand(500, dtype=torch.float64) * 24
             return Batch(x=torch.zeros(500, 2), t=t, u=torch.tensor([[1.2, -1.6]]).expand(500, 2),
                          g=torch.where(t < 1, 0.0, 0.5))
-    clock = Clock.from_targets(UNEVEN, Drift(), np.random.default_rng(0))
+    torch.manual_seed(0)
+    clock = Clock.from_targets(UNEVEN, Drift())
     np.testing.assert_allclose(clock.units[:, 0], 2.0)  # one size everywhere: no step at a measured time
     np.testing.assert_allclose(clock.units[:, 1], [0.5e-3, 0.5, 0.5])  # floored at 1/1000 of the largest
 
     class FewDying:  # one pair in ten dies in place (growth -20), the others keep their mass
-        def draw(self, rng):
-            t = torch.as_tensor(rng.uniform(0, 24, 1000))
-            u = torch.as_tensor(rng.normal(size=(1000, 2))) * torch.where(torch.rand(1000, 1) < 0.02, 100.0, 1.0)
+        def draw(self):
+            t = torch.rand(1000, dtype=torch.float64) * 24
+            u = torch.randn(1000, 2, dtype=torch.float64) * torch.where(torch.rand(1000, 1) < 0.02, 100.0, 1.0)
             g = torch.where(torch.arange(1000) % 10 == 0, -20.0, 0.0).double()
             return Batch(x=torch.zeros(1000, 2), t=t, u=u, g=g)
-    clock = Clock.from_targets(UNEVEN, FewDying(), np.random.default_rng(1))
+    clock = Clock.from_targets(UNEVEN, FewDying())
     assert np.all(clock.units[:, 0] < 2)  # the median: a few huge velocity targets do not set the unit
     np.testing.assert_allclose(clock.units[:, 1], 2.0, rtol=0.15)  # the mean: not the zero of most pairs
 

@@ -55,8 +55,8 @@ def test_a_new_coupling_is_a_class_and_a_table_row(monkeypatch):
     class ReversedOT(ExactOTCoupling):
         """Exact OT whose plan is solved from the other side (the same plan, transposed)."""
 
-        def plan(self, x0, x1, a=None, b=None, rng=None):
-            return super().plan(x1, x0, b, a, rng).T.tocsr()
+        def plan(self, x0, x1, a=None, b=None, **solve):
+            return super().plan(x1, x0, b, a, **solve).T.tocsr()
 
     monkeypatch.setitem(COUPLINGS, "reversed", ReversedOT)
     monkeypatch.setitem(METHODS, "reversed_cfm", Method("reversed", "linear", "pairs"))
