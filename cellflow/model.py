@@ -25,6 +25,16 @@ MAX_AUTO_STEPS = 4000  # the most steps n_steps="auto" takes
 EVALUATION_CHUNK = 65536  # cells evaluated together when writing velocity and growth
 
 
+def _pooled_moments(populations) -> tuple[np.ndarray, float]:
+    """Mean of all cells and one overall scale (root mean variance over coordinates), in one pass
+    of float64 sums per population (no pooled copy)."""
+    n = sum(len(x) for x in populations)
+    total = sum(np.asarray(x, dtype=np.float64).sum(axis=0) for x in populations)
+    center = total / n
+    squares = sum(((np.asarray(x, dtype=np.float64) - center) ** 2).sum(axis=0) for x in populations)
+    return center, float(np.sqrt((squares / n).mean())) or 1.0
+
+
 def default_hidden(n_dims: int) -> list[int]:
     """Hidden widths of ``hidden="auto"``: three layers of ``16 (d + 1)`` units, rounded up to a power
     of two, between 64 and 256 (64 up to 3 dimensions, 128 up to 7, 256 from 15)."""
@@ -198,12 +208,16 @@ class CellFlow:
         self.times = np.asarray(times, dtype=np.float64)
 
     def _to_internal(self, x) -> torch.Tensor:
-        x = np.asarray(x, dtype=np.float64)
+        x = np.asarray(x)
         if x.ndim != 2 or x.shape[1] != self.center.size:
             raise ValueError(f"positions of shape {x.shape} do not match the model's {self.center.size} "
                              "dimensions; pass one row per cell in the representation the model was fitted on")
-        z = (x - self.center) / self.scale
-        return torch.as_tensor(z, dtype=torch.float32, device=self.device)
+        z = torch.empty(x.shape, dtype=torch.float32, device=self.device)
+        rows = max(1, 2**22 // max(x.shape[1], 1))  # float64 blocks of 32 MB: memory stays that of the result
+        for start in range(0, len(x), rows):
+            block = (np.asarray(x[start : start + rows], dtype=np.float64) - self.center) / self.scale
+            z[start : start + rows] = torch.from_numpy(block.astype(np.float32))
+        return z
 
     def _check_fitted(self) -> None:
         if self.net is None:
@@ -264,10 +278,12 @@ class CellFlow:
         distributed.join(self.device)
         rng = seed_everything(p["seed"])
         sources = self._source_masses(course)  # bad prior growth fails before any work
-        cells = np.concatenate(course.populations).astype(np.float64)
-        self._set_frame(cells.mean(axis=0), float(np.sqrt(cells.var(axis=0).mean())) or 1.0, course.times)
+        center, scale = _pooled_moments(course.populations)
+        self._set_frame(center, scale, course.times)
         internal = [self._to_internal(x) for x in course.populations]
-        cpu = [z.cpu().numpy().astype(np.float64) for z in internal]
+        # the couplings read float32 cells on the host (each block is solved in float64)
+        cpu = [z.numpy() if z.device.type == "cpu" else ((np.asarray(x) - center) / scale).astype(np.float32)
+               for z, x in zip(internal, course.populations)]
         start = time.perf_counter()
         if self.method.needs_delta and p["delta"] is None:
             p["delta"] = cross_validated_delta(
