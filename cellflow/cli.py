@@ -1,4 +1,9 @@
-"""Command line: ``cellflow demo | fit | interpolate | benchmark``."""
+"""Command line: ``cellflow demo | fit | interpolate | benchmark``.
+
+Under ``torchrun`` (``torchrun --nproc_per_node N -m cellflow fit ...``) every process runs the
+command and trains the same model together with the others (:mod:`cellflow.distributed`); only
+rank 0 prints and writes files. Errors are printed by every process that meets them.
+"""
 
 from __future__ import annotations
 
@@ -70,6 +75,18 @@ def _require_output_file(path: str) -> None:
     _require_writable_folder(Path(path).parent, "--out", path)
 
 
+def _join(device: str = "auto") -> bool:
+    """Join the process group of ``torchrun`` (nothing outside it); whether this process prints and writes.
+
+    Called once the arguments and paths are checked, before any work.
+    """
+    from . import distributed
+    from ._utils import resolve_device
+
+    distributed.join(distributed.local_device(resolve_device(device)))
+    return distributed.is_main()
+
+
 def _demo(args) -> None:
     out = Path(args.out)
     try:
@@ -77,6 +94,7 @@ def _demo(args) -> None:
     except OSError as err:
         raise OSError(f"--out {args.out!r}: cannot create this folder ({err.strerror}); choose another path") from None
     _require_writable_folder(out, "--out", args.out)
+    main = _join()
 
     import matplotlib
 
@@ -84,8 +102,11 @@ def _demo(args) -> None:
     from . import datasets, pl, tl
 
     adata = datasets.simulate(seed=args.seed)
-    print(f"simulated time course: {adata.n_obs} cells, times {sorted(set(adata.obs['time']))}")
+    if main:
+        print(f"simulated time course: {adata.n_obs} cells, times {sorted(set(adata.obs['time']))}")
     model = tl.fit(adata, time_key="time", use_rep="X_pca", method=args.method, seed=args.seed, n_steps=args.steps)
+    if not main:
+        return
     h5ad, png = out / "cellflow_demo.h5ad", out / "cellflow_demo_velocity.png"
     adata.write_h5ad(h5ad)
     pl.velocity(adata, basis="pca", save=str(png), show=False)
@@ -97,38 +118,49 @@ def _demo(args) -> None:
 def _fit(args) -> None:
     _require_input(args.input)
     _require_output_file(args.out)
+    main = _join(args.device)
     from . import tl
 
     adata = _read_input(args.input)
-    print(f"read {adata.n_obs} cells x {adata.n_vars} genes; fitting {args.method} ({args.steps} steps)", flush=True)
+    if main:
+        print(f"read {adata.n_obs} cells x {adata.n_vars} genes; fitting {args.method} ({args.steps} steps)",
+              flush=True)
     tl.fit(adata, time_key=args.time_key, use_rep=args.use_rep, method=args.method, seed=args.seed,
            n_steps=args.steps, device=args.device, key_added=args.key_added)
-    adata.write_h5ad(args.out)
-    print(f"wrote {Path(args.out).resolve()}")
+    if main:
+        adata.write_h5ad(args.out)
+        print(f"wrote {Path(args.out).resolve()}")
 
 
 def _interpolate(args) -> None:
     _require_input(args.input)
     _require_output_file(args.out)
+    main = _join()
     from . import tl
 
     adata = _read_input(args.input)
-    print(f"pushing the cells of time {args.from_time:g} to {args.to_time:g}", flush=True)
+    if main:
+        print(f"pushing the cells of time {args.from_time:g} to {args.to_time:g}", flush=True)
     pred = tl.interpolate(adata, args.from_time, args.to_time, key=args.key)
-    pred.write_h5ad(args.out)
-    print(f"wrote {pred.n_obs} predicted cells at time {args.to_time:g} to {Path(args.out).resolve()}")
+    if main:
+        pred.write_h5ad(args.out)
+        print(f"wrote {pred.n_obs} predicted cells at time {args.to_time:g} to {Path(args.out).resolve()}")
 
 
 def _benchmark(args) -> None:
     _require_input(args.input)
     if args.out:
         _require_output_file(args.out)
+    main = _join()
     from . import tl
 
     adata = _read_input(args.input)
-    print(f"read {adata.n_obs} cells; leave-one-out with {args.method}, seeds {args.seeds}", flush=True)
+    if main:
+        print(f"read {adata.n_obs} cells; leave-one-out with {args.method}, seeds {args.seeds}", flush=True)
     table = tl.leave_one_out(adata, time_key=args.time_key, use_rep=args.use_rep, method=args.method,
-                             seeds=args.seeds, n_steps=args.steps)
+                             seeds=args.seeds, n_steps=args.steps, progress=main)
+    if not main:
+        return
     if args.out:
         table.to_csv(args.out, index=False)
         print(f"wrote {Path(args.out).resolve()}")

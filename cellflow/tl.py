@@ -9,13 +9,14 @@ import pandas as pd
 import scipy.sparse as sp
 from anndata import AnnData
 
-from . import benchmark, keys
+from . import benchmark, distributed, keys
 from ._checks import number
-from .analysis import _fitted, _representation, _stored_model, ancestors, fate, transitions, trajectories
-from .model import CellFlow
-from .readers import read_time_course
+from .analysis import _fitted, _stored_model, ancestors, fate, transitions, trajectories
+from .model import EVALUATION_CHUNK, CellFlow
+from .readers import TimeCourse, read_time_course
 
 _MEAN_CHUNK_VALUES = 2**22  # entries of X read at a time when averaging the genes
+_GENE_BLOCK_VALUES = 2**22  # entries of an output computed (gene space) or checked (finite) at a time
 
 
 def _basis(use_rep: str) -> str:
@@ -38,22 +39,56 @@ def _pca_loadings(adata: AnnData, use_rep: str, n_dims: int) -> np.ndarray | Non
 
 
 def _to_gene_space(values: np.ndarray, use_rep: str, loadings: np.ndarray | None) -> np.ndarray | None:
-    """Rows of the representation in gene space: as they are for ``"X"``, through the PCA loadings, or ``None``."""
-    if use_rep == "X":
-        return values.astype(np.float32)
-    return None if loadings is None else (values @ loadings.T).astype(np.float32)
+    """Rows of the representation in gene space: as they are for ``"X"``, through the PCA loadings, or ``None``.
+
+    Computed in blocks of rows into one preallocated float32 array, so the only full-size
+    array is the result.
+    """
+    if use_rep != "X" and loadings is None:
+        return None
+    n_genes = values.shape[1] if loadings is None else loadings.shape[0]
+    genes = np.empty((len(values), n_genes), dtype=np.float32)
+    rows = max(1, _GENE_BLOCK_VALUES // max(n_genes, 1))
+    for start in range(0, len(values), rows):
+        block = values[start : start + rows]
+        genes[start : start + rows] = block if loadings is None else block @ loadings.T
+    return genes
+
+
+def _finite(values: np.ndarray) -> bool:
+    """Whether every entry of ``values`` is finite, checked in blocks of rows (no full-size mask)."""
+    rows = max(1, _GENE_BLOCK_VALUES // max(int(np.prod(values.shape[1:])), 1))
+    return all(np.isfinite(values[start : start + rows]).all() for start in range(0, len(values), rows))
 
 
 def _check_finite(use_rep: str, **outputs: np.ndarray | None) -> None:
     """Raise a ``ValueError`` when an output of a trained model has NaN or inf values."""
     for name, values in outputs.items():
-        if values is None or np.isfinite(values).all():
+        if values is None or _finite(values):
             continue
         raise ValueError(
             f"training diverged: the {name.replace('_', ' ')} has NaN or inf values, so nothing was written; "
             f"fit again with a lower lr= (e.g. lr=1e-4), and check that use_rep={use_rep!r} is scaled "
             "sensibly (no extreme values)"
         )
+
+
+def _evaluate_cells(model: CellFlow, course: TimeCourse, n_obs: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """Velocity (float32) and growth rate of every cell at its own time point, in the AnnData's row order.
+
+    Evaluated a block of :data:`cellflow.model.EVALUATION_CHUNK` cells of one time point at a
+    time, straight from the populations: no copy of the representation is made.
+    """
+    velocity = np.empty((n_obs, course.n_dims), dtype=np.float32)
+    growth = np.empty(n_obs) if model.has_growth else None
+    for t, rows, cells in zip(course.times, course.indices, course.populations):
+        for start in range(0, len(rows), EVALUATION_CHUNK):
+            block = slice(start, start + EVALUATION_CHUNK)
+            v, g = model.evaluate(cells[block], t)
+            velocity[rows[block]] = v
+            if growth is not None:
+                growth[rows[block]] = g
+    return velocity, growth
 
 
 def fit(
@@ -111,6 +146,10 @@ def fit(
     before training, and nothing is written when a check fails. A refit of the same
     ``key_added`` first removes what the earlier fit, and the analyses of its model
     (:func:`fate`, :func:`ancestors`), wrote.
+
+    Under ``torchrun`` every process runs this same call on its own AnnData and trains the same
+    model together with the others (:mod:`cellflow.distributed`); each writes into its own
+    ``adata``, and only rank 0 shows progress.
     """
     model = CellFlow(method, **model_kwargs)
     course = read_time_course(adata, time_key, use_rep, weight_key, time_map, growth_key)
@@ -125,10 +164,9 @@ def fit(
         written.append(f"obs/{growth_key_added}")
     keys.claim(adata, key_added, [*written, f"uns/{key_added}"], overwrite)
 
-    model.fit(course, progress=progress)
-    rep = _representation(course, adata.n_obs)
-    velocity, growth = model.evaluate(rep, course.obs_times)
-    velocity = velocity.astype(np.float32)
+    distributed.join(model.device)  # under torchrun every process fits; rank 0 alone shows progress
+    model.fit(course, progress=progress and distributed.is_main())
+    velocity, growth = _evaluate_cells(model, course, adata.n_obs)
     gene_velocity = _to_gene_space(velocity, use_rep, loadings)
     _check_finite(use_rep, velocity=velocity, gene_space_velocity=gene_velocity, growth_rate=growth)
 

@@ -6,6 +6,7 @@ import anndata as ad
 import pytest
 
 import cellflow as cf
+from cellflow import distributed
 from cellflow.cli import main
 
 
@@ -109,3 +110,29 @@ def test_fit_and_interpolate_under_another_key(course_file, tmp_path):
     assert main(argv) == 0
     pred = ad.read_h5ad(predicted)
     assert pred.n_obs == int((adata.obs["time"] == 1).sum()) and (pred.obs["time"] == 1.5).all()
+
+
+def test_a_bad_device_is_refused_before_any_work(course_file, no_work, capsys):
+    assert main(["fit", course_file, "--device", "tpu9", "--out", "out.h5ad"]) == 1
+    assert "device='tpu9' is not a torch device" in _one_line_error(capsys, "fit")
+    assert list(no_work.iterdir()) == []
+
+
+def test_a_process_other_than_rank_zero_fits_but_prints_and_writes_nothing(course_file, tmp_path, monkeypatch, capsys):
+    fitted = tmp_path / "fitted.h5ad"
+    assert main(["fit", course_file, "--steps", "5", "--out", str(fitted)]) == 0
+    assert "wrote" in capsys.readouterr().out
+    fits, fit = [], cf.CellFlow.fit
+
+    def recorded_fit(self, *args, **kwargs):
+        fits.append(self)
+        return fit(self, *args, **kwargs)
+
+    monkeypatch.setattr(cf.CellFlow, "fit", recorded_fit)
+    monkeypatch.setattr(distributed, "is_main", lambda: False)
+    assert main(["fit", course_file, "--steps", "5", "--out", str(tmp_path / "again.h5ad")]) == 0
+    argv = ["interpolate", str(fitted), "--from", "0", "--to", "0.5", "--out", str(tmp_path / "pred.h5ad")]
+    assert main(argv) == 0
+    assert len(fits) == 1 and fits[0].net is not None
+    assert capsys.readouterr() == ("", "")
+    assert [path.name for path in tmp_path.iterdir()] == ["fitted.h5ad"]

@@ -9,6 +9,7 @@ import pytest
 import scipy.sparse as sp
 
 import cellflow as cf
+from cellflow import readers
 from cellflow.readers import parse_times, read_time_course
 
 
@@ -183,3 +184,29 @@ def test_numeric_time_preprocessing():
     out = cf.pp.numeric_time(adata, "stage", key_added="day_number", copy=True)
     np.testing.assert_array_equal(out.obs["day_number"], adata.obs["time"])
     assert "day_number" not in adata.obs
+
+
+@pytest.mark.parametrize(
+    "kind", [np.asarray, pd.DataFrame, sp.csr_matrix, sp.csc_matrix, sp.coo_matrix, lambda x: x.astype(np.float32)]
+)
+def test_every_kind_of_matrix_is_read_in_blocks_into_time_ordered_float32(kind, monkeypatch):
+    monkeypatch.setattr(readers, "_BLOCK_VALUES", 6)  # blocks of two rows of three columns
+    times = [2, 0, 1, 3, 0, 2, 1, 3, 1, 0, 2, 3]
+    adata = _course(times=times)
+    values = np.random.default_rng(1).normal(size=(12, 3))
+    course = read_time_course(adata, "time", kind(values))
+    for t, rows, cells in zip(course.times, course.indices, course.populations):
+        np.testing.assert_array_equal(rows, np.flatnonzero(np.asarray(times) == t))
+        assert cells.dtype == np.float32
+        np.testing.assert_array_equal(cells, values[rows].astype(np.float32))
+
+
+def test_errors_name_the_first_bad_cell_in_anndata_order_when_times_are_unsorted():
+    adata = _course(n=40, times=np.tile([3, 2, 1, 0], 10))
+    adata.obsm["X_pca"][[2, 3], 0] = np.nan  # time 1 and time 0: row 3 comes first in time order
+    with pytest.raises(ValueError, match="NaN or inf values in 2 cells \\(first: '2'\\)"):
+        read_time_course(adata, "time")
+    adata = _course(n=40, times=np.tile([3, 2, 1, 0], 10))
+    adata.obsm["X_pca"][[6, 7], 1] = [1e30, 1e9]
+    with pytest.raises(ValueError, match=r"2 cell\(s\) .*first: '6', \d\.\d+e\+29 times"):
+        read_time_course(adata, "time")
