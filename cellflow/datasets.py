@@ -324,6 +324,7 @@ def moscot_temporal(n_pcs: int | None = None) -> AnnData:
 _SIM_SPREAD = 0.3
 _SIM_DT = 0.01
 _SIM_POOL = 20  # particles in the pool per observed cell
+_SIM_RK4_MAX_CELLS = 50_000  # larger time courses move their pools by the exact flow map (_flow)
 
 
 def simulated_velocity(z: np.ndarray) -> np.ndarray:
@@ -386,14 +387,33 @@ def _integrate(z0: np.ndarray, t: float, growth_scale: float, dt: float = _SIM_D
     return z, logw
 
 
+def _flow(z0: np.ndarray, t: float, growth_scale: float):
+    """The exact flow map of ``(z, log w)`` from time 0 to ``t`` (what :func:`_integrate` approximates).
+
+    ``sinh(2 z2(t)) = sinh(2 z2(0)) e^a`` with ``a = 2.4 t`` is solved as
+    ``2 z2(t) = sign(s) (a + log(|s| + hypot(s, e^-a)))``, ``s = sinh(2 z2(0))``, which stays
+    finite where ``s e^a`` itself would overflow (``t`` above about 295).
+    """
+    z = np.asarray(z0, dtype=np.float64)
+    a = 2.4 * t
+    s = np.sinh(2.0 * z[:, 1])
+    z2 = np.sign(s) * (a + np.log(np.abs(s) + np.hypot(s, np.exp(-a)))) / 2.0
+    return np.column_stack([z[:, 0] + t, z2]), growth_scale / 1.2 * (z2 - z[:, 1])
+
+
 def _simulate_time(rng: np.random.Generator, t: float, n_cells: int, growth_scale: float):
-    """Fresh cells observed at time ``t``: true states, from a weighted pool of particles."""
+    """Fresh cells observed at time ``t``: true states, from a weighted pool of particles.
+
+    The pool moves by RK4 (:func:`_integrate`) up to :data:`_SIM_RK4_MAX_CELLS` cells at time 0,
+    and by the exact flow map (:func:`_flow`) beyond, where RK4 would take minutes.
+    """
+    move = _integrate if n_cells <= _SIM_RK4_MAX_CELLS else _flow
     z_pool = np.empty((0, 2))
     logw_pool = np.empty(0)
     target = _SIM_POOL * n_cells
     while True:
         z0 = rng.normal(0.0, _SIM_SPREAD, size=(target - len(z_pool), 2))
-        z_t, logw = _integrate(z0, t, growth_scale)
+        z_t, logw = move(z0, t, growth_scale)
         z_pool = np.concatenate([z_pool, z_t])
         logw_pool = np.concatenate([logw_pool, logw])
         w = np.exp(logw_pool)
@@ -421,7 +441,10 @@ def simulate(
     :func:`simulated_growth`): the upper branch divides, the lower one dies. Each time point gets
     fresh cells: a pool of particles is integrated (RK4) with their log-weights, the number of
     observed cells is ``round(n_cells * mean weight)`` and cells are resampled (with replacement)
-    in proportion to weight, then Gaussian measurement noise is added.
+    in proportion to weight, then Gaussian measurement noise is added. Courses of more than
+    50,000 cells at time 0 move the pool by the exact flow map instead (RK4 with steps of 0.01
+    differs from it by less than 1e-7 up to ``t = 10``): the same distribution, a million cells in
+    seconds rather than minutes; smaller courses are as before, value for value.
 
     Parameters
     ----------

@@ -1,0 +1,449 @@
+"""Scale benchmark: cellflow's default fit, stage by stage, on simulated courses of growing size.
+
+What it runs, for each size ``n`` (cells per time point; default 2,000, 20,000 and 200,000):
+
+* data: ``cellflow.datasets.simulate(n_cells=n, n_genes=50, growth_scale=0)``: 5 time points
+  (0 to 4) of exactly ``n`` cells each (without growth every time point keeps ``n`` cells),
+  written to an ``.h5ad`` in a temporary folder by a subprocess of its own;
+* the measured run, in a fresh subprocess per size so that its peak memory is its own: the file
+  read back with ``anndata.read_h5ad(..., backed="r")``, then ``cf.tl.fit(adata, time_key="time",
+  use_rep="X")`` (the default method, ``n_steps="auto"``, ``hidden="auto"``) and
+  ``cf.tl.interpolate(adata, from_time=0, to_time=0.5)``;
+* stages: reading (``cellflow.readers.read_time_course`` of the backed file, timed on its own
+  before the fit, which repeats it), preparation (``CellFlow.fit`` before its clock starts:
+  centring, scaling, float32 tensors), coupling (``model.history["coupling_seconds"]``), training
+  (``fit_seconds`` less coupling), write-back (the rest of ``cf.tl.fit``) and interpolation;
+  the write-back of "``tl.fit`` less ``fit_seconds`` less reading" is preparation + write-back here;
+* memory: the kernel's peak resident set (``VmHWM``), reset between stages through
+  ``/proc/self/clear_refs``, so each stage has its own peak and the run's peak is the largest;
+* per step: training seconds / steps against a bare ``cellflow.networks.TimeMLP`` of the model's
+  widths doing forward + backward + Adam on a random batch of the same size (``batch_size`` x
+  intervals), with the threads cellflow chose for the fit.
+
+Writes the ``scale`` section of ``BENCHMARKS.md`` and ``docs/scale.png`` (``--quick``: sizes
+2,000 and 20,000, report and figure under ``benchmarks/results/``), and the raw rows as
+``benchmarks/results/scale[_quick].csv``. Run ``python benchmarks/scale.py --help`` for the options.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import functools
+import json
+import os
+import platform
+import resource
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+for _path in (ROOT, ROOT / "benchmarks"):  # cellflow from a checkout, and the shared sections.py
+    if str(_path) not in sys.path:
+        sys.path.insert(0, str(_path))
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+SECTION = "scale"  # <!-- scale:start --> ... <!-- scale:end --> in BENCHMARKS.md
+SIZES = (2_000, 20_000, 200_000)
+QUICK_SIZES = (2_000, 20_000)
+TIMES = (0.0, 1.0, 2.0, 3.0, 4.0)
+N_GENES = 50
+TIME_KEY, USE_REP = "time", "X"
+FROM_TIME, TO_TIME = 0.0, 0.5
+TARGET_SECONDS = 15 * 60  # the largest case, end to end
+TARGET_RSS_GB = 4.0
+TARGET_STEP_RATIO = 1.25  # cellflow's training step / the bare network's step
+BARE_WARMUP, BARE_STEPS = 20, 300
+STAGES = ("read", "prepare", "coupling", "training", "write-back", "interpolation")
+GB = 1e9
+
+
+# -- memory and timing of one process -----------------------------------------------------------
+
+def _status_bytes(field: str) -> int:
+    """A ``kB`` line of ``/proc/self/status`` (``VmHWM``, ``VmRSS``) in bytes."""
+    with open("/proc/self/status") as status:
+        line = next(row for row in status if row.startswith(field + ":"))
+    return int(line.split()[1]) * 1024
+
+
+class StageMemory:
+    """Peak resident memory of each stage of a run: the high-water mark is read and reset whenever
+    the stage changes (Linux: ``VmHWM``, reset by writing 5 to ``/proc/self/clear_refs``)."""
+
+    def __init__(self, stage: str = "start"):
+        self.stage, self.peaks = stage, {}
+        self.enter(stage)
+
+    def enter(self, stage: str) -> None:
+        """Close the current stage (keep its peak) and start ``stage``."""
+        peak = _status_bytes("VmHWM")
+        self.peaks[self.stage] = max(self.peaks.get(self.stage, 0), peak)
+        with open("/proc/self/clear_refs", "w") as refs:
+            refs.write("5")
+        self.stage = stage
+
+    @contextlib.contextmanager
+    def during(self, stage: str):
+        """Count the block's memory to ``stage``, then return to the stage it interrupted."""
+        outer = self.stage
+        self.enter(stage)
+        try:
+            yield
+        finally:
+            self.enter(outer)
+
+
+def instrument(owner, name: str, stage: str, memory: StageMemory, seconds: dict, cpu: dict) -> None:
+    """Wrap ``owner.name`` so that its calls count to ``stage``: their memory, wall time and CPU time."""
+    original = getattr(owner, name)
+
+    @functools.wraps(original)
+    def wrapped(*args, **kwargs):
+        start, start_cpu = time.perf_counter(), time.process_time()
+        with memory.during(stage):
+            try:
+                return original(*args, **kwargs)
+            finally:
+                seconds[stage] = seconds.get(stage, 0.0) + time.perf_counter() - start
+                cpu[stage] = cpu.get(stage, 0.0) + time.process_time() - start_cpu
+
+    setattr(owner, name, wrapped)
+
+
+# -- the subprocesses ------------------------------------------------------------------------------
+
+def generate(n_cells: int, path: Path) -> dict:
+    """Simulate ``n_cells`` per time point and write the course to ``path``; seconds and peak memory."""
+    import cellflow as cf
+
+    start = time.perf_counter()
+    adata = cf.datasets.simulate(n_cells=n_cells, n_genes=N_GENES, times=TIMES, growth_scale=0.0, seed=0)
+    simulated = time.perf_counter()
+    adata.write_h5ad(path)
+    return dict(simulate_seconds=simulated - start, write_seconds=time.perf_counter() - simulated,
+                generate_rss_gb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / GB)
+
+
+def bare_step_seconds(dim: int, hidden, batch: int, threads: int) -> tuple[float, float]:
+    """Wall and CPU seconds per forward + backward + Adam step of a bare ``TimeMLP`` on one fixed random batch."""
+    import torch
+
+    from cellflow.networks import TimeMLP
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        generator = torch.Generator().manual_seed(0)
+        net = TimeMLP(dim, tuple(hidden))
+        optimiser = torch.optim.Adam(net.parameters(), lr=1e-3, foreach=True)
+        x, u = torch.randn(batch, dim, generator=generator), torch.randn(batch, dim, generator=generator)
+        t = torch.rand(batch, generator=generator)
+        for step in range(BARE_WARMUP + BARE_STEPS):
+            if step == BARE_WARMUP:
+                start, start_cpu = time.perf_counter(), time.process_time()
+            loss = ((net(x, t) - u) ** 2).sum(dim=1).mean()
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            optimiser.step()
+        return (time.perf_counter() - start) / BARE_STEPS, (time.process_time() - start_cpu) / BARE_STEPS
+    finally:
+        torch.set_num_threads(before)
+
+
+def measure(path: Path) -> dict:
+    """The measured run on the course in ``path``: every stage's seconds and peak memory."""
+    memory = StageMemory("imports")
+    import anndata
+    import torch
+
+    import cellflow as cf
+    import cellflow._utils
+    import cellflow.model
+
+    baseline = _status_bytes("VmRSS")
+    seconds, cpu, threads = {}, {}, []
+    choose_threads = cellflow._utils.cpu_threads
+
+    def recorded_threads():
+        threads.append(choose_threads())
+        return threads[-1]
+
+    cellflow._utils.cpu_threads = recorded_threads
+    instrument(cellflow.model.CellFlow, "fit", "prepare", memory, seconds, cpu)  # inner stages below take over
+    instrument(cellflow.model.CellFlow, "_samplers", "coupling", memory, seconds, cpu)
+    instrument(cellflow.model, "train", "training", memory, seconds, cpu)
+
+    with memory.during("read"):
+        start = time.perf_counter()
+        adata = anndata.read_h5ad(path, backed="r")
+        opened = time.perf_counter()
+        course = cf.readers.read_time_course(adata, TIME_KEY, USE_REP)
+        read_seconds = time.perf_counter() - opened
+        open_seconds = opened - start
+        n_start, counts = len(course.populations[0]), [len(x) for x in course.populations]
+        del course
+    with memory.during("write-back"):  # what tl.fit does outside CellFlow.fit (the hooks count the rest)
+        start = time.perf_counter()
+        model = cf.tl.fit(adata, time_key=TIME_KEY, use_rep=USE_REP, progress=False)
+        tl_fit_seconds = time.perf_counter() - start
+    fit_threads = threads[0]
+    with memory.during("interpolation"):
+        start = time.perf_counter()
+        predicted = cf.tl.interpolate(adata, from_time=FROM_TIME, to_time=TO_TIME)
+        interpolation_seconds = time.perf_counter() - start
+    memory.enter("bare network")
+    history, params = model.history, model.params
+    steps = len(history["loss"])
+    coupling = float(history["coupling_seconds"])
+    training = float(history["fit_seconds"]) - coupling
+    batch = params["batch_size"] * (len(counts) - 1)
+    bare, bare_cpu = bare_step_seconds(N_GENES, params["hidden"], batch, fit_threads)
+    memory.enter("end")
+    stage_seconds = {
+        "read": read_seconds,
+        "prepare": seconds["prepare"] - float(history["fit_seconds"]),
+        "coupling": coupling,
+        "training": training,
+        "write-back": tl_fit_seconds - seconds["prepare"] - read_seconds,
+        "interpolation": interpolation_seconds,
+    }
+    run_peaks = {k: v / GB for k, v in memory.peaks.items() if k in STAGES}
+    return dict(
+        cells_per_time=n_start, counts=counts, total_cells=int(sum(counts)), n_predicted=predicted.n_obs,
+        open_seconds=open_seconds, **{f"{k}_seconds": v for k, v in stage_seconds.items()},
+        tl_fit_seconds=tl_fit_seconds, fit_seconds=float(history["fit_seconds"]),
+        end_to_end_seconds=open_seconds + sum(stage_seconds.values()),
+        steps=steps, step_ms=1e3 * training / steps, bare_step_ms=1e3 * bare, step_ratio=training / steps / bare,
+        step_cpu_ms=1e3 * cpu["training"] / steps, bare_step_cpu_ms=1e3 * bare_cpu,
+        step_cpu_ratio=cpu["training"] / steps / bare_cpu,
+        batch=batch, hidden=list(params["hidden"]), stopped_early=steps < cellflow.model.MAX_AUTO_STEPS,
+        interpolation_cells_per_second=n_start / interpolation_seconds,
+        peak_rss_gb=max(run_peaks.values()), baseline_rss_gb=baseline / GB,
+        **{f"rss_{k}_gb": v for k, v in run_peaks.items()},
+        fit_threads=fit_threads, torch_threads=torch.get_num_threads(), load_after=list(os.getloadavg()),
+    )
+
+
+def run_size(n_cells: int, folder: Path, timeout: float) -> dict:
+    """Generate and measure one size, each in a subprocess of its own."""
+    path = folder / f"simulated_{n_cells}.h5ad"
+    row = {}
+    for role in ("generate", "measure"):
+        out = folder / f"{role}_{n_cells}.json"
+        command = [sys.executable, str(Path(__file__).resolve()), "--role", role, "--cells", str(n_cells),
+                   "--h5ad", str(path), "--json", str(out)]
+        subprocess.run(command, check=True, timeout=timeout)
+        row.update(json.loads(out.read_text()))
+    path.unlink()
+    return row
+
+
+# -- the report -------------------------------------------------------------------------------------
+
+def slopes(table: pd.DataFrame, columns) -> pd.DataFrame:
+    """Log-log slope of each column against the total number of cells, between consecutive sizes."""
+    rows = []
+    for (_, a), (_, b) in zip(table.iterrows(), table.iloc[1:].iterrows()):
+        span = np.log(b.total_cells / a.total_cells)
+        rows.append({"cells": f"{a.total_cells:,} to {b.total_cells:,}",
+                     **{c: np.log(b[c] / a[c]) / span if a[c] > 0 and b[c] > 0 else np.nan for c in columns}})
+    return pd.DataFrame(rows)
+
+
+def plot(table: pd.DataFrame, path: Path) -> None:
+    """Seconds per stage and peak memory against the number of cells, log-log."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cells = table.total_cells
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for stage in STAGES:
+        left.plot(cells, table[f"{stage}_seconds"], marker="o", label=stage)
+    left.plot(cells, table.end_to_end_seconds, marker="s", color="black", label="end to end")
+    left.axhline(TARGET_SECONDS, color="grey", ls="--", lw=1, label="15 min")
+    left.set(xscale="log", yscale="log", xlabel="cells (5 time points)", ylabel="seconds",
+             title="wall time per stage")
+    left.legend(fontsize=8)
+    for stage in STAGES:
+        right.plot(cells, table[f"rss_{stage}_gb"], marker="o", label=stage)
+    right.plot(cells, table.peak_rss_gb, marker="s", color="black", label="peak of the run")
+    right.axhline(TARGET_RSS_GB, color="grey", ls="--", lw=1, label="4 GB")
+    right.set(xscale="log", yscale="log", xlabel="cells (5 time points)", ylabel="GB",
+              title="peak resident memory per stage")
+    plain = matplotlib.ticker.FuncFormatter(lambda value, _: f"{value:g}")
+    right.yaxis.set_major_formatter(plain)
+    right.yaxis.set_minor_formatter(plain)
+    right.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def machine_lines() -> list[str]:
+    """CPU, load, threads and versions, as report lines."""
+    import torch
+
+    import cellflow
+
+    cpu = platform.machine()
+    with contextlib.suppress(OSError, StopIteration):
+        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                   if line.startswith("model name"))
+    return [
+        f"CPU: {cpu}; `nproc` = {os.cpu_count()}; torch threads = {torch.get_num_threads()}; device = cpu",
+        f"Python {platform.python_version()}, torch {torch.__version__}, cellflow {cellflow.__version__}",
+    ]
+
+
+def report(table: pd.DataFrame, *, command: str, code: str, load_start, elapsed: float, figure: str) -> str:
+    """The markdown section."""
+    load_end = ", ".join(f"{v:.2f}" for v in os.getloadavg())
+    big = table.iloc[-1]
+    grow = slopes(table, ["coupling_seconds", "training_seconds", "end_to_end_seconds", "peak_rss_gb",
+                          "rss_above_baseline_gb"])
+    fmt = "{:.1f}".format
+
+    def verdict(value, target):
+        return "met" if value <= target else "**not met**"
+
+    return "\n".join([
+        "## Scale: the default fit from a few thousand to a million cells",
+        "",
+        f"`{command}` ({code}; {elapsed / 60:.1f} min in all; load average (1, 5, 15 min) {load_start} at the "
+        f"start, {load_end} at the end: other jobs share the cores and slow every timing).",
+        "",
+        *[f"- {line}" for line in machine_lines()],
+        f"- threads cellflow chose for each fit (cores not busy with other work): "
+        f"{', '.join(str(t) for t in table.fit_threads)}",
+        "",
+        f"Data: `cellflow.datasets.simulate(n_cells=n, n_genes={N_GENES}, growth_scale=0)`, 5 time points of "
+        "exactly n cells (2-d latent states plus noise, embedded in 50 genes: `X` has rank 2). Each size "
+        "is written to an `.h5ad` by one subprocess and measured in another: `anndata.read_h5ad(path, "
+        "backed=\"r\")`, `cf.tl.fit(adata, time_key=\"time\", use_rep=\"X\", progress=False)` (the default "
+        "`otcfm`, `n_steps=\"auto\"`, `hidden=\"auto\"`), `cf.tl.interpolate(adata, from_time=0, to_time=0.5)`.",
+        "",
+        "Stages, in seconds: *read* is `read_time_course` of the backed file (timed once before the fit, "
+        "which reads it again inside `tl.fit`); *prepare* is `CellFlow.fit` before its clock starts (centre, "
+        "scale, float32 tensors); *coupling* is `history[\"coupling_seconds\"]`; *training* is "
+        "`fit_seconds` less coupling; *write-back* is the rest of `tl.fit` (its own read, the velocity of "
+        "every cell, the keys); *interp.* is `tl.interpolate` (its own read of the course, dopri5 from 0 "
+        "to 0.5). `tl.fit` less `fit_seconds` less *read* is *prepare* + *write-back*.",
+        "",
+        "| cells per time | cells | " + " | ".join(STAGES).replace("interpolation", "interp.")
+        + " | end to end | interp. cells/s | peak RSS GB |",
+        "|---:|---:|" + "---:|" * (len(STAGES) + 3),
+        *[f"| {r.cells_per_time:,} | {r.total_cells:,} | " + " | ".join(fmt(r[f"{s}_seconds"]) for s in STAGES)
+          + f" | {fmt(r.end_to_end_seconds)} | {r.interpolation_cells_per_second:,.0f} | {r.peak_rss_gb:.2f} |"
+          for _, r in table.iterrows()],
+        "",
+        "Peak resident memory of each stage, in GB (the kernel's high-water mark, reset between stages; the "
+        f"process holds {table.baseline_rss_gb.iloc[0]:.2f} GB of Python, torch and cellflow before any data):",
+        "",
+        "| cells | " + " | ".join(STAGES) + " |",
+        "|---:|" + "---:|" * len(STAGES),
+        *[f"| {r.total_cells:,} | " + " | ".join(f"{r[f'rss_{s}_gb']:.2f}" for s in STAGES) + " |"
+          for _, r in table.iterrows()],
+        "",
+        "Growth with the number of cells (log-log slopes; 1 is linear; memory above the process's baseline "
+        "is the part that depends on the data):",
+        "",
+        "| cells | coupling s | training s | end to end s | peak RSS | peak RSS above baseline |",
+        "|---|---:|---:|---:|---:|---:|",
+        *[f"| {r.cells} | {r.coupling_seconds:.2f} | {r.training_seconds:.2f} | {r.end_to_end_seconds:.2f} | "
+          f"{r.peak_rss_gb:.2f} | {r.rss_above_baseline_gb:.2f} |" for _, r in grow.iterrows()],
+        "",
+        f"Training steps against the bare network: training seconds / steps, and a bare `TimeMLP` of the same "
+        f"widths ({big.hidden}) doing forward, backward and an Adam step on one random batch of {big.batch} "
+        f"(256 pairs x 4 intervals), {BARE_STEPS} steps with the fit's threads, after the fit. Wall time is what "
+        "the target is about, but the two are measured a minute apart on a shared machine; CPU time of the "
+        "process (`CellFlow`'s `train` call, and the bare loop) is less moved by other jobs. The fit's step also "
+        "draws the pairs, converts them to the clock's units, averages the weights (EMA) and, every 100 steps, "
+        "runs the check of `n_steps=\"auto\"`; its wall time also holds the objective's and the clock's setup.",
+        "",
+        "| cells | steps | ms/step | bare ms/step | ratio | CPU ms/step | bare CPU ms/step | CPU ratio |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|",
+        *[f"| {r.total_cells:,} | {r.steps} | {r.step_ms:.2f} | {r.bare_step_ms:.2f} | {r.step_ratio:.2f} | "
+          f"{r.step_cpu_ms:.2f} | {r.bare_step_cpu_ms:.2f} | {r.step_cpu_ratio:.2f} |" for _, r in table.iterrows()],
+        "",
+        f"Targets at {big.total_cells:,} cells: end to end {fmt(big.end_to_end_seconds)} s "
+        f"({verdict(big.end_to_end_seconds, TARGET_SECONDS)}: at most {TARGET_SECONDS} s; simulating and writing "
+        f"the file, not counted, took {fmt(big.simulate_seconds)} + {fmt(big.write_seconds)} s); peak RSS "
+        f"{big.peak_rss_gb:.2f} GB ({verdict(big.peak_rss_gb, TARGET_RSS_GB)}: at most {TARGET_RSS_GB:g} GB); "
+        f"step ratio {big.step_ratio:.2f} in wall time, {big.step_cpu_ratio:.2f} in CPU time "
+        f"({verdict(big.step_ratio, TARGET_STEP_RATIO)} / {verdict(big.step_cpu_ratio, TARGET_STEP_RATIO)}: at "
+        f"most {TARGET_STEP_RATIO}).",
+        "",
+        f"![wall time and memory per stage]({figure})",
+    ])
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--sizes", type=int, nargs="+", default=None,
+                   help="cells per time point, one run each (default 2000 20000 200000; 2000 20000 with --quick)")
+    p.add_argument("--quick", action="store_true",
+                   help="sizes 2000 and 20000; report and figure under benchmarks/results/, not BENCHMARKS.md")
+    p.add_argument("--timeout", type=float, default=3600, help="seconds allowed to each subprocess")
+    p.add_argument("--role", choices=("generate", "measure"), help=argparse.SUPPRESS)
+    p.add_argument("--cells", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--h5ad", type=Path, help=argparse.SUPPRESS)
+    p.add_argument("--json", type=Path, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    args.sizes = sorted(args.sizes or (QUICK_SIZES if args.quick else SIZES))
+    results = ROOT / "benchmarks" / "results"
+    args.out = results / "BENCHMARKS_quick.md" if args.quick else None
+    args.figure = results / "scale_quick.png" if args.quick else ROOT / "docs" / "scale.png"
+    args.csv = results / ("scale_quick.csv" if args.quick else "scale.csv")
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.role:  # one subprocess of a run
+        row = generate(args.cells, args.h5ad) if args.role == "generate" else measure(args.h5ad)
+        args.json.write_text(json.dumps(row))
+        return 0
+    from sections import code_version, write_section  # benchmarks/sections.py, shared by the benchmark scripts
+
+    command = "python benchmarks/scale.py" + "".join(" " + shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
+    code, load_start = code_version(), ", ".join(f"{v:.2f}" for v in os.getloadavg())
+    print(f"$ {command}\ncode: {code}; load average at start: {load_start}", flush=True)
+    for line in machine_lines():
+        print(line, flush=True)
+    started, rows = time.perf_counter(), []
+    with tempfile.TemporaryDirectory(prefix="cellflow_scale_") as folder:
+        for n in args.sizes:
+            print(f"\n== {n:,} cells per time point", flush=True)
+            row = run_size(n, Path(folder), args.timeout)
+            rows.append(row)
+            print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}), flush=True)
+    table = pd.DataFrame(rows)
+    table["rss_above_baseline_gb"] = table.peak_rss_gb - table.baseline_rss_gb
+    args.csv.parent.mkdir(parents=True, exist_ok=True)
+    table.to_csv(args.csv, index=False)
+    plot(table, args.figure)
+    figure = os.path.relpath(args.figure, (args.out or ROOT / "BENCHMARKS.md").parent)
+    text = report(table, command=command, code=code, load_start=load_start,
+                  elapsed=time.perf_counter() - started, figure=figure)
+    if args.out is None:
+        write_section(SECTION, text)
+    else:
+        write_section(SECTION, text, args.out)
+    print("\n" + text)
+    print(f"\nwrote {args.out or 'BENCHMARKS.md'}, {args.figure} and {args.csv}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
