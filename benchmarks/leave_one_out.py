@@ -171,6 +171,10 @@ class TorchCFMRunner:
         self.net = None
         self.history: dict[str, float | np.ndarray] = {}
 
+    def network(self, n_dims: int) -> torch.nn.Module:
+        """The field ``net(x, t)``: cellflow's :class:`TimeMLP` of the shared widths."""
+        return TimeMLP(n_dims, self.hidden)
+
     def _internal(self, x) -> torch.Tensor:
         z = (np.asarray(x, dtype=np.float64) - self.center) / self.scale
         return torch.as_tensor(z, dtype=torch.float32, device=self.device)
@@ -188,7 +192,7 @@ class TorchCFMRunner:
         populations = [self._internal(x) for x in course.populations]
         pairs = TorchCFMPairs(populations, course.times, self.batch_size, self.sigma)
         self.clock = Clock.from_targets(course.times, pairs)  # units from its own targets, as cellflow's
-        net = TimeMLP(course.n_dims, self.hidden).to(self.device)
+        net = self.network(course.n_dims).to(self.device)
         net, log = train(net, pairs, self.clock, n_steps=self.n_steps, lr=self.lr, ema_decay=self.ema_decay,
                          progress=False)
         self.net = net.eval()
@@ -248,7 +252,7 @@ class _RecordingCellFlow(cellflow.CellFlow):
         _RecordingCellFlow.fits.append(dict(
             method=self.params["method"], seed=self.params["seed"],
             fit_seconds=float(h["fit_seconds"]), coupling_seconds=float(h["coupling_seconds"]),
-            ms_per_step=1000 * (float(h["fit_seconds"]) - float(h["coupling_seconds"])) / self.params["n_steps"],
+            ms_per_step=1000 * (float(h["fit_seconds"]) - float(h["coupling_seconds"])) / len(h["loss"]),
             final_loss=float(np.mean(h["loss"][-50:])),
         ))
         return out

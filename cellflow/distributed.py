@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -49,8 +50,21 @@ def part() -> tuple[int, int]:
 
 
 def is_main() -> bool:
-    """Whether this process writes the outputs (rank 0, or the only process)."""
-    return part()[0] == 0
+    """Whether this process writes the outputs: rank 0 (``RANK`` from ``torchrun`` before the
+    group is joined), or the only process."""
+    return part()[0] == 0 if active() else int(os.environ.get("RANK", "0")) == 0
+
+
+def mean(values) -> np.ndarray:
+    """The mean over all processes of a float array (``all_reduce``); the array itself when not distributed."""
+    values = np.asarray(values, dtype=np.float64)
+    if not active():
+        return values
+    total = torch.as_tensor(values)
+    if dist.get_backend() == "nccl":
+        total = total.cuda()
+    dist.all_reduce(total)
+    return total.cpu().numpy() / dist.get_world_size()
 
 
 def local_device(device: torch.device) -> torch.device:

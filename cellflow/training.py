@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import torch
@@ -176,18 +177,19 @@ def learning_rate(step: int, n_steps: int, lr: float, schedule: str = "constant"
 class EarlyStopping:
     """When to stop training: the rule of ``n_steps="auto"``.
 
-    Before training, ``draws`` batches are drawn once from ``held_out`` (the objective restricted
-    to source cells kept out of training) and fixed. Every ``check_every`` steps the averaged
-    network's loss on them is measured; training stops when it has not fallen below
-    ``(1 - min_improvement)`` times the last value that did so for ``patience`` checks in a row,
-    or at the step limit. The network of the check with the lowest loss is returned.
+    Every ``check_every`` steps, ``score(network)`` (lower is better) is measured on the
+    averaged network; training stops when for ``patience`` checks in a row it has not fallen by
+    ``min_improvement x scale`` below the last value that did, or at the step limit. ``scale``
+    is the score of doing nothing (for a flow: of not moving the cells), so the rule reads
+    "stop once the last checks closed less than 1% of the original gap". The network of the
+    check with the lowest score is returned.
     """
 
-    held_out: object
+    score: Callable[[nn.Module], float]
+    scale: float
     check_every: int = 100
     patience: int = 4
     min_improvement: float = 0.01
-    draws: int = 4
 
 
 def _squared_error(net: nn.Module, batch: Batch) -> torch.Tensor:
@@ -227,8 +229,8 @@ def train(
 
     Under an initialised ``torch.distributed`` process group of several processes the network is
     wrapped in :class:`torch.nn.parallel.DistributedDataParallel`: every process draws its own
-    batches, gradients are averaged across processes, and the held-out losses of early stopping
-    are averaged too, so every process takes the same steps and stops at the same one.
+    batches, gradients are averaged across processes, and the scores of early stopping are
+    averaged too, so every process takes the same steps and stops at the same one.
 
     Parameters
     ----------
@@ -248,15 +250,15 @@ def train(
         Decay of an exponential moving average of the weights (``None``: no average). Early on
         the decay is ``min(ema_decay, (1 + step) / (10 + step))`` so the first weights do not linger.
     stopping
-        Stop early by a held-out loss (:class:`EarlyStopping`); ``None`` runs every step.
+        Stop early by a score of the network (:class:`EarlyStopping`); ``None`` runs every step.
     progress
         Show a progress bar.
 
     Returns
     -------
     The trained field (the averaged copy when ``ema_decay`` is set) and its history: ``loss``
-    of every step run and, with ``stopping``, ``held_out_loss`` at each check with the checks'
-    ``held_out_step``.
+    of every step run and, with ``stopping``, ``stopping_score`` at each check with the checks'
+    ``stopping_step``.
     """
     choice("lr_schedule", lr_schedule, LR_SCHEDULES)
     model = net
@@ -268,9 +270,7 @@ def train(
     trained = list(net.parameters())
     averaged = list(average.parameters()) if average is not None else None
     history = torch.empty(n_steps, device=next(net.parameters()).device)
-    held_out, checks, best, reference, best_state, waited = None, [], np.inf, np.inf, None, 0
-    if stopping is not None:
-        held_out = [clock.to_network(stopping.held_out.draw()) for _ in range(stopping.draws)]
+    checks, best, reference, best_state, waited = [], np.inf, np.inf, None, 0
     bar = progress_bar(n_steps, "training", progress)
     step = 0
     for step in range(n_steps):
@@ -288,16 +288,16 @@ def train(
         if progress and (step % 50 == 0 or step == n_steps - 1):
             bar.set_postfix(loss=f"{loss.item():.4g}")
         bar.update()
-        if held_out is not None and (step + 1) % stopping.check_every == 0:
+        if stopping is not None and (step + 1) % stopping.check_every == 0:
             with torch.no_grad():
-                value = torch.stack([_squared_error(result, batch) for batch in held_out]).mean()
+                value = torch.as_tensor(float(stopping.score(result)), device=history.device)
             if _distributed():
                 torch.distributed.all_reduce(value)
                 value /= torch.distributed.get_world_size()
             checks.append((step + 1, float(value)))
             if checks[-1][1] < best:
                 best, best_state = checks[-1][1], copy.deepcopy(result.state_dict())
-            if checks[-1][1] < (1 - stopping.min_improvement) * reference:
+            if checks[-1][1] < reference - stopping.min_improvement * stopping.scale:
                 reference, waited = checks[-1][1], 0
             else:
                 waited += 1
@@ -308,5 +308,5 @@ def train(
         result.load_state_dict(best_state)
     log = {"loss": history[: step + 1].cpu().numpy()}
     if checks:
-        log["held_out_step"], log["held_out_loss"] = (np.array(c) for c in zip(*checks))
+        log["stopping_step"], log["stopping_score"] = (np.array(c) for c in zip(*checks))
     return result, log

@@ -82,11 +82,6 @@ def test_both_ranks_end_with_identical_parameters(two_ranks):
     assert result0["loss"].shape == (600,) and not np.array_equal(result0["loss"], result1["loss"])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="cellflow/model.py CellFlow.fit measures the clock's units (Clock.from_targets) after seeding torch "
-    "per rank, so each rank keeps its own units and its own velocities from identical weights",
-)
 def test_both_ranks_end_with_the_same_velocity(two_ranks):
     _, [(_, result0), (_, result1)] = two_ranks
     np.testing.assert_array_equal(result0["clock_units"], result1["clock_units"])
