@@ -176,12 +176,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cellflow", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
-    steps, seed = _whole_number("--steps", 1), _whole_number("--seed", 0)
+    seed, whole_steps = _whole_number("--seed", 0), _whole_number("--steps", 1)
+    steps_help = "training steps (at least 1), or 'auto': stop when the flow stops getting closer to the data"
+
+    def steps(text: str):
+        return "auto" if text == "auto" else whole_steps(text)
+
 
     demo = commands.add_parser("demo", help="fit the simulated default time course; write .h5ad and a velocity plot")
     demo.add_argument("--out", default="cellflow_demo", help="output folder (default: ./cellflow_demo)")
     demo.add_argument("--method", default="otcfm", choices=METHODS, metavar="METHOD", help=method_help)
-    demo.add_argument("--steps", type=steps, default=2000, help="training steps (at least 1)")
+    demo.add_argument("--steps", type=steps, default="auto", help=steps_help)
     demo.add_argument("--seed", type=seed, default=0)
     demo.set_defaults(run=_demo)
 
@@ -190,7 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--time-key", default="time", help="obs column with each cell's time")
         sub.add_argument("--use-rep", default="X_pca", help="obsm key, 'X' or a layer")
         sub.add_argument("--method", default="otcfm", choices=METHODS, metavar="METHOD", help=method_help)
-        sub.add_argument("--steps", type=steps, default=2000, help="training steps (at least 1)")
+        sub.add_argument("--steps", type=steps, default="auto", help=steps_help)
 
     fit = commands.add_parser("fit", help="learn velocity; write it into a copy of the .h5ad")
     common(fit)
