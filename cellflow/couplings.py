@@ -12,7 +12,6 @@ masses, so the method learns growth). :data:`COUPLINGS` names them for the metho
 
 from __future__ import annotations
 
-import copy
 import math
 from dataclasses import dataclass
 
@@ -61,7 +60,6 @@ class IndependentSampler:
 
     def __init__(self, a: np.ndarray, b: np.ndarray, device="cpu"):
         self._cdf_a, self._cdf_b = _cumulative(a, device), _cumulative(b, device)
-        self._source_cdf = self._cdf_a
 
     def sample(self, n: int) -> Pairs:
         """Draw ``n`` pairs: source and target cell indices."""
@@ -69,20 +67,11 @@ class IndependentSampler:
 
     def sources(self, n: int) -> torch.Tensor:
         """Draw ``n`` source cells in proportion to their mass."""
-        return _lookup(self._source_cdf, n)
+        return _lookup(self._cdf_a, n)
 
     def conditional(self, i: torch.Tensor) -> Pairs:
         """A partner for each source cell ``i``: independent of ``i``."""
         return Pairs(i, _lookup(self._cdf_b, len(i)))
-
-    def restricted(self, rows: np.ndarray) -> "IndependentSampler":
-        """The same sampler drawing its sources (:meth:`sample`, :meth:`sources`) only among ``rows``."""
-        out = copy.copy(self)
-        increments = torch.diff(self._cdf_a, prepend=self._cdf_a.new_zeros(1))
-        mask = torch.zeros_like(increments)
-        mask[torch.as_tensor(rows, device=mask.device)] = 1
-        out._source_cdf = torch.cumsum(increments * mask, 0)
-        return out
 
 
 class PlanSampler:
@@ -108,11 +97,10 @@ class PlanSampler:
         self._rows = torch.as_tensor(rows, dtype=torch.long, device=device)
         self._cols = torch.as_tensor(cols, dtype=torch.long, device=device)
         self._cdf = _cumulative(weights, device)
-        self._source_cdf = self._cdf
         self._row_start = torch.as_tensor(np.searchsorted(rows, np.arange(n_rows + 1)), device=device)
 
     def _draw(self, n: int) -> torch.Tensor:
-        return _lookup(self._source_cdf, n)
+        return _lookup(self._cdf, n)
 
     def _draw_in_rows(self, i: torch.Tensor) -> torch.Tensor:
         """For each source cell ``i``, an entry of its own row, in proportion to the plan."""
@@ -134,18 +122,6 @@ class PlanSampler:
     def conditional(self, i: torch.Tensor) -> Pairs:
         """A partner for each source cell ``i`` from that cell's own row of the plan."""
         return Pairs(i, self._cols[self._draw_in_rows(i)])
-
-    def restricted(self, rows: np.ndarray):
-        """The same plan drawing its pairs (:meth:`sample`, :meth:`sources`) only from the source cells ``rows``.
-
-        :meth:`conditional` still reaches every row (a chain passes through any cell).
-        """
-        out = copy.copy(self)
-        keep = torch.zeros(len(self._row_start) - 1, dtype=self._cdf.dtype, device=self._cdf.device)
-        keep[torch.as_tensor(rows, device=keep.device)] = 1
-        increments = torch.diff(self._cdf, prepend=self._cdf.new_zeros(1))
-        out._source_cdf = torch.cumsum(increments * keep[self._rows], 0)
-        return out
 
 
 BLOCK_ORDERS = ("random", "projection")

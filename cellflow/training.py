@@ -87,12 +87,6 @@ class PairObjective:
         t = self.start + self.span * s[:, 0]
         return Batch(x=point.x, t=t, u=point.u / self.span[:, None], g=g, weight=point.weight)
 
-    def restricted(self, rows: list[np.ndarray]):
-        """The same objective drawing pairs only from the source cells ``rows[k]`` of each interval ``k``."""
-        out = copy.copy(self)
-        out.samplers = [sampler.restricted(r) for sampler, r in zip(self.samplers, rows)]
-        return out
-
 
 class TupleObjective:
     """Multimarginal flow matching: chains through every time point, one path per chain.
@@ -155,7 +149,6 @@ class TupleObjective:
         t = self.times[segment] + widths * s[:, 0]
         return Batch(x=point.x, t=t, u=point.u / widths[:, None], g=g, weight=weight)
 
-    restricted = PairObjective.restricted
 
 
 OBJECTIVES = {"pairs": PairObjective, "chains": TupleObjective}
