@@ -11,6 +11,8 @@ real cells of the time point it was pushed to, and each neighbour gets the Gauss
 
 from __future__ import annotations
 
+import functools
+
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -35,9 +37,14 @@ class _Fitted:
 
     model: CellFlow
     course: TimeCourse
-    rep: np.ndarray
+    n_obs: int
     use_rep: str
     time_key: str
+
+    @functools.cached_property
+    def rep(self) -> np.ndarray:
+        """The representation of every cell in the AnnData's row order (built on first use only)."""
+        return _representation(self.course, self.n_obs)
 
 
 def _representation(course: TimeCourse, n_obs: int) -> np.ndarray:
@@ -70,7 +77,7 @@ def _fitted(adata: AnnData, key: str, model: CellFlow | None) -> _Fitted:
             f"{model.center.size}: the representation changed after fitting; fit again with cellflow.tl.fit "
             "(or restore the representation)"
         )
-    return _Fitted(model, course, _representation(course, adata.n_obs), use_rep, time_key)
+    return _Fitted(model, course, adata.n_obs, use_rep, time_key)
 
 
 def _group_codes(adata: AnnData, groupby: str, rows: np.ndarray) -> tuple[np.ndarray, list[str]]:
