@@ -36,6 +36,15 @@ def _pooled_moments(populations) -> tuple[np.ndarray, float]:
     return center, float(np.sqrt((squares / n).mean())) or 1.0
 
 
+def default_batch_size(course: TimeCourse, requested="auto") -> int:
+    """Pairs per interval and step of ``batch_size="auto"``: 256, or the number of cells of the smallest
+    source population when that is smaller (at least 64). A balanced plan between ``n`` cells and the next
+    time point has about ``n`` entries, so a larger batch only draws the same pairs again."""
+    if requested != "auto":
+        return int(requested)
+    return int(min(256, max(64, min(len(x) for x in course.populations[:-1]))))
+
+
 def default_hidden(n_dims: int) -> list[int]:
     """Hidden widths of ``hidden="auto"``: three layers of ``16 (d + 1)`` units, rounded up to a power
     of two, between 64 and 256 (64 up to 3 dimensions, 128 up to 7, 256 from 15)."""
@@ -99,7 +108,7 @@ class CellFlow:
         the network of the best check (:meth:`_stopping`,
         :class:`cellflow.training.EarlyStopping`). An integer runs exactly that many steps.
     batch_size, lr, lr_schedule, ema_decay
-        Training: pairs per interval and step, Adam learning rate, its schedule
+        Training: pairs per interval and step (``"auto"``: :func:`default_batch_size`), Adam learning rate, its schedule
         (``"constant"`` or ``"cosine"`` decay to ``lr / 100``), weight averaging (in
         ``[0, 1)``; ``None`` or 0 to switch off).
     block_size
@@ -129,7 +138,7 @@ class CellFlow:
         delta: float | None = None,
         hidden: tuple[int, ...] | str = "auto",
         n_steps: int | str = "auto",
-        batch_size: int = 256,
+        batch_size: int | str = "auto",
         lr: float = 1e-3,
         lr_schedule: str = "constant",
         ema_decay: float | None = 0.999,
@@ -153,7 +162,7 @@ class CellFlow:
             sigma=sigma, reg=reg, delta=delta if self.method.needs_delta else None,
             hidden="auto" if hidden == "auto" else [_checks.integer("hidden", h, 1, MAX_WIDTH) for h in hidden],
             n_steps="auto" if n_steps == "auto" else _checks.integer("n_steps", n_steps, hint=" (or 'auto')"),
-            batch_size=_checks.integer("batch_size", batch_size),
+            batch_size="auto" if batch_size == "auto" else _checks.integer("batch_size", batch_size, hint=" (or 'auto')"),
             lr=_checks.number("lr", lr, minimum=0, strict=True),
             lr_schedule=_checks.choice("lr_schedule", lr_schedule, LR_SCHEDULES),
             ema_decay=0.0 if ema_decay is None else _checks.number("ema_decay", ema_decay, minimum=0, maximum=1 - 1e-12),
@@ -321,7 +330,7 @@ class CellFlow:
             samplers = self._samplers(course, cpu, sources, rng, progress)
             coupling_seconds = time.perf_counter() - start
             objective = OBJECTIVES[self.method.objective](
-                internal, course.times, samplers, self._path(course.times), p["batch_size"], growth=self.has_growth,
+                internal, course.times, samplers, self._path(course.times), default_batch_size(course, p["batch_size"]), growth=self.has_growth,
             )
             stopping = self._stopping(internal, course, rng) if p["n_steps"] == "auto" else None
             # every process draws its own pairs: the seed differs per rank after the shared choices above
