@@ -36,12 +36,10 @@ def _pooled_moments(populations) -> tuple[np.ndarray, float]:
     return center, float(np.sqrt((squares / n).mean())) or 1.0
 
 
-def default_batch_size(course: TimeCourse, requested="auto") -> int:
+def default_batch_size(course: TimeCourse) -> int:
     """Pairs per interval and step of ``batch_size="auto"``: 256, or the number of cells of the smallest
     source population when that is smaller (at least 64). A balanced plan between ``n`` cells and the next
     time point has about ``n`` entries, so a larger batch only draws the same pairs again."""
-    if requested != "auto":
-        return int(requested)
     return int(min(256, max(64, min(len(x) for x in course.populations[:-1]))))
 
 
@@ -329,8 +327,10 @@ class CellFlow:
         with compute_threads(self.device):
             samplers = self._samplers(course, cpu, sources, rng, progress)
             coupling_seconds = time.perf_counter() - start
+            if p["batch_size"] == "auto":
+                p["batch_size"] = default_batch_size(course)
             objective = OBJECTIVES[self.method.objective](
-                internal, course.times, samplers, self._path(course.times), default_batch_size(course, p["batch_size"]), growth=self.has_growth,
+                internal, course.times, samplers, self._path(course.times), p["batch_size"], growth=self.has_growth,
             )
             stopping = self._stopping(internal, course, rng) if p["n_steps"] == "auto" else None
             # every process draws its own pairs: the seed differs per rank after the shared choices above
