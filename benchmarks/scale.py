@@ -265,24 +265,21 @@ def plot(table: pd.DataFrame, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     cells = table.total_cells
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
-    for stage in STAGES:
-        left.plot(cells, table[f"{stage}_seconds"], marker="o", label=stage)
-    left.plot(cells, table.end_to_end_seconds, marker="s", color="black", label="end to end")
-    left.axhline(TARGET_SECONDS, color="grey", ls="--", lw=1, label="15 min")
-    left.set(xscale="log", yscale="log", xlabel="cells (5 time points)", ylabel="seconds",
-             title="wall time per stage")
-    left.legend(fontsize=8)
-    for stage in STAGES:
-        right.plot(cells, table[f"rss_{stage}_gb"], marker="o", label=stage)
-    right.plot(cells, table.peak_rss_gb, marker="s", color="black", label="peak of the run")
-    right.axhline(TARGET_RSS_GB, color="grey", ls="--", lw=1, label="4 GB")
-    right.set(xscale="log", yscale="log", xlabel="cells (5 time points)", ylabel="GB",
-              title="peak resident memory per stage")
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    panels = (  # column of each stage, column of the whole run, target, units
+        ("{}_seconds", "end_to_end_seconds", "end to end", TARGET_SECONDS, "15 min", "seconds", "wall time per stage"),
+        ("rss_{}_gb", "peak_rss_gb", "peak of the run", TARGET_RSS_GB, "4 GB", "GB", "peak resident memory per stage"),
+    )
+    for ax, (stage_column, total, total_label, target, target_label, unit, title) in zip(axes, panels):
+        for stage in STAGES:
+            ax.plot(cells, table[stage_column.format(stage)], marker="o", label=stage)
+        ax.plot(cells, table[total], marker="s", color="black", label=total_label)
+        ax.axhline(target, color="grey", ls="--", lw=1, label=target_label)
+        ax.set(xscale="log", yscale="log", xlabel="cells (5 time points)", ylabel=unit, title=title)
+        ax.legend(fontsize=8)
     plain = matplotlib.ticker.FuncFormatter(lambda value, _: f"{value:g}")
-    right.yaxis.set_major_formatter(plain)
-    right.yaxis.set_minor_formatter(plain)
-    right.legend(fontsize=8)
+    axes[1].yaxis.set_major_formatter(plain)
+    axes[1].yaxis.set_minor_formatter(plain)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)

@@ -182,7 +182,6 @@ def build_parser() -> argparse.ArgumentParser:
     def steps(text: str):
         return "auto" if text == "auto" else whole_steps(text)
 
-
     demo = commands.add_parser("demo", help="fit the simulated default time course; write .h5ad and a velocity plot")
     demo.add_argument("--out", default="cellflow_demo", help="output folder (default: ./cellflow_demo)")
     demo.add_argument("--method", default="otcfm", choices=METHODS, metavar="METHOD", help=method_help)

@@ -369,7 +369,7 @@ class CellFlow:
         ``net``: a network other than the model's (one in training).
         """
         tau, unit = self.clock.evaluate(t.to(torch.float64).expand(len(z)), at_knots)
-        out = (net or self.net)(z, tau.to(z.dtype))
+        out = (self.net if net is None else net)(z, tau.to(z.dtype))
         unit = unit.to(z.dtype)
         if isinstance(out, tuple):
             return out[0] * unit[:, :1], out[1] * unit[:, -1:]

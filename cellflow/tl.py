@@ -12,7 +12,7 @@ from anndata import AnnData
 from . import benchmark, distributed, keys
 from ._checks import number
 from .analysis import _fitted, _stored_model, ancestors, fate, transitions, trajectories
-from .model import EVALUATION_CHUNK, CellFlow
+from .model import CellFlow
 from .readers import TimeCourse, read_time_course
 
 _MEAN_CHUNK_VALUES = 2**22  # entries of X read at a time when averaging the genes
@@ -76,18 +76,15 @@ def _check_finite(use_rep: str, **outputs: np.ndarray | None) -> None:
 def _evaluate_cells(model: CellFlow, course: TimeCourse, n_obs: int) -> tuple[np.ndarray, np.ndarray | None]:
     """Velocity (float32) and growth rate of every cell at its own time point, in the AnnData's row order.
 
-    Evaluated a block of :data:`cellflow.model.EVALUATION_CHUNK` cells of one time point at a
-    time, straight from the populations: no copy of the representation is made.
+    Evaluated one time point at a time, straight from the populations (no copy of the
+    representation; :meth:`CellFlow.evaluate` bounds its own memory by evaluating in chunks).
     """
     velocity = np.empty((n_obs, course.n_dims), dtype=np.float32)
     growth = np.empty(n_obs) if model.has_growth else None
     for t, rows, cells in zip(course.times, course.indices, course.populations):
-        for start in range(0, len(rows), EVALUATION_CHUNK):
-            block = slice(start, start + EVALUATION_CHUNK)
-            v, g = model.evaluate(cells[block], t)
-            velocity[rows[block]] = v
-            if growth is not None:
-                growth[rows[block]] = g
+        velocity[rows], g = model.evaluate(cells, t)
+        if growth is not None:
+            growth[rows] = g
     return velocity, growth
 
 
@@ -164,8 +161,7 @@ def fit(
         written.append(f"obs/{growth_key_added}")
     keys.claim(adata, key_added, [*written, f"uns/{key_added}"], overwrite)
 
-    distributed.join(model.device)  # under torchrun every process fits; rank 0 alone shows progress
-    model.fit(course, progress=progress and distributed.is_main())
+    model.fit(course, progress=progress and distributed.is_main())  # under torchrun rank 0 alone shows progress
     velocity, growth = _evaluate_cells(model, course, adata.n_obs)
     gene_velocity = _to_gene_space(velocity, use_rep, loadings)
     _check_finite(use_rep, velocity=velocity, gene_space_velocity=gene_velocity, growth_rate=growth)

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from ._checks import choice
+from . import distributed
 from ._utils import progress_bar
 from .couplings import sample_chains
 
@@ -150,7 +151,6 @@ class TupleObjective:
         return Batch(x=point.x, t=t, u=point.u / widths[:, None], g=g, weight=weight)
 
 
-
 OBJECTIVES = {"pairs": PairObjective, "chains": TupleObjective}
 
 
@@ -195,11 +195,6 @@ def _squared_error(net: nn.Module, batch: Batch) -> torch.Tensor:
     if batch.weight is not None:
         error = error * batch.weight
     return error.mean()
-
-
-def _distributed() -> bool:
-    """Whether this process is one of several of an initialised ``torch.distributed`` group."""
-    return torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1
 
 
 def train(
@@ -255,7 +250,7 @@ def train(
     """
     choice("lr_schedule", lr_schedule, LR_SCHEDULES)
     model = net
-    if _distributed():
+    if distributed.active():
         model = nn.parallel.DistributedDataParallel(net)  # starts from rank 0's weights
     optimiser = torch.optim.Adam(net.parameters(), lr=lr, foreach=True)
     average = copy.deepcopy(net).requires_grad_(False) if ema_decay else None
@@ -283,11 +278,8 @@ def train(
         bar.update()
         if stopping is not None and (step + 1) % stopping.check_every == 0:
             with torch.no_grad():
-                value = torch.as_tensor(float(stopping.score(result)), device=history.device)
-            if _distributed():
-                torch.distributed.all_reduce(value)
-                value /= torch.distributed.get_world_size()
-            checks.append((step + 1, float(value)))
+                value = float(distributed.mean(stopping.score(result)))  # every process stops at the same step
+            checks.append((step + 1, value))
             if checks[-1][1] < best:
                 best, best_state = checks[-1][1], copy.deepcopy(result.state_dict())
             if checks[-1][1] < reference - stopping.min_improvement * stopping.scale:
