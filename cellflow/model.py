@@ -13,15 +13,13 @@ from .clock import Clock
 from .couplings import BLOCK_ORDERS
 from .delta import cross_validated_delta
 from .integration import check_solver, integrate
-from .metrics import energy_distance
 from .methods import resolve_method
 from .networks import TimeMLP, VelocityGrowthField
 from .readers import TimeCourse
-from .training import LR_SCHEDULES, OBJECTIVES, EarlyStopping, train
+from .training import LR_SCHEDULES, OBJECTIVES, train, transport_stopping
 
 MAX_WIDTH = 65536  # widest hidden layer accepted (a guard against typos and tampered files)
 MAX_LOG_GROWTH = 50.0  # largest |prior growth rate x interval| accepted (a factor e^50 per interval)
-CHECK_CELLS = 512  # cells per time point pushed to decide when to stop (n_steps="auto")
 MAX_AUTO_STEPS = 4000  # the most steps n_steps="auto" takes
 EVALUATION_CHUNK = 65536  # cells evaluated together when writing velocity and growth
 
@@ -103,7 +101,7 @@ class CellFlow:
         the data: every 100 steps, up to 512 cells of each time point are pushed to the next
         one and the energy distance to its cells is measured; training ends after 4 checks in a
         row that closed less than 1% of the distance of unmoved cells, or at 4000 steps, with
-        the network of the best check (:meth:`_stopping`,
+        the network of the best check (:func:`cellflow.training.transport_stopping`,
         :class:`cellflow.training.EarlyStopping`). An integer runs exactly that many steps.
     batch_size, lr, lr_schedule, ema_decay
         Training: pairs per interval and step (``"auto"``: :func:`default_batch_size`), Adam learning rate, its schedule
@@ -264,42 +262,6 @@ class CellFlow:
             for k in range(len(internal) - 1)
         ]
 
-    def _stopping(self, internal: list[torch.Tensor], course: TimeCourse, rng) -> EarlyStopping:
-        """The rule of ``n_steps="auto"``: how far the flow's push of each time point lands from the next.
-
-        Up to :data:`CHECK_CELLS` cells of every time point are drawn once. The score of a
-        network is the mean over intervals of the energy distance between the cells of ``t_k``
-        pushed to ``t_{k+1}`` (8 midpoint steps, weighted by their mass where the method has
-        growth) and the cells of ``t_{k+1}``, in internal units; its scale is that distance for
-        cells that do not move (see :class:`cellflow.training.EarlyStopping`). This asks what the flow is for
-        (carrying each population onto the next), on the training cells themselves: a loss on
-        held-out pairs was tried and rose while this distance, and the held-out time points'
-        W1, still fell.
-        """
-        mass = course.weights or [np.ones(len(z)) for z in internal]
-        picks = [rng.choice(len(z), min(CHECK_CELLS, len(z)), replace=False) for z in internal]
-        cells = [z[torch.as_tensor(pick, device=z.device)] for z, pick in zip(internal, picks)]
-        weights = [torch.as_tensor(m[pick] / m[pick].sum(), dtype=torch.float32, device=self.device)
-                   for m, pick in zip(mass, picks)]
-        times = course.times
-
-        def gap(k, moved, moved_weights):
-            return energy_distance(moved, moved_weights, cells[k + 1], weights[k + 1])
-
-        def score(net) -> float:
-            gaps = []
-            for k in range(len(times) - 1):
-                span = torch.tensor([times[k], times[k + 1]], dtype=torch.float32, device=self.device)
-                state = torch.cat([cells[k], torch.zeros(len(cells[k]), 1, device=self.device)], dim=1)
-                out = integrate(lambda s, t: self._state_field(s, t, "after", net), state, span, method="midpoint",
-                                step_size=float(times[k + 1] - times[k]) / 8)[-1]
-                w = weights[k] * torch.exp(out[:, -1] - out[:, -1].max())
-                gaps.append(gap(k, out[:, :-1], w / w.sum()))
-            return float(torch.stack(gaps).mean())
-
-        unmoved = float(torch.stack([gap(k, cells[k], weights[k]) for k in range(len(times) - 1)]).mean())
-        return EarlyStopping(score, scale=unmoved)
-
     def fit(self, course: TimeCourse, progress: bool = True) -> "CellFlow":
         """Train on a time course (see :func:`cellflow.readers.read_time_course`).
 
@@ -332,7 +294,10 @@ class CellFlow:
             objective = OBJECTIVES[self.method.objective](
                 internal, course.times, samplers, self._path(course.times), p["batch_size"], growth=self.has_growth,
             )
-            stopping = self._stopping(internal, course, rng) if p["n_steps"] == "auto" else None
+            stopping = None
+            if p["n_steps"] == "auto":
+                stopping = transport_stopping(lambda z, t, net: self._field(z, t, "after", net), internal,
+                                              course.weights, course.times, rng)
             # every process draws its own pairs: the seed differs per rank after the shared choices above
             torch.manual_seed(p["seed"] + 1_000_003 * distributed.part()[0])
             curves = self.method.path_class.through_knots  # continuous targets: continuous units

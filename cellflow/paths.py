@@ -52,6 +52,8 @@ def _with_linear_mass(point: PathSample, s, m0, m1) -> PathSample:
 
 def _ends(points, segment):
     """The cells at the start and the end of each sample's segment, ``(n, d)`` each."""
+    if len(points) == 2:  # a pair: every segment is the first one
+        return points[0], points[1]
     rows = torch.arange(points.shape[1], device=points.device)
     return points[segment, rows], points[segment + 1, rows]
 
@@ -115,6 +117,12 @@ class ConditionalPath:
     default_sigma = 0.1
     through_knots = False
     makes_growth = False
+    sigma = 0.0
+
+    def noise(self, like: torch.Tensor) -> torch.Tensor:
+        """The ``eps`` of :meth:`sample`: standard normal noise shaped like ``like``, or zeros when
+        the path has none (``sigma = 0``), which spares drawing it."""
+        return torch.randn_like(like) if self.sigma > 0 else torch.zeros_like(like)
 
     def sample(self, points, segment, s, eps, m0=None, m1=None) -> PathSample:
         """Points and targets; see the module's notes for the shapes."""
