@@ -260,30 +260,43 @@ def interpolate(
 def leave_one_out(
     adata: AnnData,
     time_key: str = "time",
-    use_rep: str = "X_pca",
+    use_rep: str | None = None,
     method: str | Sequence[str] = "otcfm",
     *,
     seeds: Sequence[int] = (0, 1, 2),
     baseline: bool = True,
+    n_pcs: int | None = None,
     time_map: Mapping | None = None,
     progress: bool = True,
     **model_kwargs,
 ) -> pd.DataFrame:
     """Leave-one-time-point-out benchmark.
 
-    For every inner time point ``t_k``: fit on the other time points, push the cells of
-    ``t_{k-1}`` to ``t_k`` and compare with the held-out cells.
+    For every inner time point ``t_k``: fit on the other time points, push each cell of
+    ``t_{k-1}`` once to ``t_k`` (one predicted point per cell, for every method) and compare
+    with the held-out cells.
 
     Parameters
     ----------
-    adata, time_key, use_rep, time_map
+    adata, time_key, time_map
         The time course, as for :func:`fit`.
+    use_rep
+        The representation, as for :func:`fit` (default ``"X_pca"``); with ``n_pcs``, the
+        coordinates a PCA reduces (default ``"X"``).
     method
         One method name or several.
     seeds
-        Seeds to repeat every fit with.
+        Seeds to repeat every fit (and the drawn baseline) with.
     baseline
-        Add the exact-OT displacement interpolation between ``t_{k-1}`` and ``t_{k+1}``.
+        Add the no-learning baselines from the exact OT plan between ``t_{k-1}`` and
+        ``t_{k+1}`` (:data:`cellflow.benchmark.BASELINES`): ``ot_map``, each cell moved toward the
+        mean of its partners; ``ot_draw``, each cell moved toward one partner drawn from its own
+        row of the plan; ``ot_interpolation``, every pair of the plan as a weighted point (more
+        points than cells where the plan splits a cell: a reference, not one point per cell).
+    n_pcs
+        Fit a PCA of ``n_pcs`` components on the training time points of every fold, so that
+        the held-out cells take no part in the representation they are scored in (a PCA of the
+        whole ``adata`` has seen them).
     progress
         Show progress bars.
     **model_kwargs
@@ -292,12 +305,16 @@ def leave_one_out(
     Returns
     -------
     One row per method, held-out time and seed: ``w1``, ``w2``, ``mmd`` (see
-    :mod:`cellflow.metrics`; predicted cells weighted by their normalised mass),
-    ``mass_error`` (relative error of the predicted population size, ``|M_hat - n_k / n_{k-1}| / (n_k / n_{k-1})``),
-    ``n_predicted`` (points in the prediction: the cells of ``t_{k-1}`` for a flow, every pair
-    of the plan for the interpolation, which splits a cell whose mass the plan splits) and
-    ``seconds`` (fit and prediction).
+    :mod:`cellflow.metrics`; predicted cells weighted by their normalised mass when the method
+    has growth, equally otherwise; the MMD's RBF widths, ``mmd_bandwidths``, are 0.5, 1 and 2
+    times the median distance between the held-out cells), ``mass_error`` (relative error of the
+    predicted population size, ``|M_hat - n_k / n_{k-1}| / (n_k / n_{k-1})``), ``n_predicted``
+    (points in the prediction: the cells of ``t_{k-1}``, except for ``ot_interpolation``),
+    ``n_steps`` (training steps), ``fit_seconds``, ``seconds`` (fit and prediction) and
+    ``pca_explained`` (with ``n_pcs``: the training variance the fold's PCA keeps).
     """
+    use_rep = use_rep or ("X" if n_pcs is not None else "X_pca")
     course = read_time_course(adata, time_key, use_rep, time_map=time_map)
     methods = [method] if isinstance(method, str) else list(method)
-    return benchmark.leave_one_out(course, methods, seeds=seeds, baseline=baseline, progress=progress, **model_kwargs)
+    return benchmark.leave_one_out(course, methods, seeds=seeds, baseline=baseline, n_pcs=n_pcs, progress=progress,
+                                   **model_kwargs)

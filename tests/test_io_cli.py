@@ -118,7 +118,7 @@ def test_cli_benchmark(cli_runs):
     done = runs["benchmark"]
     assert done.returncode == 0, done.stderr
     table = pd.read_csv(folder / "runs.csv")
-    assert set(table["method"]) == {"otcfm", "ot_interpolation"} and (table["held_out_time"] == 10.5).all()
+    assert set(table["method"]) == {"otcfm", "ot_map", "ot_draw", "ot_interpolation"} and (table["held_out_time"] == 10.5).all()
     assert "w1" in done.stdout
 
 

@@ -229,17 +229,18 @@ def test_leave_one_out_never_fits_on_the_held_out_cells(monkeypatch):
             pushes.append((np.array(x, copy=True), t_from, t_to))
             return super().push(x, t_from, t_to, **kwargs)
 
-    def score(predicted, held, weights=None):
+    def score(predicted, held, *args):
         observed.append(held)
-        return real_score(predicted, held, weights)
+        return real_score(predicted, held, *args)
 
     real_score = benchmark.score
     monkeypatch.setattr(benchmark, "CellFlow", Recording)
     monkeypatch.setattr(benchmark, "score", score)
     table = benchmark.leave_one_out(course, ("otcfm", "mmfm"), seeds=(0,), progress=False,
                                     n_steps=2, hidden=(8,), batch_size=8, device="cpu")
-    assert table["held_out_time"].tolist() == [1.0] * 3 + [2.5] * 3 + [3.0] * 3  # baseline, then both methods
-    assert len(fits) == len(pushes) == 6 and len(observed) == 9
+    per_fold = len(benchmark.BASELINES) + 2  # the baselines, then both methods
+    assert table["held_out_time"].tolist() == [1.0] * per_fold + [2.5] * per_fold + [3.0] * per_fold
+    assert len(fits) == len(pushes) == 6 and len(observed) == 3 * per_fold
     for fold, k in enumerate((1, 2, 3)):
         held_rows = {row.tobytes() for row in populations[k]}
         for training in fits[2 * fold : 2 * fold + 2]:
@@ -251,7 +252,7 @@ def test_leave_one_out_never_fits_on_the_held_out_cells(monkeypatch):
         for start, t_from, t_to in pushes[2 * fold : 2 * fold + 2]:  # the flow starts from the cells of t_{k-1}
             np.testing.assert_array_equal(start, populations[k - 1])
             assert (t_from, t_to) == (times[k - 1], times[k])
-        for held in observed[3 * fold : 3 * fold + 3]:  # and every prediction is scored on the held-out cells
+        for held in observed[per_fold * fold : per_fold * (fold + 1)]:  # and every prediction is scored on the held-out cells
             np.testing.assert_array_equal(held, populations[k])
 
 
