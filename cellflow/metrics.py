@@ -141,6 +141,6 @@ def straightness(field, x, t0: float, t1: float, *, method: str = "dopri5", step
         end = integrate(with_energy, start, times, method=method, step_size=step_size)[-1]
         displacement = ((end[:, :-1] - x) ** 2).sum(dim=1).mean()
         energy = end[:, -1].mean() * (float(t1) - float(t0))  # both negative when integrating backward
-    if not displacement > 0:
+    if not displacement > torch.finfo(x.dtype).eps * (x**2).sum(dim=1).mean():  # above rounding of the positions
         raise ValueError("the paths do not move between t0 and t1, so their straightness is undefined")
     return float(energy / displacement)
