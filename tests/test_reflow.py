@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import anndata as ad
 import numpy as np
 import pytest
 import torch
@@ -111,3 +112,18 @@ def test_reflow_refuses_methods_with_growth_and_bad_counts():
         with pytest.raises(ValueError, match="reflow="):
             cf.CellFlow("otcfm", reflow=bad)
     assert cf.CellFlow("mmfm", reflow=1).params["reflow"] == 1  # every balanced method
+
+
+def test_command_line_fit_with_reflow_and_gradient_field(tmp_path, capsys):
+    from cellflow.cli import main
+
+    source, out = tmp_path / "course.h5ad", tmp_path / "fitted.h5ad"
+    cf.datasets.simulate(n_cells=60, times=(0.0, 1.0, 2.0), seed=0).write_h5ad(source)
+    argv = ["fit", str(source), "--steps", "20", "--out", str(out)]
+    assert main([*argv, "--reflow", "1", "--field", "gradient"]) == 0
+    params = cf.tl.load_model(ad.read_h5ad(out)).params
+    assert params["reflow"] == 1 and params["field"] == "gradient"
+    assert main([*argv, "--method", "wfr", "--reflow", "1"]) == 1
+    assert "reflow=1 needs a balanced method" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main([*argv, "--reflow", "-1"])
