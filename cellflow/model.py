@@ -184,7 +184,7 @@ class CellFlow:
             self._check_balanced("reflow", reflow)
         self._path(np.array([0.0, 1.0]), 1.0)  # the path checks its own settings (e.g. the bridge's sigma > 0)
         self.device = distributed.local_device(resolve_device(device))
-        self.net: TimeMLP | None = None
+        self.net: torch.nn.Module | None = None
         self.history: dict[str, np.ndarray] = {}
 
     def __repr__(self) -> str:
