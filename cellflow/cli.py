@@ -126,7 +126,7 @@ def _fit(args) -> None:
         print(f"read {adata.n_obs} cells x {adata.n_vars} genes; fitting {args.method} ({args.steps} steps)",
               flush=True)
     tl.fit(adata, time_key=args.time_key, use_rep=args.use_rep, method=args.method, seed=args.seed,
-           n_steps=args.steps, device=args.device, key_added=args.key_added)
+           n_steps=args.steps, field=args.field, reflow=args.reflow, device=args.device, key_added=args.key_added)
     if main:
         adata.write_h5ad(args.out)
         print(f"wrote {Path(args.out).resolve()}")
@@ -158,7 +158,8 @@ def _benchmark(args) -> None:
     if main:
         print(f"read {adata.n_obs} cells; leave-one-out with {args.method}, seeds {args.seeds}", flush=True)
     table = tl.leave_one_out(adata, time_key=args.time_key, use_rep=args.use_rep, method=args.method,
-                             seeds=args.seeds, n_steps=args.steps, progress=main)
+                             seeds=args.seeds, n_steps=args.steps, field=args.field, reflow=args.reflow,
+                             progress=main)
     if not main:
         return
     if args.out:
@@ -171,6 +172,7 @@ def _benchmark(args) -> None:
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``cellflow`` command."""
     from .methods import METHODS
+    from .networks import FIELDS
 
     method_help = f"one of {', '.join(METHODS)} (default: otcfm; wfr learns growth too)"
     parser = argparse.ArgumentParser(prog="cellflow", description=__doc__)
@@ -195,6 +197,10 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--use-rep", default="X_pca", help="obsm key, 'X' or a layer")
         sub.add_argument("--method", default="otcfm", choices=METHODS, metavar="METHOD", help=method_help)
         sub.add_argument("--steps", type=steps, default="auto", help=steps_help)
+        sub.add_argument("--field", default="direct", choices=FIELDS,
+                         help="velocity network: 'direct', or 'gradient' of a learned potential (default: direct)")
+        sub.add_argument("--reflow", type=_whole_number("--reflow", 0), default=0,
+                         help="rounds of rectified flow after the fit, balanced methods only (default: 0)")
 
     fit = commands.add_parser("fit", help="learn velocity; write it into a copy of the .h5ad")
     common(fit)

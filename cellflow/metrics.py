@@ -103,3 +103,44 @@ def energy_distance(x, x_weights, y, y_weights):
 
     return 2 * mean_distance(x, x_weights, y, y_weights) - mean_distance(x, x_weights, x, x_weights) - \
         mean_distance(y, y_weights, y, y_weights)
+
+
+def straightness(field, x, t0: float, t1: float, *, method: str = "dopri5", step_size: float | None = None) -> float:
+    """Kinetic energy over squared displacement of the paths of ``dx/dt = field(x, t)`` from ``t0`` to ``t1``.
+
+    ``E[integral |v|^2 dt] (t1 - t0) / E|x(t1) - x(t0)|^2``, the energy integrated along each
+    path by the same solver that moves it. By the Cauchy-Schwarz inequality each path's
+    ``|x(t1) - x(t0)|^2`` is at most ``(t1 - t0) integral |v|^2 dt``, with equality for a
+    straight path at constant speed, so the value is at least one and equals one for a field
+    whose paths are all straight at constant speed; the straightness error is the value minus
+    one. Curved paths need many solver steps, straight ones a single Euler step. The value does
+    not depend on the units of ``x`` or of time.
+
+    Parameters
+    ----------
+    field
+        ``field(x, t) -> dx/dt`` on torch tensors (``x`` ``(n, d)``, ``t`` a scalar tensor).
+    x
+        Starting points at ``t0``: a tensor ``(n, d)``.
+    t0, t1
+        Start and end times.
+    method, step_size
+        Solver and fixed step, as for :func:`cellflow.integration.integrate`.
+    """
+    import torch
+
+    from .integration import integrate
+
+    def with_energy(state, t):
+        v = field(state[:, :-1], t)
+        return torch.cat([v, (v**2).sum(dim=1, keepdim=True)], dim=1)
+
+    with torch.no_grad():
+        start = torch.cat([x, torch.zeros(len(x), 1, dtype=x.dtype, device=x.device)], dim=1)
+        times = torch.tensor([float(t0), float(t1)], dtype=x.dtype)
+        end = integrate(with_energy, start, times, method=method, step_size=step_size)[-1]
+        displacement = ((end[:, :-1] - x) ** 2).sum(dim=1).mean()
+        energy = end[:, -1].mean() * (float(t1) - float(t0))  # both negative when integrating backward
+    if not displacement > torch.finfo(x.dtype).eps * (x**2).sum(dim=1).mean():  # above rounding of the positions
+        raise ValueError("the paths do not move between t0 and t1, so their straightness is undefined")
+    return float(energy / displacement)

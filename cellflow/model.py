@@ -7,16 +7,17 @@ import time
 import numpy as np
 import torch
 
-from . import _checks, _state, distributed
+from . import _checks, _state, distributed, metrics
 from ._utils import compute_threads, resolve_device, seed_everything
 from .clock import Clock
 from .couplings import BLOCK_ORDERS
 from .delta import cross_validated_delta
 from .integration import check_solver, integrate
 from .methods import resolve_method
-from .networks import TimeMLP, VelocityGrowthField
+from .networks import FIELDS, VelocityGrowthField, velocity_network
 from .readers import TimeCourse
-from .training import LR_SCHEDULES, OBJECTIVES, train, transport_stopping
+from .paths import LinearPath
+from .training import CHECK_CELLS, LR_SCHEDULES, OBJECTIVES, EndpointObjective, train, transport_stopping
 
 MAX_WIDTH = 65536  # widest hidden layer accepted (a guard against typos and tampered files)
 MAX_LOG_GROWTH = 50.0  # largest |prior growth rate x interval| accepted (a factor e^50 per interval)
@@ -93,6 +94,17 @@ class CellFlow:
         geodesics best predict each inner time point from its two neighbours; with two time
         points :func:`cellflow.delta.default_delta`). Pairs farther apart than ``pi * delta``
         are never transported: the source cell dies in place and the target cell is not reached.
+    field
+        How the velocity is parametrised: ``"direct"`` (a network with one output per
+        dimension) or ``"gradient"`` (the gradient in ``x`` of a learned scalar potential,
+        ``v = grad phi(x, t)``: a field without curl, as optimal-transport velocities are;
+        :class:`cellflow.networks.GradientField`; a training step costs about twice as much).
+        A growth field stays a network of its own.
+    reflow
+        Rounds of rectified flow after the fit (:meth:`rectify`; 0 for none): each pairs every
+        cell with the end of its own trajectory at the next time point and trains again on
+        straight lines between the two, which straightens the flow so that few solver steps
+        suffice. Balanced methods only.
     hidden
         Hidden layer widths of the velocity network (and of the growth network); ``"auto"``
         sizes them from the representation's dimension (:func:`default_hidden`).
@@ -140,6 +152,8 @@ class CellFlow:
         ema_decay: float | None = 0.999,
         block_size: int = 2048,
         block_order: str = "random",
+        field: str = "direct",
+        reflow: int = 0,
         seed: int = 0,
         device: str = "auto",
     ):
@@ -164,10 +178,13 @@ class CellFlow:
             ema_decay=0.0 if ema_decay is None else _checks.number("ema_decay", ema_decay, minimum=0, maximum=1 - 1e-12),
             block_size=_checks.integer("block_size", block_size, 2),
             block_order=_checks.choice("block_order", block_order, BLOCK_ORDERS), seed=_checks.integer("seed", seed, 0),
+            field=_checks.choice("field", field, FIELDS), reflow=_checks.integer("reflow", reflow, 0),
         )
+        if self.params["reflow"]:
+            self._check_balanced("reflow", reflow)
         self._path(np.array([0.0, 1.0]), 1.0)  # the path checks its own settings (e.g. the bridge's sigma > 0)
         self.device = distributed.local_device(resolve_device(device))
-        self.net: TimeMLP | None = None
+        self.net: torch.nn.Module | None = None
         self.history: dict[str, np.ndarray] = {}
 
     def __repr__(self) -> str:
@@ -205,8 +222,17 @@ class CellFlow:
         return cls(**{name: settings[name] for name in cls.settings})
 
     def _network(self, n_dims: int):
-        hidden = tuple(self.params["hidden"])
-        return VelocityGrowthField(n_dims, hidden) if self.has_growth else TimeMLP(n_dims, hidden)
+        hidden, field = tuple(self.params["hidden"]), self.params["field"]
+        return VelocityGrowthField(n_dims, hidden, field) if self.has_growth else velocity_network(n_dims, hidden, field)
+
+    def _check_balanced(self, name: str, value) -> None:
+        if self.has_growth:
+            raise ValueError(
+                f"{name}={value!r} needs a balanced method, but {self.params['method']!r} (coupling "
+                f"{self.method.coupling!r}, path {self.method.path!r}) learns a growth field: rectified flow pairs each "
+                "cell with the end of its own trajectory as a straight path of constant mass, which would discard the "
+                "growth learned along it; use reflow=0 with this method, or a balanced one (e.g. 'otcfm')"
+            )
 
     # -- coordinates -----------------------------------------------------------------------
     def _set_frame(self, center, scale, times) -> None:
@@ -311,13 +337,99 @@ class CellFlow:
                 n_steps=MAX_AUTO_STEPS if stopping else p["n_steps"], lr=p["lr"], lr_schedule=p["lr_schedule"],
                 ema_decay=p["ema_decay"] or None, stopping=stopping, progress=progress,
             )
-        self.net = net.eval()
-        self.history = {
-            **log,
-            "coupling_seconds": np.array(coupling_seconds),
-            "fit_seconds": np.array(time.perf_counter() - start),
-        }
+            self.net = net.eval()
+            self.history = {**log, "coupling_seconds": np.array(coupling_seconds)}
+            if p["reflow"]:
+                self._rectify(internal, sources, course.weights is None and course.growth is None, p["reflow"],
+                              rng, progress)
+        self.history["fit_seconds"] = np.array(time.perf_counter() - start)
         return self
+
+    # -- rectified flow ------------------------------------------------------------------
+    def rectify(self, course: TimeCourse, rounds: int = 1, progress: bool = True) -> "CellFlow":
+        """Straighten the trained flow by ``rounds`` rounds of rectified flow ("reflow") on ``course``.
+
+        A round pushes every cell of each time point ``t_k`` but the last to ``t_(k+1)`` along the
+        current flow (the adaptive solver of :meth:`transport`), and trains the network again on
+        straight lines without noise from each cell to its own end point
+        (:class:`cellflow.training.EndpointObjective`, cells drawn in proportion to their mass).
+        The new flow carries each population where the old one did, along straighter paths, so
+        that few solver steps suffice. Each round starts from the current weights (as rectified
+        flow does) and runs as many steps as the first fit (``n_steps``, or the steps that
+        ``n_steps="auto"`` ran), without early stopping: the old flow's pushes are the targets, so
+        a distance to the data would not see the paths straighten. ``params["reflow"]`` counts
+        the rounds done; ``history`` records per round ``reflow_loss`` (every step),
+        ``reflow_seconds`` and ``reflow_straightness`` (:func:`cellflow.metrics.straightness` of
+        each interval on up to :data:`cellflow.training.CHECK_CELLS` cells of its start; the
+        first row is before the first round).
+
+        Parameters
+        ----------
+        course
+            The time course the model was fitted on (its time points, in the same representation).
+        rounds
+            Rounds to run (at least one).
+        progress
+            Show a progress bar.
+        """
+        self._check_fitted()
+        rounds = _checks.integer("rounds", rounds, 1)
+        self._check_balanced("rounds", rounds)
+        if course.times.shape != self.times.shape or not np.allclose(course.times, self.times):
+            raise ValueError(f"the course's times {course.times.tolist()} are not the model's {self.times.tolist()}: "
+                             "rectify the model on the time course it was fitted on")
+        rng = seed_everything(self.params["seed"] + 7919 * (1 + self.params["reflow"]))
+        with compute_threads(self.device):
+            internal = [self._to_internal(x) for x in course.populations]
+            self._rectify(internal, self._source_masses(course), course.weights is None and course.growth is None,
+                          rounds, rng, progress)
+        self.params["reflow"] += rounds
+        return self
+
+    def _rectify(self, internal, sources, equal_masses: bool, rounds: int, rng, progress: bool) -> None:
+        """Rounds of rectified flow on the internal populations (see :meth:`rectify`)."""
+        p = self.params
+        steps = p["n_steps"] if p["n_steps"] != "auto" else int(self.history["loss"].size)
+        masses = None if equal_masses else [torch.as_tensor(m, dtype=torch.float32, device=self.device)
+                                             for m in sources]
+        checked = [z[torch.as_tensor(rng.choice(len(z), min(CHECK_CELLS, len(z)), replace=False), device=z.device)]
+                   for z in internal[:-1]]
+        spans = list(zip(self.times[:-1], self.times[1:]))
+
+        def forward(z, t):
+            return self._field(z, t, "after")[0]
+
+        def straightness():
+            return [metrics.straightness(forward, cells, t0, t1) for cells, (t0, t1) in zip(checked, spans)]
+
+        history = {key: list(self.history.get(f"reflow_{key}", [])) for key in ("loss", "seconds", "straightness")}
+        if not history["straightness"]:
+            history["straightness"].append(straightness())
+        for _ in range(rounds):
+            start = time.perf_counter()
+            with torch.no_grad():
+                ends = [integrate(forward, z, torch.tensor([t0, t1], dtype=torch.float32))[-1]
+                        for z, (t0, t1) in zip(internal[:-1], spans)]
+            objective = EndpointObjective(internal[:-1], ends, self.times, LinearPath(), p["batch_size"], masses)
+            net, log = train(self.net.requires_grad_(True), objective, self.clock, n_steps=steps, lr=p["lr"],
+                             lr_schedule=p["lr_schedule"], ema_decay=p["ema_decay"] or None, progress=progress)
+            self.net = net.eval()
+            history["loss"].append(log["loss"])
+            history["seconds"].append(time.perf_counter() - start)
+            history["straightness"].append(straightness())
+        self.history.update({f"reflow_{key}": np.array(values) for key, values in history.items()})
+
+    def straightness(self, x, t_from: float, t_to: float, *, method: str = "dopri5",
+                     step_size: float | None = None) -> float:
+        """Straightness of the flow's paths from cells ``x`` at ``t_from`` to ``t_to``: kinetic energy over
+        squared displacement, one for straight paths at constant speed (:func:`cellflow.metrics.straightness`)."""
+        self._check_fitted()
+        check_solver(method, step_size)
+        t_from, t_to = _checks.number("t_from", t_from), _checks.number("t_to", t_to)
+        side = "after" if t_to >= t_from else "before"
+        with compute_threads(self.device):
+            return metrics.straightness(lambda z, t: self._field(z, t, side)[0], self._to_internal(x), t_from, t_to,
+                                        method=method, step_size=step_size)
 
     # -- using the field ---------------------------------------------------------------
     def _times(self, t, n: int, name: str = "t") -> torch.Tensor:

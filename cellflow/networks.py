@@ -34,6 +34,46 @@ class TimeMLP(nn.Module):
         return self.net(torch.cat([x, t], dim=1))
 
 
+class GradientField(nn.Module):
+    """A velocity that is the gradient of a learned scalar potential: ``v(x, t) = grad_x phi(x, t)``.
+
+    Such a field has no curl (its Jacobian in ``x`` is symmetric), as the velocity of optimal
+    transport has. The gradient is taken by autograd: where gradients are on (training), with
+    ``create_graph=True`` so that the loss reaches the potential's weights; under
+    ``torch.no_grad`` (evaluation, integration, early stopping) gradients are switched on for
+    this one computation only and nothing is kept for a backward pass.
+
+    Parameters
+    ----------
+    dim
+        Dimension of ``x``.
+    hidden
+        Widths of the potential's hidden layers (smooth SiLU activations, so the field is smooth).
+    """
+
+    def __init__(self, dim: int, hidden: tuple[int, ...] = (256, 256, 256)):
+        super().__init__()
+        self.potential = TimeMLP(dim, hidden, out_dim=1)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The velocity ``(n, dim)`` at positions ``x`` ``(n, dim)`` and times ``t``."""
+        training = torch.is_grad_enabled()
+        with torch.enable_grad():
+            position = x if x.requires_grad else x.detach().requires_grad_(True)
+            phi = self.potential(position, t).sum()
+            (velocity,) = torch.autograd.grad(phi, position, create_graph=training)
+        return velocity
+
+
+FIELDS = {"direct": TimeMLP, "gradient": GradientField}  # how a velocity network is parametrised
+
+
+def velocity_network(dim: int, hidden: tuple[int, ...], field: str = "direct") -> nn.Module:
+    """A velocity network of :data:`FIELDS`: ``"direct"`` (an MLP with ``dim`` outputs) or
+    ``"gradient"`` (the gradient of a scalar MLP, :class:`GradientField`)."""
+    return FIELDS[field](dim, hidden)
+
+
 class VelocityGrowthField(nn.Module):
     """A velocity network and a growth network of the same inputs, for unbalanced methods.
 
@@ -43,11 +83,14 @@ class VelocityGrowthField(nn.Module):
         Dimension of positions.
     hidden
         Hidden widths of both networks.
+    field
+        How the velocity is parametrised (see :func:`velocity_network`); growth is always a
+        network of its own.
     """
 
-    def __init__(self, dim: int, hidden: tuple[int, ...] = (256, 256, 256)):
+    def __init__(self, dim: int, hidden: tuple[int, ...] = (256, 256, 256), field: str = "direct"):
         super().__init__()
-        self.velocity = TimeMLP(dim, hidden)
+        self.velocity = velocity_network(dim, hidden, field)
         self.growth = TimeMLP(dim, hidden, out_dim=1)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

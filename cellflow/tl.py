@@ -130,7 +130,9 @@ def fit(
     progress
         Show a progress bar.
     **model_kwargs
-        Passed to :class:`cellflow.CellFlow` (``seed``, ``n_steps``, ``device``, ...).
+        Passed to :class:`cellflow.CellFlow` (``seed``, ``n_steps``, ``device``, ...), e.g.
+        ``field="gradient"`` (the velocity as the gradient of a learned potential) or
+        ``reflow=k`` (``k`` rounds of rectified flow after the fit, which straighten the paths).
 
     Returns
     -------

@@ -157,6 +157,56 @@ class TupleObjective:
         return Batch(x=point.x, t=t, u=point.u / widths[:, None], g=g, weight=weight)
 
 
+class EndpointObjective:
+    """Flow matching on given pairs: cell ``i`` of interval ``k`` travels to ``targets[k][i]``.
+
+    The objective of rectified flow (:meth:`cellflow.CellFlow.rectify`): each cell is paired with
+    a point of its own, the end of its trajectory under a trained flow, rather than with cells of
+    the next population by a coupling. Every step draws ``batch_size`` pairs per interval (in
+    proportion to the sources' masses when given) at uniform fractions of the interval.
+
+    Parameters
+    ----------
+    sources, targets
+        Per interval, the starting points and their paired end points: tensors of equal shape
+        ``(n_k, d)`` on the training device.
+    times
+        Real times of the interval ends (one more than intervals).
+    path
+        A pair path (see :mod:`cellflow.paths`), e.g. the straight line without noise.
+    batch_size
+        Pairs drawn per interval and step.
+    masses
+        Per interval, the sources' masses (tensors ``(n_k,)``), or ``None`` for equal masses.
+    """
+
+    def __init__(self, sources, targets, times, path, batch_size: int, masses=None):
+        if [z.shape for z in sources] != [z.shape for z in targets]:
+            raise ValueError("every source point needs one target point: the shapes of sources and targets differ")
+        self.sources, self.targets = torch.cat(sources), torch.cat(targets)
+        self.sizes = [len(z) for z in sources]
+        self.offsets = np.cumsum([0, *self.sizes[:-1]]).tolist()
+        self.masses = masses
+        self.path = path
+        self.batch_size = int(batch_size)
+        device, dtype = self.sources.device, self.sources.dtype
+        times = torch.as_tensor(np.asarray(times, dtype=float), device=device, dtype=dtype)
+        self.start = times[:-1].repeat_interleave(self.batch_size)
+        self.span = (times[1:] - times[:-1]).repeat_interleave(self.batch_size)
+
+    def draw(self) -> Batch:
+        """One batch of ``batch_size`` pairs per interval, drawn on the points' device."""
+        device, n = self.sources.device, self.batch_size
+        picks = [torch.multinomial(m, n, replacement=True) if self.masses is not None
+                 else torch.randint(size, (n,), device=device) for size, m in
+                 zip(self.sizes, self.masses if self.masses is not None else self.sizes)]
+        rows = torch.cat([pick + offset for pick, offset in zip(picks, self.offsets)])
+        x0, x1 = self.sources.index_select(0, rows), self.targets.index_select(0, rows)
+        s = torch.rand(len(x0), 1, device=device, dtype=x0.dtype)
+        point = self.path.pair(x0, x1, s, self.path.noise(x0))
+        return Batch(x=point.x, t=self.start + self.span * s[:, 0], u=point.u / self.span[:, None])
+
+
 OBJECTIVES = {"pairs": PairObjective, "chains": TupleObjective}
 
 
