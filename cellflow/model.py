@@ -12,6 +12,7 @@ from ._utils import compute_threads, resolve_device, seed_everything
 from .clock import Clock
 from .couplings import BLOCK_ORDERS
 from .delta import cross_validated_delta
+from .entropy import default_entropy_rate
 from .integration import check_solver, integrate
 from .methods import resolve_method
 from .networks import FIELDS, VelocityGrowthField, velocity_network
@@ -72,17 +73,20 @@ class CellFlow:
         ``reg = 2 sigma**2``, Brownian bridges), ``"wfr"`` (unbalanced Wasserstein-Fisher-Rao
         coupling and geodesics, WFR-FM: learns a growth field too) or ``"mmfm"``
         (multimarginal: the plans of consecutive intervals chained into tuples through every
-        time point, a shape-preserving cubic Hermite curve through each tuple in real time).
+        time point, a shape-preserving cubic Hermite curve through each tuple in real time) or
+        ``"ecfm"`` (entropy-controlled: exact OT, straight lines with the least noise that keeps
+        the entropy of the cells on them from falling faster than ``entropy_rate``).
     coupling, path, objective
         Replace a piece of the method: coupling ``"independent"``, ``"exact"``, ``"entropic"``
-        or ``"wfr"``; path ``"linear"``, ``"brownian"``, ``"vp"``, ``"wfr"``, ``"hermite"`` or
-        ``"spline"`` (natural cubic spline); objective ``"pairs"`` or ``"chains"`` (a curve
-        through every time point needs chains; a pair path on chains is applied piecewise to
-        each chain's own segment). A growth field is learned whenever the coupling carries mass
+        or ``"wfr"``; path ``"linear"``, ``"brownian"``, ``"vp"``, ``"wfr"``, ``"hermite"``,
+        ``"spline"`` (natural cubic spline) or ``"entropy"`` (entropy-controlled); objective
+        ``"pairs"`` or ``"chains"`` (a curve through every time point needs chains; a pair path
+        on chains is applied piecewise to each chain's own segment). A growth field is learned whenever the coupling carries mass
         or the path makes growth (``"wfr"``).
     sigma
         Noise of the path, in units of the data's overall standard deviation; default from the
-        path (0.1; none for the WFR geodesic).
+        path (0.1; none for the WFR geodesic). The entropy-controlled path sets its own noise
+        (see ``entropy_rate``) and takes no ``sigma``.
     reg
         Entropic regularisation of the coupling (relative units); default from the coupling:
         ``2 sigma**2`` for entropic OT (the Schroedinger bridge of the path's noise), 0.01 for the
@@ -94,6 +98,13 @@ class CellFlow:
         geodesics best predict each inner time point from its two neighbours; with two time
         points :func:`cellflow.delta.default_delta`). Pairs farther apart than ``pi * delta``
         are never transported: the source cell dies in place and the target cell is not reached.
+    entropy_rate
+        For the entropy-controlled path (``"ecfm"``): how fast the entropy of the cells on the
+        path may fall below the straight line between the entropies of the two time points, in
+        nats per dimension per unit of the time column; the path adds the least noise that keeps
+        this bound (:class:`cellflow.paths.EntropyControlledPath`). ``None`` chooses
+        ``2 log(1 / 0.95) / median interval`` (:func:`cellflow.entropy.default_entropy_rate`): by
+        the middle of a typical interval the spread may shrink to 95% of the line, no further.
     field
         How the velocity is parametrised: ``"direct"`` (a network with one output per
         dimension) or ``"gradient"`` (the gradient in ``x`` of a learned scalar potential,
@@ -144,6 +155,7 @@ class CellFlow:
         sigma: float | None = None,
         reg: float | None = None,
         delta: float | None = None,
+        entropy_rate: float | None = None,
         hidden: tuple[int, ...] | str = "auto",
         n_steps: int | str = "auto",
         batch_size: int | str = "auto",
@@ -159,6 +171,9 @@ class CellFlow:
     ):
         self.method = resolve_method(method, coupling, path, objective)
         coupling_class, path_class = self.method.coupling_class, self.method.path_class
+        if sigma is not None and "sigma" not in path_class.settings:
+            raise ValueError(f"sigma={sigma!r} does not apply to path={self.method.path!r}, whose settings are "
+                             f"{list(path_class.settings)}; leave sigma out")
         sigma = path_class.default_sigma if sigma is None else _checks.number("sigma", sigma, minimum=0)
         reg = coupling_class.default_reg(sigma) if reg is None else _checks.number("reg", reg, minimum=0, strict=True)
         if "reg" not in coupling_class.settings:
@@ -169,7 +184,10 @@ class CellFlow:
             raise ValueError(f"hidden={hidden!r} must be 'auto' or a list of layer widths, e.g. (256, 256, 256)")
         self.params = dict(
             method=method, coupling=self.method.coupling, path=self.method.path, objective=self.method.objective,
-            sigma=sigma, reg=reg, delta=delta if self.method.needs_delta else None,
+            sigma=sigma if "sigma" in path_class.settings else None, reg=reg,
+            delta=delta if self.method.needs_delta else None,
+            entropy_rate=_optional("entropy_rate", entropy_rate, minimum=0, hint=" (nats per dimension per time unit)")
+            if "entropy_rate" in path_class.settings else None,
             hidden="auto" if hidden == "auto" else [_checks.integer("hidden", h, 1, MAX_WIDTH) for h in hidden],
             n_steps="auto" if n_steps == "auto" else _checks.integer("n_steps", n_steps, hint=" (or 'auto')"),
             batch_size="auto" if batch_size == "auto" else _checks.integer("batch_size", batch_size, hint=" (or 'auto')"),
@@ -206,8 +224,9 @@ class CellFlow:
     def _settings(self, times, delta) -> dict:
         """Every setting a coupling or a path may ask for, in internal units."""
         p = self.params
+        rate = p["entropy_rate"] if p["entropy_rate"] is not None else default_entropy_rate(times)
         return dict(sigma=p["sigma"], reg=p["reg"], delta=delta, block_size=p["block_size"],
-                    block_order=p["block_order"], times=times)
+                    block_order=p["block_order"], times=times, entropy_rate=rate)
 
     def _coupling(self):
         cls, delta = self.method.coupling_class, self.params["delta"]
@@ -312,13 +331,16 @@ class CellFlow:
                 reg=p["reg"] if "delta" in self.method.coupling_class.settings else None,
                 block_size=p["block_size"], seed=p["seed"],
             )
+        if "entropy_rate" in self.method.path_class.settings and p["entropy_rate"] is None:
+            p["entropy_rate"] = default_entropy_rate(course.times)
         with compute_threads(self.device):
             samplers = self._samplers(course, cpu, sources, rng, progress)
             coupling_seconds = time.perf_counter() - start
             if p["batch_size"] == "auto":
                 p["batch_size"] = default_batch_size(course)
+            path = self._path(course.times)
             objective = OBJECTIVES[self.method.objective](
-                internal, course.times, samplers, self._path(course.times), p["batch_size"], growth=self.has_growth,
+                internal, course.times, samplers, path, p["batch_size"], growth=self.has_growth,
             )
             stopping = None
             if p["n_steps"] == "auto":
@@ -338,7 +360,7 @@ class CellFlow:
                 ema_decay=p["ema_decay"] or None, stopping=stopping, progress=progress,
             )
             self.net = net.eval()
-            self.history = {**log, "coupling_seconds": np.array(coupling_seconds)}
+            self.history = {**log, **path.calibration, "coupling_seconds": np.array(coupling_seconds)}
             if p["reflow"]:
                 self._rectify(internal, sources, course.weights is None and course.growth is None, p["reflow"],
                               rng, progress)

@@ -63,13 +63,14 @@ class PairObjective:
         self.path = path
         self.batch_size = int(batch_size)
         self.growth = growth
+        path.calibrate(populations, times, samplers)
         # every interval's pairs are drawn as one batch: cells indexed in one stacked tensor
         self.cells = torch.cat(populations)
         self.offsets = np.cumsum([0, *(len(x) for x in populations)]).tolist()
         times = torch.as_tensor(np.asarray(times, dtype=float), device=self.cells.device, dtype=self.cells.dtype)
         self.start = times[:-1].repeat_interleave(self.batch_size)
         self.span = (times[1:] - times[:-1]).repeat_interleave(self.batch_size)
-        self.segment = torch.zeros(len(self.start), dtype=torch.long, device=self.cells.device)
+        self.segment = torch.arange(len(samplers), device=self.cells.device).repeat_interleave(self.batch_size)
 
     def draw(self) -> Batch:
         """One batch: ``batch_size`` pairs from every interval, at uniform fractions of it.
@@ -119,6 +120,7 @@ class TupleObjective:
         self.path = path
         self.batch_size = int(batch_size)
         self.growth = growth
+        path.calibrate(populations, times, samplers)
 
     def draw(self) -> Batch:
         """One batch of chains, each evaluated at one time in its segment (drawn on the cells' device)."""
