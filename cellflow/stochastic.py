@@ -49,7 +49,7 @@ def sde_grid(knots: np.ndarray, times: np.ndarray, step_size: float | None = Non
     """Time grid of Euler-Maruyama from ``times[0]`` through every later entry of ``times``.
 
     The grid stops at every measured time on the way, so that no step crosses one (the
-    diffusion and the score's weight change there), and cuts each stretch within interval ``k``
+    diffusion changes there), and cuts each stretch within interval ``k``
     into equal steps of at most ``step_size``, by default ``h_k /`` :data:`DEFAULT_STEPS`.
 
     Returns
@@ -75,8 +75,6 @@ def transport(model, state: torch.Tensor, times: np.ndarray, step_size: float | 
     """
     knots, sigma = model.times, model.params["sigma"]
     check_range(knots, times)
-    forward = len(times) < 2 or times[-1] >= times[0]
-    side, sign = ("after", 1.0) if forward else ("before", -1.0)
     grid, marks = sde_grid(knots, times, step_size)
     d = state.shape[1] - 1
 
@@ -86,6 +84,7 @@ def transport(model, state: torch.Tensor, times: np.ndarray, step_size: float | 
 
     def drift(current: torch.Tensor, t0: float, t1: float) -> torch.Tensor:
         t = torch.tensor(t0, dtype=torch.float64, device=current.device)
+        side, sign = ("after", 1.0) if t1 >= t0 else ("before", -1.0)  # backward: the reversed SDE
         v, g, score = model._field(current[:, :-1], t, side, score=True)
         v = v + sign * sigma**2 / (2 * width(t0, t1)) * score
         return torch.cat([v, g if g is not None else torch.zeros_like(v[:, :1])], dim=1)
