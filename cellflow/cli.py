@@ -141,7 +141,8 @@ def _interpolate(args) -> None:
     adata = _read_input(args.input)
     if main:
         print(f"pushing the cells of time {args.from_time:g} to {args.to_time:g}", flush=True)
-    pred = tl.interpolate(adata, args.from_time, args.to_time, key=args.key)
+    pred = tl.interpolate(adata, args.from_time, args.to_time, key=args.key, stochastic=args.stochastic,
+                          seed=args.seed)
     if main:
         pred.write_h5ad(args.out)
         print(f"wrote {pred.n_obs} predicted cells at time {args.to_time:g} to {Path(args.out).resolve()}")
@@ -216,6 +217,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="a measured time point")
     interp.add_argument("--to", dest="to_time", type=_finite_number("--to"), required=True, help="any time")
     interp.add_argument("--key", default="cellflow", help="the --key-added of 'cellflow fit' (default: cellflow)")
+    interp.add_argument("--stochastic", action="store_true",
+                        help="draw one path per cell of the model's SDE (methods with a score, e.g. sbcfm)")
+    interp.add_argument("--seed", type=seed, default=None, help="seed of the SDE's noise (default: the model's)")
     interp.add_argument("--out", required=True, help="output .h5ad of predicted cells")
     interp.set_defaults(run=_interpolate)
 

@@ -1,4 +1,4 @@
-"""The one integrator: push cells along a learned field with torchdiffeq."""
+"""The integrators: push cells along a learned field with torchdiffeq (ODE), or by Euler-Maruyama (SDE)."""
 
 from __future__ import annotations
 
@@ -69,4 +69,54 @@ def integrate(
         odeint(rhs, chunk, times, method=method, rtol=rtol, atol=atol, options=options)
         for chunk in torch.split(x, chunk_size)
     ]
+    return torch.cat(out, dim=1)
+
+
+def euler_maruyama(
+    drift: Callable[[torch.Tensor, float, float], torch.Tensor],
+    diffusion: Callable[[float, float], torch.Tensor],
+    x: torch.Tensor,
+    grid,
+    marks,
+    generator: torch.Generator,
+    chunk_size: int = 65536,
+) -> torch.Tensor:
+    """Solve ``dx = drift dt + diffusion dW`` by Euler-Maruyama on a given time grid.
+
+    Each step from ``t0`` to ``t1`` moves ``x`` by ``drift(x, t0, t1) (t1 - t0)`` plus
+    ``diffusion(t0, t1) sqrt(|t1 - t0|)`` times standard normal noise from ``generator``: the
+    drift is that at the step's start (the callables see the whole step, so that the caller can
+    tell which side of a discontinuity it lies on).
+
+    Parameters
+    ----------
+    drift
+        ``(x, t0, t1) -> (n, D)`` drift over the step.
+    diffusion
+        ``(t0, t1) -> (D,)`` noise scale per coordinate over the step (zero: none).
+    x
+        Initial states ``(n, D)`` at ``grid[0]``.
+    grid
+        Times of the steps' ends, monotone (backward when decreasing).
+    marks
+        Increasing indices into ``grid`` of the states to return.
+    generator
+        Source of the noise, on ``x``'s device.
+    chunk_size
+        Cells integrated together (each chunk runs the whole grid with its own draws).
+
+    Returns
+    -------
+    States ``(len(marks), n, D)``.
+    """
+    grid, marks = [float(t) for t in grid], list(marks)
+    out = []
+    for state in torch.split(x, chunk_size):
+        kept = [state] if marks[0] == 0 else []
+        for step, (t0, t1) in enumerate(zip(grid[:-1], grid[1:]), start=1):
+            noise = torch.randn(state.shape, generator=generator, device=state.device, dtype=state.dtype)
+            state = state + drift(state, t0, t1) * (t1 - t0) + diffusion(t0, t1) * abs(t1 - t0) ** 0.5 * noise
+            if step in marks:
+                kept.append(state)
+        out.append(torch.stack(kept))
     return torch.cat(out, dim=1)

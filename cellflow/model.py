@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from . import _checks, _state, distributed, metrics
+from . import stochastic as bridges
 from ._utils import compute_threads, resolve_device, seed_everything
 from .clock import Clock
 from .couplings import BLOCK_ORDERS
@@ -15,7 +16,7 @@ from .delta import cross_validated_delta
 from .entropy import default_entropy_rate
 from .integration import check_solver, integrate
 from .methods import resolve_method
-from .networks import FIELDS, VelocityGrowthField, velocity_network
+from .networks import FIELDS, Fields, TimeMLP, field_output, velocity_network
 from .readers import TimeCourse
 from .paths import LinearPath
 from .training import CHECK_CELLS, LR_SCHEDULES, OBJECTIVES, EndpointObjective, train, transport_stopping
@@ -86,7 +87,10 @@ class CellFlow:
     sigma
         Noise of the path, in units of the data's overall standard deviation; default from the
         path (0.1; none for the WFR geodesic). The entropy-controlled path sets its own noise
-        (see ``entropy_rate``) and takes no ``sigma``.
+        (see ``entropy_rate``) and takes no ``sigma``. Paths with bridge noise (``"brownian"`` and the
+        curves ``"hermite"``, ``"spline"``: ``sigma sqrt(s (1-s))`` within each interval) with
+        ``sigma > 0`` train a score network beside the velocity, which
+        ``transport(..., stochastic=True)`` and :meth:`score` use.
     reg
         Entropic regularisation of the coupling (relative units); default from the coupling:
         ``2 sigma**2`` for entropic OT (the Schroedinger bridge of the path's noise), 0.01 for the
@@ -216,6 +220,12 @@ class CellFlow:
         return self.method.has_growth
 
     @property
+    def has_score(self) -> bool:
+        """Whether the model learns a score (a path with bridge noise and ``sigma > 0``), so that it can
+        sample its stochastic bridges (``transport(..., stochastic=True)``)."""
+        return self.method.path_class.makes_score and self.params["sigma"] > 0
+
+    @property
     def multimarginal(self) -> bool:
         """Whether training draws chains through all time points rather than pairs."""
         return self.method.objective == "chains"
@@ -241,8 +251,14 @@ class CellFlow:
         return cls(**{name: settings[name] for name in cls.settings})
 
     def _network(self, n_dims: int):
-        hidden, field = tuple(self.params["hidden"]), self.params["field"]
-        return VelocityGrowthField(n_dims, hidden, field) if self.has_growth else velocity_network(n_dims, hidden, field)
+        """The velocity network (see ``field``), with a growth and a score network beside it where the method
+        learns them."""
+        hidden = tuple(self.params["hidden"])
+        velocity = velocity_network(n_dims, hidden, self.params["field"])
+        if not (self.has_growth or self.has_score):
+            return velocity
+        return Fields(velocity, TimeMLP(n_dims, hidden, out_dim=1) if self.has_growth else None,
+                      TimeMLP(n_dims, hidden) if self.has_score else None)
 
     def _check_balanced(self, name: str, value) -> None:
         if self.has_growth:
@@ -461,18 +477,19 @@ class CellFlow:
             raise ValueError(f"{name}={float(t[~np.isfinite(t)][0])!r}: times must be finite numbers")
         return torch.as_tensor(t.copy(), device=self.device)
 
-    def _field(self, z: torch.Tensor, t: torch.Tensor, at_knots: str = "mean", net=None):
-        """Internal velocity (and growth) per unit of real time at internal positions ``z`` and real times ``t``.
+    def _field(self, z: torch.Tensor, t: torch.Tensor, at_knots: str = "mean", net=None, score: bool = False):
+        """Internal velocity and growth (``None`` without) per unit of real time at internal positions
+        ``z`` and real times ``t``; with ``score=True`` also the score network's output as a third entry.
 
         ``at_knots``: the unit exactly at a measured time (see :meth:`cellflow.clock.Clock.evaluate`).
         ``net``: a network other than the model's (one in training).
         """
         tau, unit = self.clock.evaluate(t.to(torch.float64).expand(len(z)), at_knots)
-        out = (self.net if net is None else net)(z, tau.to(z.dtype))
+        net = self.net if net is None else net
+        out = field_output(net(z, tau.to(z.dtype), score=True) if score else net(z, tau.to(z.dtype)))
         unit = unit.to(z.dtype)
-        if isinstance(out, tuple):
-            return out[0] * unit[:, :1], out[1] * unit[:, -1:]
-        return out * unit[:, :1], None
+        growth = None if out.growth is None else out.growth * unit[:, -1:]
+        return (out.velocity * unit[:, :1], growth, out.score) if score else (out.velocity * unit[:, :1], growth)
 
     def _state_field(self, state: torch.Tensor, t: torch.Tensor, at_knots: str, net=None) -> torch.Tensor:
         """``d(z, log m)/dt`` of states ``(n, d + 1)`` holding the log-mass in the last column."""
@@ -513,7 +530,8 @@ class CellFlow:
         return np.zeros(len(v)) if g is None else g
 
     def transport(
-        self, x, times, *, method: str = "dopri5", step_size: float | None = None
+        self, x, times, *, method: str = "dopri5", step_size: float | None = None, stochastic: bool = False,
+        seed: int | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Positions and masses of cells starting at ``x`` at ``times[0]``, at every time of ``times``.
 
@@ -521,23 +539,67 @@ class CellFlow:
         user's time unit. Masses start at one and follow ``d log m / dt = g``; they stay one for
         balanced methods.
 
+        With ``stochastic=True`` (models with a score, :attr:`has_score`) each cell instead follows
+        one path of the SDE ``dx = [v + (g^2 / 2) grad log p_t] dt + g dW`` whose marginals are those
+        of the flow, ``g`` the diffusion of the path's bridges (:mod:`cellflow.stochastic`), by
+        Euler-Maruyama with ``step_size`` (default: 1/100 of each measured interval), drawn on the
+        model's device from ``seed`` (default: the model's ``seed``), between the first and the
+        last measured time.
+
         Returns
         -------
         Positions ``(len(times), n, d)`` and masses ``(len(times), n)``.
         """
         self._check_fitted()
         times = np.atleast_1d(np.asarray(times, dtype=np.float64))
-        step = check_solver(method, step_size)
-        times = self._times(times, len(times), "times").to(torch.float32)
+        if stochastic:
+            self._check_score("stochastic=True")
+            if method != "dopri5":
+                raise ValueError(f"method={method!r} is an ODE solver; stochastic=True integrates the SDE by "
+                                 "Euler-Maruyama: leave method at its default and set step_size if needed")
+            step = None if step_size is None else _checks.number("step_size", step_size, minimum=0, strict=True)
+            seed = self.params["seed"] if seed is None else _checks.integer("seed", seed, 0)
+        else:
+            step = check_solver(method, step_size)
+        real, times = times, self._times(times, len(times), "times").to(torch.float32)
         z = self._to_internal(x)
         side = "after" if len(times) < 2 or times[-1] >= times[0] else "before"  # the interval the cells move into
 
         with torch.no_grad(), compute_threads(self.device):
             state = torch.cat([z, torch.zeros(len(z), 1, device=z.device)], dim=1)
-            out = integrate(lambda s, t: self._state_field(s, t, side), state, times, method=method, step_size=step)
+            if stochastic:
+                generator = torch.Generator(device=self.device).manual_seed(seed)
+                out = bridges.transport(self, state, real, step, generator)
+            else:
+                out = integrate(lambda s, t: self._state_field(s, t, side), state, times, method=method,
+                                step_size=step)
             z, log_mass = out[..., :-1], out[..., -1]
         positions = z.cpu().numpy().astype(np.float64) * self.scale + self.center
         return positions, np.exp(log_mass.cpu().numpy().astype(np.float64))
+
+    def _check_score(self, asked: str) -> None:
+        """Raise unless the model learned a score, naming what ``asked`` for it."""
+        if not self.has_score:
+            p = self.params
+            raise ValueError(
+                f"{asked} needs a learned score, but method {p['method']!r} (path {p['path']!r}, "
+                f"sigma={p['sigma']:g}) learns none; fit a method whose path has bridge noise, e.g. "
+                "method='sbcfm', or method='mmfm' with sigma > 0"
+            )
+
+    def score(self, x, t) -> np.ndarray:
+        """Score ``grad log p_t`` of the model's population at positions ``x`` ``(n, d)`` and times ``t``
+        (one or ``(n,)``, between the first and the last measured time), per unit of the user's
+        representation; only for models with a score (:attr:`has_score`).
+        """
+        self._check_fitted()
+        self._check_score("score()")
+        t = np.broadcast_to(np.asarray(t, dtype=np.float64), (len(x),))
+        bridges.check_range(self.times, t, "t")
+        with torch.no_grad(), compute_threads(self.device):
+            z = self._to_internal(x)
+            score = self._field(z, self._times(t, len(z)), score=True)[2]
+        return score.cpu().numpy().astype(np.float64) / self.scale
 
     def push(self, x, t_from: float, t_to: float, *, return_mass: bool = False, **kwargs):
         """Positions at ``t_to`` of cells at ``x`` at ``t_from`` (forward or backward in time).
@@ -595,6 +657,10 @@ class CellFlow:
         with torch.device("meta"):  # shapes only: nothing is allocated
             expected = {k: tuple(v.shape) for k, v in model._network(model.center.size).state_dict().items()}
         found = {k: tuple(v.shape) for k, v in parts["weights"].items()}
+        if model.has_score and not any(k.startswith("score.") for k in found):
+            raise ValueError("the model has no score network: an earlier cellflow saved it, before paths with "
+                             f"bridge noise (path {params['path']!r}, sigma={params['sigma']:g}) learned one; "
+                             "refit the model")
         if found != expected:
             wrong = sorted(set(found) ^ set(expected)) or [k for k in expected if found[k] != expected[k]]
             raise ValueError(f"the model's weights do not match its parameters (first mismatch: {wrong[0]!r}); "

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 from torch import nn
 
@@ -74,25 +76,43 @@ def velocity_network(dim: int, hidden: tuple[int, ...], field: str = "direct") -
     return FIELDS[field](dim, hidden)
 
 
-class VelocityGrowthField(nn.Module):
-    """A velocity network and a growth network of the same inputs, for unbalanced methods.
+class FieldOutput(NamedTuple):
+    """What a field network returns: velocity ``(n, dim)``, growth rate ``(n, 1)`` and score ``(n, dim)``,
+    each ``None`` where absent."""
+
+    velocity: torch.Tensor
+    growth: torch.Tensor | None = None
+    score: torch.Tensor | None = None
+
+
+def field_output(output) -> FieldOutput:
+    """A network's output as a :class:`FieldOutput` (a bare tensor is a velocity)."""
+    return output if isinstance(output, FieldOutput) else FieldOutput(output)
+
+
+class Fields(nn.Module):
+    """A velocity network beside a growth network (unbalanced methods) and/or a score network
+    (paths with bridge noise), each fitted to its own target.
 
     Parameters
     ----------
-    dim
-        Dimension of positions.
-    hidden
-        Hidden widths of both networks.
-    field
-        How the velocity is parametrised (see :func:`velocity_network`); growth is always a
-        network of its own.
+    velocity
+        The velocity network ``v(x, t)``.
+    growth
+        The growth network ``(n, 1)``, or ``None``.
+    score
+        The score network ``(n, dim)``, or ``None``.
     """
 
-    def __init__(self, dim: int, hidden: tuple[int, ...] = (256, 256, 256), field: str = "direct"):
+    def __init__(self, velocity: nn.Module, growth: nn.Module | None = None, score: nn.Module | None = None):
         super().__init__()
-        self.velocity = velocity_network(dim, hidden, field)
-        self.growth = TimeMLP(dim, hidden, out_dim=1)
+        self.velocity, self.growth, self.score = velocity, growth, score
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Velocity ``(n, dim)`` and growth rate ``(n, 1)``."""
-        return self.velocity(x, t), self.growth(x, t)
+    def forward(self, x: torch.Tensor, t: torch.Tensor, score: bool = False) -> FieldOutput:
+        """Velocity and growth at ``(x, t)``, and the score when ``score`` is set (training and
+        stochastic sampling; a deterministic flow does not need it)."""
+        return FieldOutput(
+            self.velocity(x, t),
+            None if self.growth is None else self.growth(x, t),
+            self.score(x, t) if score and self.score is not None else None,
+        )

@@ -9,20 +9,36 @@ Every path has one method, :meth:`ConditionalPath.sample`, with one signature:
 - ``eps`` ``(n, d)``: standard normal noise;
 - ``m0``, ``m1`` ``(n,)`` or ``None``: the masses at the two ends of the segment (unbalanced couplings).
 
-It returns a :class:`PathSample`: the point ``x`` on the path, its velocity ``u = dx/ds`` and,
-where the pair carries masses, the growth ``g = d log m / ds`` and the loss weight ``m(s) / m0``
-(all per unit fraction of the segment). Pair paths use the two cells that bound the segment;
-curves (:attr:`ConditionalPath.through_knots`) use every row of ``points`` and the real times of
-the time points, so that a chain's curve depends on the data alone.
+It returns a :class:`PathSample`: the point ``x`` on the path, its velocity ``u = dx/ds``,
+where the pair carries masses the growth ``g = d log m / ds`` and the loss weight ``m(s) / m0``
+(all per unit fraction of the segment), and for paths with bridge noise the score target.
+Pair paths use the two cells that bound the segment; curves (:attr:`ConditionalPath.through_knots`)
+use every row of ``points`` and the real times of the time points, so that a chain's curve
+depends on the data alone.
 
 Each class declares what it needs from a method's settings in :attr:`ConditionalPath.settings`
-(``sigma``, ``delta``, ``times``, ``entropy_rate``), its noise default, and whether it makes growth
-targets. A path whose noise depends on the coupled cells sets it in :meth:`ConditionalPath.calibrate`,
-which the training objective calls once, before training.
+(``sigma``, ``delta``, ``times``, ``entropy_rate``), its noise default, and whether it makes growth or
+score targets. A path whose noise depends on the coupled cells sets it in
+:meth:`ConditionalPath.calibrate`, which the training objective calls once, before training.
+
+Bridge noise and the score
+--------------------------
+Paths with :attr:`ConditionalPath.makes_score` add to their mean curve ``mu_s`` the noise of a
+Brownian bridge within each segment, ``lambda(s) eps`` with ``lambda(s) = sigma sqrt(s (1-s))``:
+zero at the cells, largest mid-way. The velocity target is the derivative at fixed ``eps``, and
+the conditional score is ``-(x - mu_s) / lambda(s)^2 = -eps / lambda(s)``, which diverges at the
+ends of the segment. The score network's error is therefore weighted by ``lambda(s)^2`` (as in
+simulation-free score and flow matching): the loss ``|lambda(s) s_net(x, t) + eps|^2`` has a
+standard normal target at every ``s``, and the network outputs the score itself, a function that
+stays bounded at the ends wherever the population is spread out (regressing ``lambda(s)`` times
+the score instead asks the network for a function like ``sqrt(s)``, whose errors near the ends
+the stochastic sampler then divides by ``lambda(s)``). A :class:`PathSample` carries ``-eps`` as
+``score`` and ``lambda(s)`` as ``noise_scale``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -37,13 +53,17 @@ from .entropy import displacement_factor, noise_level
 class PathSample:
     """Points on the path and their targets (per unit fraction ``s`` of the segment).
 
-    ``g`` (growth, ``d log m / ds``) and ``weight`` (``m(s) / m0``) are ``None`` without masses.
+    ``g`` (growth, ``d log m / ds``) and ``weight`` (``m(s) / m0``) are ``None`` without masses;
+    ``score`` (``-eps``, the conditional score times ``lambda(s)``) and ``noise_scale``
+    (``lambda(s)`` ``(n, 1)``; see the module's notes) are ``None`` without bridge noise.
     """
 
     x: torch.Tensor
     u: torch.Tensor
     g: torch.Tensor | None = None
     weight: torch.Tensor | None = None
+    score: torch.Tensor | None = None
+    noise_scale: torch.Tensor | None = None
 
 
 def _with_linear_mass(point: PathSample, s, m0, m1) -> PathSample:
@@ -119,12 +139,16 @@ class ConditionalPath:
         The path gives growth targets even between cells of equal mass.
     calibration
         What :meth:`calibrate` chose, as arrays for the model's history (empty for most paths).
+    makes_score
+        The path's noise is a Brownian bridge within each segment, so with ``sigma > 0`` it gives
+        score targets (see the module's notes) and a stochastic sampler (:mod:`cellflow.stochastic`).
     """
 
     settings: tuple[str, ...] = ("sigma",)
     default_sigma = 0.1
     through_knots = False
     makes_growth = False
+    makes_score = False
     sigma = 0.0
     calibration: dict = {}
 
@@ -149,6 +173,17 @@ class ConditionalPath:
         segment = torch.zeros(len(x0), dtype=torch.long, device=x0.device)
         return self.sample(torch.stack([x0, x1]), segment, s, eps, m0, m1)
 
+    def _with_bridge(self, mean, velocity, s, eps, m0, m1) -> PathSample:
+        """The sample ``mean + sigma sqrt(s (1-s)) eps`` with its velocity and score target (see the module's notes)."""
+        if self.sigma == 0:
+            return _with_linear_mass(PathSample(x=mean, u=velocity), s, m0, m1)
+        root = torch.sqrt(s * (1 - s))
+        # d/ds of the noise is (1-2s) / (2 s (1-s)) (x - mean) = (1-2s) / (2 root) sigma eps; kept finite at the ends
+        speed = (1 - 2 * s) / (2 * root.clamp(min=1e-2)) * self.sigma * eps
+        scale = self.sigma * root
+        point = PathSample(x=mean + scale * eps, u=velocity + speed, score=-eps, noise_scale=scale)
+        return _with_linear_mass(point, s, m0, m1)
+
 
 class LinearPath(ConditionalPath):
     """Straight line ``(1-s) x0 + s x1 + sigma eps`` with target ``x1 - x0`` (CFM, OT-CFM)."""
@@ -165,8 +200,10 @@ class BrownianBridgePath(ConditionalPath):
     """Brownian bridge of noise ``sigma`` between the pair (Schroedinger-bridge CFM).
 
     ``x_s = (1-s) x0 + s x1 + sigma sqrt(s (1-s)) eps``: exact at both ends, variance
-    ``sigma^2 s (1-s)`` per coordinate in between.
+    ``sigma^2 s (1-s)`` per coordinate in between; gives score targets.
     """
+
+    makes_score = True
 
     def __init__(self, sigma: float = 0.1):
         if not sigma > 0:
@@ -175,11 +212,7 @@ class BrownianBridgePath(ConditionalPath):
 
     def sample(self, points, segment, s, eps, m0=None, m1=None) -> PathSample:
         x0, x1 = _ends(points, segment)
-        root = torch.sqrt(s * (1 - s))
-        x = (1 - s) * x0 + s * x1 + self.sigma * root * eps
-        # (1-2s) / (2 s (1-s)) * (x - mean) is (1-2s) / (2 root) * sigma * eps; kept finite at the ends
-        u = (1 - 2 * s) / (2 * root.clamp(min=1e-2)) * self.sigma * eps + x1 - x0
-        return _with_linear_mass(PathSample(x=x, u=u), s, m0, m1)
+        return self._with_bridge((1 - s) * x0 + s * x1, x1 - x0, s, eps, m0, m1)
 
 
 class VariancePreservingPath(ConditionalPath):
@@ -262,11 +295,14 @@ class CubicSplinePath(ConditionalPath):
     times
         Real times ``t_0 < ... < t_K`` of the knots.
     sigma
-        Optional Gaussian noise added to the position (not to the target).
+        Noise of a Brownian bridge within each segment, ``sigma sqrt(s (1-s)) eps`` around the
+        curve: none at the knots (multimarginal score and flow matching); with ``sigma > 0`` the
+        path gives score targets.
     """
 
     settings = ("times", "sigma")
     through_knots = True
+    makes_score = True
 
     def __init__(self, times, sigma: float = 0.0):
         tau = torch.as_tensor(times, dtype=torch.float64)
@@ -299,7 +335,7 @@ class CubicSplinePath(ConditionalPath):
         a, b = 1 - s, s
         x = a * x_lo + b * x_hi + ((a**3 - a) * m_lo + (b**3 - b) * m_hi) * h**2 / 6
         u = x_hi - x_lo + ((3 * b**2 - 1) * m_hi - (3 * a**2 - 1) * m_lo) * h**2 / 6
-        return _with_linear_mass(PathSample(x=x + self.sigma * eps, u=u), s, m0, m1)
+        return self._with_bridge(x, u, s, eps, m0, m1)
 
 
 class MonotoneHermitePath(CubicSplinePath):
@@ -316,7 +352,7 @@ class MonotoneHermitePath(CubicSplinePath):
     times
         Real times ``t_0 < ... < t_K`` of the knots.
     sigma
-        Optional Gaussian noise added to the position (not to the target).
+        Noise of a Brownian bridge within each segment (as for :class:`CubicSplinePath`).
     """
 
     def sample(self, points, segment, s, eps, m0=None, m1=None) -> PathSample:
@@ -324,7 +360,7 @@ class MonotoneHermitePath(CubicSplinePath):
         d_lo, d_hi = _ends(monotone_tangents(points, self.widths), segment)
         x_lo, x_hi = _ends(points, segment)
         x, u = hermite(x_lo, x_hi, d_lo * h, d_hi * h, s)
-        return _with_linear_mass(PathSample(x=x + self.sigma * eps, u=u), s, m0, m1)
+        return self._with_bridge(x, u, s, eps, m0, m1)
 
 
 CALIBRATION_PAIRS = 1024  # most coupled pairs per interval on which the entropy-controlled path sets its noise
@@ -373,6 +409,7 @@ class EntropyControlledPath(BrownianBridgePath):
     """
 
     settings = ("entropy_rate",)
+    makes_score = False  # the noise is shaped per interval: -eps is not its score
 
     def __init__(self, entropy_rate: float):
         if not entropy_rate >= 0:
@@ -412,7 +449,7 @@ class EntropyControlledPath(BrownianBridgePath):
             n, d = eps.shape
             side_by_side = (eps @ self.factors.to(eps)).view(n, -1, d)
             eps = side_by_side[torch.arange(n, device=eps.device), segment]
-        return super().sample(points, segment, s, eps, m0, m1)
+        return dataclasses.replace(super().sample(points, segment, s, eps, m0, m1), score=None, noise_scale=None)
 
 
 PATHS = {

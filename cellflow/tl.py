@@ -207,6 +207,8 @@ def interpolate(
     model: CellFlow | None = None,
     solver: str = "dopri5",
     step_size: float | None = None,
+    stochastic: bool = False,
+    seed: int | None = None,
 ) -> AnnData:
     """Push the cells measured at ``from_time`` to any time ``to_time``.
 
@@ -225,6 +227,13 @@ def interpolate(
         Use this model instead of the stored one.
     solver, step_size
         Integrator (see :func:`cellflow.integration.integrate`); ``step_size`` in time units.
+    stochastic
+        Draw one path per cell of the SDE with the flow's marginals rather than follow the flow
+        (methods with a learned score, e.g. ``"sbcfm"``; see :meth:`cellflow.CellFlow.transport`):
+        Euler-Maruyama with ``step_size``, by default 1/100 of each measured interval, between
+        the first and the last measured time.
+    seed
+        Seed of the SDE's noise (default: the model's seed); the same seed gives the same cells.
 
     Returns
     -------
@@ -232,14 +241,15 @@ def interpolate(
     gene space in ``X`` where PCA loadings exist, ``obs["time"]``, ``obs["{key}_mass"]``
     (how many cells each row stands for: one at ``from_time``, changed by the growth field of
     unbalanced methods, so that its sum predicts the population size), ``obs["source_cell"]``
-    and ``uns["{key}_interpolation"]`` (the two times and ``key``).
+    and ``uns["{key}_interpolation"]`` (the two times, ``key`` and ``stochastic``).
     """
     from_time, to_time = number("from_time", from_time), number("to_time", to_time)
     fitted = _fitted(adata, key, model)
     loadings = _pca_loadings(adata, fitted.use_rep, fitted.course.n_dims)
     k = fitted.course.index_of(from_time)
     positions, mass = fitted.model.push(
-        fitted.course.populations[k], from_time, to_time, return_mass=True, method=solver, step_size=step_size
+        fitted.course.populations[k], from_time, to_time, return_mass=True, method=solver, step_size=step_size,
+        stochastic=stochastic, seed=seed,
     )
     source = adata.obs_names[fitted.course.indices[k]]
     obs = pd.DataFrame(
@@ -255,7 +265,8 @@ def interpolate(
         var=adata.var.copy() if genes is not None and genes.shape[1] == adata.n_vars else None,
     )
     out.obsm[fitted.use_rep if fitted.use_rep != "X" else "X_cellflow"] = positions.astype(np.float32)
-    out.uns[f"{key}_interpolation"] = {"from_time": from_time, "to_time": to_time, "key": key}
+    out.uns[f"{key}_interpolation"] = {"from_time": from_time, "to_time": to_time, "key": key,
+                                       "stochastic": bool(stochastic)}
     return out
 
 

@@ -16,6 +16,7 @@ from ._utils import progress_bar
 from .couplings import sample_chains
 from .integration import integrate
 from .metrics import energy_distance
+from .networks import field_output
 
 LR_SCHEDULES = ("constant", "cosine")
 CHECK_CELLS = 512  # cells per time point pushed to decide when to stop (n_steps="auto")
@@ -26,15 +27,20 @@ CHECK_STEPS = 4
 
 @dataclass
 class Batch:
-    """Regression targets at points ``x`` and times ``t``: velocity ``u`` and, for methods with
-    growth, growth ``g``, with per-point loss weights ``weight``. Objectives give them in real
-    time; :meth:`cellflow.clock.Clock.to_network` turns them into the network's units."""
+    """Regression targets at points ``x`` and times ``t``: velocity ``u``, for methods with
+    growth the growth ``g``, for paths with bridge noise ``score`` (``-eps``) and ``noise_scale``
+    (``lambda(s)``), the score network being fitted by ``|lambda(s) s_net + eps|^2`` (see
+    :mod:`cellflow.paths`), with per-point loss weights ``weight``. Objectives give them in real
+    time; :meth:`cellflow.clock.Clock.to_network` turns them into the network's units (positions
+    keep theirs, so the score is left as it is)."""
 
     x: torch.Tensor
     t: torch.Tensor
     u: torch.Tensor
     g: torch.Tensor | None = None
     weight: torch.Tensor | None = None
+    score: torch.Tensor | None = None
+    noise_scale: torch.Tensor | None = None
 
 
 class PairObjective:
@@ -93,7 +99,8 @@ class PairObjective:
         if self.growth:
             g = point.g / self.span if point.g is not None else torch.zeros_like(self.span)
         t = self.start + self.span * s[:, 0]
-        return Batch(x=point.x, t=t, u=point.u / self.span[:, None], g=g, weight=point.weight)
+        return Batch(x=point.x, t=t, u=point.u / self.span[:, None], g=g, weight=point.weight,
+                     score=point.score, noise_scale=point.noise_scale)
 
 
 class TupleObjective:
@@ -156,7 +163,8 @@ class TupleObjective:
         if m0 is not None:
             weight = weight * torch.stack(alive_before)[segment, rows].to(dtype)
         t = self.times[segment] + widths * s[:, 0]
-        return Batch(x=point.x, t=t, u=point.u / widths[:, None], g=g, weight=weight)
+        return Batch(x=point.x, t=t, u=point.u / widths[:, None], g=g, weight=weight, score=point.score,
+                     noise_scale=point.noise_scale)
 
 
 class EndpointObjective:
@@ -303,12 +311,14 @@ def transport_stopping(field, populations, masses, times, rng) -> EarlyStopping:
 
 
 def _squared_error(net: nn.Module, batch: Batch) -> torch.Tensor:
-    """Mean over the batch of ``(|v - u|^2 + |g_net - g|^2) * weight``."""
-    output = net(batch.x, batch.t)
-    velocity, growth = output if isinstance(output, tuple) else (output, None)
-    error = ((velocity - batch.u) ** 2).sum(dim=1)
+    """Mean over the batch of ``(|v - u|^2 + |g_net - g|^2 + |noise_scale s_net - score|^2) * weight``."""
+    with_score = batch.score is not None
+    output = field_output(net(batch.x, batch.t, score=True) if with_score else net(batch.x, batch.t))
+    error = ((output.velocity - batch.u) ** 2).sum(dim=1)
     if batch.g is not None:
-        error = error + (growth[:, 0] - batch.g) ** 2
+        error = error + (output.growth[:, 0] - batch.g) ** 2
+    if with_score:
+        error = error + ((batch.noise_scale * output.score - batch.score) ** 2).sum(dim=1)
     if batch.weight is not None:
         error = error * batch.weight
     return error.mean()
@@ -328,9 +338,10 @@ def train(
 ) -> tuple[nn.Module, dict]:
     """Fit ``net(x, t)`` to the targets of ``objective`` by Adam on the squared error.
 
-    The loss is ``E[(|v - u|^2 + |g_net - g|^2) * weight]``, the growth term and the weight only
-    where the batch has them. Velocity and growth are separate networks, so each is fitted to
-    its own target (a relative weight of the two errors would not change the fit under Adam).
+    The loss is ``E[(|v - u|^2 + |g_net - g|^2 + |noise_scale s_net - score|^2) * weight]``, the growth and
+    score terms and the weight only where the batch has them. Velocity, growth and score are
+    separate networks (:class:`cellflow.networks.Fields`), so each is fitted to its own target (a
+    relative weight of the errors would not change the fit under Adam).
 
     Under an initialised ``torch.distributed`` process group of several processes the network is
     wrapped in :class:`torch.nn.parallel.DistributedDataParallel`: every process draws its own
@@ -340,7 +351,8 @@ def train(
     Parameters
     ----------
     net
-        The field, trained in place: returns a velocity, or ``(velocity, growth)``.
+        The field, trained in place: returns a velocity, or a :class:`cellflow.networks.FieldOutput`
+        (with the score output when called with ``score=True``).
     objective
         Anything with ``draw() -> Batch`` (real-time targets).
     clock
