@@ -62,6 +62,7 @@ METHODS = {
     "sbcfm": Method("entropic", "brownian", "pairs"),
     "wfr": Method("wfr", "wfr", "pairs"),
     "mmfm": Method("exact", "hermite", "chains"),
+    "mmfm_potential": Method("potential", "hermite", "chains"),
 }
 
 
