@@ -71,10 +71,12 @@ class CellFlow:
         ``reg = 2 sigma**2``, Brownian bridges), ``"wfr"`` (unbalanced Wasserstein-Fisher-Rao
         coupling and geodesics, WFR-FM: learns a growth field too) or ``"mmfm"``
         (multimarginal: the plans of consecutive intervals chained into tuples through every
-        time point, a shape-preserving cubic Hermite curve through each tuple in real time).
+        time point, a shape-preserving cubic Hermite curve through each tuple in real time) or
+        ``"mmfm_potential"`` (as ``"mmfm"``, with chains drawn from the entropic OT potentials of
+        each interval, extended to every cell by their c-transform; :mod:`cellflow.potentials`).
     coupling, path, objective
-        Replace a piece of the method: coupling ``"independent"``, ``"exact"``, ``"entropic"``
-        or ``"wfr"``; path ``"linear"``, ``"brownian"``, ``"vp"``, ``"wfr"``, ``"hermite"`` or
+        Replace a piece of the method: coupling ``"independent"``, ``"exact"``, ``"entropic"``,
+        ``"wfr"``, ``"potential"`` or ``"potential_map"``; path ``"linear"``, ``"brownian"``, ``"vp"``, ``"wfr"``, ``"hermite"`` or
         ``"spline"`` (natural cubic spline); objective ``"pairs"`` or ``"chains"`` (a curve
         through every time point needs chains; a pair path on chains is applied piecewise to
         each chain's own segment). A growth field is learned whenever the coupling carries mass
@@ -84,9 +86,9 @@ class CellFlow:
         path (0.1; none for the WFR geodesic).
     reg
         Entropic regularisation of the coupling (relative units); default from the coupling:
-        ``2 sigma**2`` for entropic OT (the Schroedinger bridge of the path's noise), 0.01 for the
-        WFR coupling (its cost is in units of ``(d / 2 delta)^2``); exact and independent
-        couplings have none.
+        ``2 sigma**2`` for entropic OT and the OT potentials (the Schroedinger bridge of the
+        path's noise), 0.01 for the WFR coupling (its cost is in units of ``(d / 2 delta)^2``);
+        exact and independent couplings have none.
     delta
         WFR length scale, positive, in the units of the representation; ``None`` chooses it from
         the data (:func:`cellflow.delta.cross_validated_delta`: the candidate whose static WFR
