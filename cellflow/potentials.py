@@ -16,6 +16,10 @@ Either way the map is ``T(x) = x - grad f(x)`` and the displacement ``-grad f(x)
 extension needs only ``g`` on the cells it was solved on, the problem can be solved on a
 subsample and every other cell placed by the c-transform: the rule of
 :class:`PotentialCoupling` for populations larger than ``block_size``.
+
+The multimarginal method built on them (``method="mmfm_potential"``) follows the idea of
+Kansal et al. (2026), multimarginal flow matching with OT potentials; it was designed here from
+the definitions above, without the paper's text.
 """
 
 from __future__ import annotations
