@@ -479,9 +479,13 @@ def sample_chains(samplers, n: int) -> list[Pairs]:
     return links
 
 
+from .potentials import PotentialCoupling, PotentialMapCoupling  # noqa: E402 (built on the classes above)
+
 COUPLINGS = {
     "independent": IndependentCoupling,
     "exact": ExactOTCoupling,
     "entropic": EntropicOTCoupling,
     "wfr": WFRCoupling,
+    "potential": PotentialCoupling,
+    "potential_map": PotentialMapCoupling,
 }

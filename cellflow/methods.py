@@ -63,6 +63,7 @@ METHODS = {
     "wfr": Method("wfr", "wfr", "pairs"),
     "mmfm": Method("exact", "hermite", "chains"),
     "ecfm": Method("exact", "entropy", "pairs"),
+    "mmfm_potential": Method("potential", "hermite", "chains"),
 }
 
 

@@ -76,13 +76,16 @@ class CellFlow:
         (multimarginal: the plans of consecutive intervals chained into tuples through every
         time point, a shape-preserving cubic Hermite curve through each tuple in real time) or
         ``"ecfm"`` (entropy-controlled: exact OT, straight lines with the least noise that keeps
-        the entropy of the cells on them from falling faster than ``entropy_rate``).
+        the entropy of the cells on them from falling faster than ``entropy_rate``) or
+        ``"mmfm_potential"`` (as ``"mmfm"``, with chains drawn from the entropic OT potentials of
+        each interval, extended to every cell by their c-transform; :mod:`cellflow.potentials`).
     coupling, path, objective
-        Replace a piece of the method: coupling ``"independent"``, ``"exact"``, ``"entropic"``
-        or ``"wfr"``; path ``"linear"``, ``"brownian"``, ``"vp"``, ``"wfr"``, ``"hermite"``,
-        ``"spline"`` (natural cubic spline) or ``"entropy"`` (entropy-controlled); objective
-        ``"pairs"`` or ``"chains"`` (a curve through every time point needs chains; a pair path
-        on chains is applied piecewise to each chain's own segment). A growth field is learned whenever the coupling carries mass
+        Replace a piece of the method: coupling ``"independent"``, ``"exact"``, ``"entropic"``,
+        ``"wfr"``, ``"potential"`` or ``"potential_map"``; path ``"linear"``, ``"brownian"``,
+        ``"vp"``, ``"wfr"``, ``"hermite"``, ``"spline"`` (natural cubic spline) or ``"entropy"``
+        (entropy-controlled); objective ``"pairs"`` or ``"chains"`` (a curve through every time
+        point needs chains; a pair path on chains is applied piecewise to each chain's own
+        segment). A growth field is learned whenever the coupling carries mass
         or the path makes growth (``"wfr"``).
     sigma
         Noise of the path, in units of the data's overall standard deviation; default from the
@@ -93,9 +96,9 @@ class CellFlow:
         ``transport(..., stochastic=True)`` and :meth:`score` use.
     reg
         Entropic regularisation of the coupling (relative units); default from the coupling:
-        ``2 sigma**2`` for entropic OT (the Schroedinger bridge of the path's noise), 0.01 for the
-        WFR coupling (its cost is in units of ``(d / 2 delta)^2``); exact and independent
-        couplings have none.
+        ``2 sigma**2`` for entropic OT and the OT potentials (the Schroedinger bridge of the
+        path's noise), 0.01 for the WFR coupling (its cost is in units of ``(d / 2 delta)^2``);
+        exact and independent couplings have none.
     delta
         WFR length scale, positive, in the units of the representation; ``None`` chooses it from
         the data (:func:`cellflow.delta.cross_validated_delta`: the candidate whose static WFR
