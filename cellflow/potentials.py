@@ -24,20 +24,16 @@ the definitions above, without the paper's text.
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
 import ot
 import scipy.sparse as sp
-import torch
 
 from ._utils import progress_bar
-from .couplings import Coupling, EntropicOTCoupling, PlanSampler, _support
+from .couplings import Coupling, EntropicOTCoupling, PlanSampler, _support, entropic_potentials
 
 CHUNK_ENTRIES = 2**22  # entries of one chunk of (points x support) logits: 32 MB in float64
-MARGINAL_ERROR = 1e-3  # L1 error of the plan's marginals accepted (0.1% of the mass misplaced)
-SINKHORN_ITERATIONS = 5000  # the most updates at one temperature
 
 
 @dataclass
@@ -129,32 +125,6 @@ class Potential:
                              shape=(len(x), len(self.support)))
 
 
-def _sinkhorn(cost: torch.Tensor, log_a: torch.Tensor, log_b: torch.Tensor, reg: float):
-    """Log-domain Sinkhorn with the temperature annealed down to ``reg`` (each stage warm-starts the next).
-
-    Solves for ``f``, ``g`` with plan ``P_ij = a_i b_j exp((f_i + g_j - cost_ij) / reg)``; each
-    stage stops when the rows of ``P`` miss ``a`` by less than :data:`MARGINAL_ERROR` in L1 (ten
-    times that before the last stage; the columns are exact after every update), or after
-    :data:`SINKHORN_ITERATIONS` updates. At low
-    temperature plain Sinkhorn needs a number of updates that grows like ``1 / reg``;
-    annealing needs a few dozen per halving.
-    """
-    f, g = torch.zeros_like(log_a), torch.zeros_like(log_b)
-    temperature = max(reg, float(cost.mean()) / 8)
-    while True:
-        for update in range(SINKHORN_ITERATIONS):
-            f = -temperature * torch.logsumexp((g - cost) / temperature + log_b, dim=1)
-            g = -temperature * torch.logsumexp((f[:, None] - cost) / temperature + log_a[:, None], dim=0)
-            if update % 10 == 9:
-                rows = torch.logsumexp((f[:, None] + g - cost) / temperature + log_b, dim=1)
-                error = float((log_a.exp() * (rows.exp() - 1).abs()).sum())
-                if error < MARGINAL_ERROR * (1 if temperature == reg else 10):
-                    break
-        if temperature == reg:
-            return f, g
-        temperature = max(reg, temperature / 2)
-
-
 def solve_potentials(x0, x1, a=None, b=None, reg: float = 0.05) -> tuple[Potential, Potential]:
     """Entropic OT between ``x0`` and ``x1``, returned as its two dual potentials.
 
@@ -180,19 +150,7 @@ def solve_potentials(x0, x1, a=None, b=None, reg: float = 0.05) -> tuple[Potenti
     a = np.full(len(x0), 1.0) if a is None else np.asarray(a, dtype=np.float64)
     b = np.full(len(x1), 1.0) if b is None else np.asarray(b, dtype=np.float64)
     a, b = a / a.sum(), b / b.sum()
-    cost = ot.dist(x0, x1)
-    f = g = None
-    # the scaling form (ot.sinkhorn) is fast: kept where it meets the marginals
-    if max(cost.min(axis=1).max(), cost.min(axis=0).max()) / reg < 700:  # exp underflows near -745
-        with warnings.catch_warnings(), np.errstate(all="ignore"):
-            warnings.simplefilter("ignore")  # a breakdown is caught below
-            plan, log = ot.sinkhorn(a, b, cost, reg, numItermax=5000, stopThr=1e-6, log=True)
-            f, g = reg * np.log(log["u"] / a), reg * np.log(log["v"] / b)
-        if not (np.abs(plan.sum(axis=1) - a).sum() < MARGINAL_ERROR and np.isfinite(f).all() & np.isfinite(g).all()):
-            f = None  # a breakdown (over- or underflow) or no convergence: solve in the log domain
-    if f is None:
-        f, g = (v.numpy() for v in _sinkhorn(torch.as_tensor(cost), torch.as_tensor(np.log(a)),
-                                             torch.as_tensor(np.log(b)), float(reg)))
+    f, g = entropic_potentials(a, b, ot.dist(x0, x1), reg)
     log_a, log_b = np.log(a), np.log(b)
     # exp((f + g - |x - y|^2) / reg) = exp((f / 2 + g / 2 - |x - y|^2 / 2) / eps), eps = reg / 2
     eps = reg / 2
