@@ -274,17 +274,17 @@ def summarise(rows: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(out).set_index(["dataset", "method"])
 
 
-def judge(summary: pd.DataFrame, dataset: str) -> tuple[bool | None, str]:
-    """Whether the default beats both one-point baselines and TorchCFM on ``dataset`` by more than the
-    seed spread (on mean W1), and a sentence saying so."""
+def judge(summary: pd.DataFrame, dataset: str, method: str = DEFAULT_METHOD) -> tuple[bool | None, str]:
+    """Whether ``method`` (the default unless named) beats both one-point baselines and TorchCFM on
+    ``dataset`` by more than the seed spread (on mean W1), and a sentence saying so."""
     s = summary.loc[dataset]
     rivals = [*BASELINE_PAIR, TORCHCFM]
-    missing = [m for m in [DEFAULT_METHOD, *rivals] if m not in s.index]
+    missing = [m for m in [method, *rivals] if m not in s.index]
     if missing:
         return None, f"**{dataset}: not judged**, no rows for {', '.join(label(m) for m in missing)}."
-    if min(s.loc[m].seeds for m in [DEFAULT_METHOD, *rivals]) < 2:
+    if min(s.loc[m].seeds for m in [method, *rivals]) < 2:
         return None, f"**{dataset}: not judged**: fewer than 2 seeds, so no seed spread."
-    ours = s.loc[DEFAULT_METHOD]
+    ours = s.loc[method]
     parts, wins = [], 0
     for m in rivals:
         other = s.loc[m]
@@ -301,8 +301,17 @@ def judge(summary: pd.DataFrame, dataset: str) -> tuple[bool | None, str]:
                      + ("so it can at best match the barycentric map of that plan" if gap < 0 else
                         "and gains on the map by less than the seeds disagree")
                      + (f", and here falls {-gap:.4f} short of it" if gap < 0 else ""))
-    return wins == len(rivals), (f"**{dataset}: cellflow {DEFAULT_METHOD} {verdict} the target** (W1 "
+    return wins == len(rivals), (f"**{dataset}: cellflow {method} {verdict} the target** (W1 "
                                  f"{ours.w1_mean:.4f}; " + "; ".join(parts) + ").")
+
+
+def method_row(summary: pd.DataFrame, method: str) -> str:
+    """One row of the per-method target table: the verdict of :func:`judge` on every dataset."""
+    marks = []
+    for dataset in DATASETS:
+        met = judge(summary, dataset, method)[0] if dataset in summary.index.get_level_values(0) else None
+        marks.append("-" if met is None else ("yes" if met else "no"))
+    return f"| {method} | " + " | ".join(marks) + f" | {marks.count('yes')} |"
 
 
 def machine_lines(device: str) -> list[str]:
@@ -417,6 +426,12 @@ def write_report(path: Path, folder: Path, rows: pd.DataFrame, steps: str) -> st
             f"cellflow `{DEFAULT_METHOD}` beats both one-point baselines and TorchCFM by more than the seed spread "
             f"on {len(met)} of {len(DATASETS)} datasets ({', '.join(met) or 'none'}); the target asks for 3. "
             + ("Met." if len(met) >= 3 else "Not met (yet)."), "",
+            "Every cellflow method judged the same way (yes: beats both one-point baselines and TorchCFM by more "
+            "than the seed spread on mean W1; no: does not; -: not run or fewer than 2 seeds):", "",
+            "| method | " + " | ".join(DATASETS) + " | datasets met |",
+            "|---|" + "---|" * len(DATASETS) + "---:|",
+            *[method_row(summary, m) for m in METHODS],
+            "",
             "Runs missing (method runs cached / 3 seeds x inner times):", "",
             *([f"- {line}" for line in missing] or ["- none"]), ""]
     text = "\n".join(out)
