@@ -19,15 +19,18 @@ class TimeMLP(nn.Module):
         Widths of the hidden layers.
     out_dim
         Output dimension (``dim`` when ``None``: a velocity field).
+    output_bias
+        Give the output layer a bias.
     """
 
-    def __init__(self, dim: int, hidden: tuple[int, ...] = (256, 256, 256), out_dim: int | None = None):
+    def __init__(self, dim: int, hidden: tuple[int, ...] = (256, 256, 256), out_dim: int | None = None,
+                 output_bias: bool = True):
         super().__init__()
         widths = [dim + 1, *hidden]
         layers: list[nn.Module] = []
         for w_in, w_out in zip(widths[:-1], widths[1:]):
             layers += [nn.Linear(w_in, w_out), nn.SiLU()]
-        layers.append(nn.Linear(widths[-1], dim if out_dim is None else out_dim))
+        layers.append(nn.Linear(widths[-1], dim if out_dim is None else out_dim, bias=output_bias))
         self.net = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -55,7 +58,9 @@ class GradientField(nn.Module):
 
     def __init__(self, dim: int, hidden: tuple[int, ...] = (256, 256, 256)):
         super().__init__()
-        self.potential = TimeMLP(dim, hidden, out_dim=1)
+        # a constant added to the potential moves no cell: without that bias every weight gets a
+        # gradient, as DistributedDataParallel requires
+        self.potential = TimeMLP(dim, hidden, out_dim=1, output_bias=False)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """The velocity ``(n, dim)`` at positions ``x`` ``(n, dim)`` and times ``t``."""

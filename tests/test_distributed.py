@@ -119,3 +119,35 @@ def test_command_line_under_torchrun_writes_once(tmp_path):
     assert interpolate.stdout.count("pushing the cells") == 1 and interpolate.stdout.count("wrote ") == 1
     pred = ad.read_h5ad(tmp_path / "pred.h5ad")
     assert pred.n_obs == int((adata.obs["time"] == 0).sum()) and (pred.obs["time"] == 0.5).all()
+
+
+EVERY_NETWORK = textwrap.dedent(
+    '''
+    """A short fit with every network a model can hold: a gradient-field velocity and a score network."""
+    import sys
+
+    import numpy as np
+    import torch
+
+    import cellflow as cf
+    from cellflow import distributed
+
+    torch.set_num_threads(1)
+    adata = cf.datasets.simulate(n_cells=100, times=(0.0, 1.0, 2.0), growth_scale=0.0, seed=0)
+    course = cf.read_time_course(adata, "time", "X_pca")
+    model = cf.CellFlow("sbcfm", field="gradient", n_steps=40, batch_size=32, seed=0, device="cpu")
+    model.fit(course, progress=False)
+    np.savez(f"{sys.argv[1]}/weights{distributed.part()[0]}.npz", **model.to_dict()["weights"])
+    '''
+)
+
+
+def test_gradient_field_and_score_network_train_under_ddp(tmp_path):
+    # DistributedDataParallel needs a gradient for every weight: the potential has no output bias
+    script = tmp_path / "worker.py"
+    script.write_text(EVERY_NETWORK)
+    _torchrun(str(script), str(tmp_path), cwd=tmp_path)
+    weights0, weights1 = (dict(np.load(tmp_path / f"weights{rank}.npz")) for rank in (0, 1))
+    assert any(name.startswith("score.") for name in weights0) and any("potential" in name for name in weights0)
+    for name in weights0:
+        np.testing.assert_array_equal(weights0[name], weights1[name], err_msg=name)
