@@ -284,6 +284,8 @@ def judge(summary: pd.DataFrame, dataset: str, method: str = DEFAULT_METHOD) -> 
         return None, f"**{dataset}: not judged**, no rows for {', '.join(label(m) for m in missing)}."
     if min(s.loc[m].seeds for m in [method, *rivals]) < 2:
         return None, f"**{dataset}: not judged**: fewer than 2 seeds, so no seed spread."
+    if s.loc[method].runs < max(s.loc[m].runs for m in rivals):
+        return None, f"**{dataset}: not judged**: {label(method)} has not run every seed and held-out time."
     ours = s.loc[method]
     parts, wins = [], 0
     for m in rivals:
@@ -427,7 +429,7 @@ def write_report(path: Path, folder: Path, rows: pd.DataFrame, steps: str) -> st
             f"on {len(met)} of {len(DATASETS)} datasets ({', '.join(met) or 'none'}); the target asks for 3. "
             + ("Met." if len(met) >= 3 else "Not met (yet)."), "",
             "Every cellflow method judged the same way (yes: beats both one-point baselines and TorchCFM by more "
-            "than the seed spread on mean W1; no: does not; -: not run or fewer than 2 seeds):", "",
+            "than the seed spread on mean W1; no: does not; -: not run on every seed and held-out time):", "",
             "| method | " + " | ".join(DATASETS) + " | datasets met |",
             "|---|" + "---|" * len(DATASETS) + "---:|",
             *[method_row(summary, m) for m in METHODS],
