@@ -7,7 +7,8 @@ Training then draws pairs from the stored plan, with replacement, at the cost of
 Every coupling class declares what it needs from a method's settings
 (:attr:`Coupling.settings`, from ``reg``, ``delta``, ``block_size``), its default entropic
 regularisation (:meth:`Coupling.default_reg`) and whether it is unbalanced (its pairs carry
-masses, so the method learns growth). :data:`COUPLINGS` names them for the method table.
+masses, so the method learns growth). :data:`cellflow.methods.COUPLINGS` names them for the method
+table (with the couplings of :mod:`cellflow.potentials`, built on these).
 """
 
 from __future__ import annotations
@@ -540,14 +541,3 @@ def sample_chains(samplers, n: int) -> list[Pairs]:
         i = pairs.j
     return links
 
-
-from .potentials import PotentialCoupling, PotentialMapCoupling  # noqa: E402 (built on the classes above)
-
-COUPLINGS = {
-    "independent": IndependentCoupling,
-    "exact": ExactOTCoupling,
-    "entropic": EntropicOTCoupling,
-    "wfr": WFRCoupling,
-    "potential": PotentialCoupling,
-    "potential_map": PotentialMapCoupling,
-}

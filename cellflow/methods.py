@@ -1,8 +1,9 @@
 """The method table: every method is a coupling, a conditional path and a training objective.
 
 Adding a coupling or a path is a class in :mod:`cellflow.couplings` or :mod:`cellflow.paths`
-(which declares its settings, defaults and whether it carries mass) and, for a named method,
-a row of :data:`METHODS`; nothing else looks at names.
+(which declares its settings, defaults and whether it carries mass), its name in
+:data:`COUPLINGS` or :data:`cellflow.paths.PATHS` and, for a named method, a row of
+:data:`METHODS`; nothing else looks at names.
 """
 
 from __future__ import annotations
@@ -10,9 +11,21 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ._checks import choice
-from .couplings import COUPLINGS
+from .couplings import EntropicOTCoupling, ExactOTCoupling, IndependentCoupling, WFRCoupling
 from .paths import PATHS
+from .potentials import PotentialCoupling, PotentialMapCoupling
 from .training import OBJECTIVES
+
+
+#: The couplings by name (:mod:`cellflow.couplings`, :mod:`cellflow.potentials`).
+COUPLINGS = {
+    "independent": IndependentCoupling,
+    "exact": ExactOTCoupling,
+    "entropic": EntropicOTCoupling,
+    "wfr": WFRCoupling,
+    "potential": PotentialCoupling,
+    "potential_map": PotentialMapCoupling,
+}
 
 
 @dataclass(frozen=True)
@@ -22,7 +35,7 @@ class Method:
     Attributes
     ----------
     coupling
-        Key of :data:`cellflow.couplings.COUPLINGS`.
+        Key of :data:`COUPLINGS`.
     path
         Key of :data:`cellflow.paths.PATHS`.
     objective

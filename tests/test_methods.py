@@ -7,7 +7,8 @@ import pytest
 import torch
 
 import cellflow as cf
-from cellflow.couplings import COUPLINGS, ExactOTCoupling
+from cellflow.couplings import ExactOTCoupling
+from cellflow.methods import COUPLINGS
 from cellflow.methods import METHODS, Method, resolve_method
 from cellflow.readers import TimeCourse
 
