@@ -75,8 +75,8 @@ def section(results, command: str, minutes: float, threads: int, code: str) -> s
         "`mmfm_potential` trains on the chains of entropic `mmfm`, and at this reg both are close to the exact "
         "plans; the hard c-transform is a map (it cannot split a cell), so its chains are deterministic. With "
         f"block_size={SMALL_BLOCK} the two large-population rules differ: random blocks against one subsample "
-        "extended by the c-transform. The seconds include the couplings: entropic `mmfm` falls back to POT's "
-        "log-domain Sinkhorn at this reg, the potentials to their own annealed log-domain solver.",
+        "extended by the c-transform. The seconds include the couplings (both entropic rules share one solver, "
+        "`cellflow.couplings.entropic_potentials`).",
         "",
         "| dataset | coupling | W1 | ratio to mmfm | W2 | seconds per fit |",
         "|---|---|---|---|---|---|",

@@ -13,7 +13,7 @@ from torch import nn
 from ._checks import choice
 from . import distributed
 from ._utils import progress_bar
-from .couplings import sample_chains
+from .couplings import _lookup, sample_chains
 from .integration import integrate
 from .metrics import energy_distance
 from .networks import field_output
@@ -196,7 +196,8 @@ class EndpointObjective:
         self.sources, self.targets = torch.cat(sources), torch.cat(targets)
         self.sizes = [len(z) for z in sources]
         self.offsets = np.cumsum([0, *self.sizes[:-1]]).tolist()
-        self.masses = masses
+        # cumulative masses, drawn from as the samplers draw (one search per step, no renormalising)
+        self.cdfs = None if masses is None else [torch.cumsum(m.to(torch.float64), 0) for m in masses]
         self.path = path
         self.batch_size = int(batch_size)
         device, dtype = self.sources.device, self.sources.dtype
@@ -207,9 +208,8 @@ class EndpointObjective:
     def draw(self) -> Batch:
         """One batch of ``batch_size`` pairs per interval, drawn on the points' device."""
         device, n = self.sources.device, self.batch_size
-        picks = [torch.multinomial(m, n, replacement=True) if self.masses is not None
-                 else torch.randint(size, (n,), device=device) for size, m in
-                 zip(self.sizes, self.masses if self.masses is not None else self.sizes)]
+        picks = ([torch.randint(size, (n,), device=device) for size in self.sizes] if self.cdfs is None
+                 else [_lookup(cdf, n) for cdf in self.cdfs])
         rows = torch.cat([pick + offset for pick, offset in zip(picks, self.offsets)])
         x0, x1 = self.sources.index_select(0, rows), self.targets.index_select(0, rows)
         s = torch.rand(len(x0), 1, device=device, dtype=x0.dtype)
