@@ -31,7 +31,8 @@ import ot
 import scipy.sparse as sp
 
 from ._utils import progress_bar
-from .couplings import Coupling, EntropicOTCoupling, PlanSampler, _support, entropic_potentials
+from .couplings import Coupling, EntropicOTCoupling, _support, entropic_potentials
+from .samplers import PlanSampler
 
 CHUNK_ENTRIES = 2**22  # entries of one chunk of (points x support) logits: 32 MB in float64
 
@@ -172,7 +173,7 @@ class PotentialCoupling(Coupling):
     potential ``g`` is extended to every source cell by the c-transform. Each source cell's
     partner is drawn from the soft assignment ``pi(x)`` of the smooth c-transform, whose mean
     displacement is ``-grad f(x)``: at cells the problem was solved on, this is the entropic
-    plan's own row, and chained through the time points (:func:`cellflow.couplings.sample_chains`)
+    plan's own row, and chained through the time points (:func:`cellflow.samplers.sample_chains`)
     the tuples have the populations as marginals. :class:`PotentialMapCoupling` pairs each cell
     with the arg-min of the hard c-transform instead.
 

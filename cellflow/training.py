@@ -13,7 +13,7 @@ from torch import nn
 from ._checks import choice
 from . import distributed
 from ._utils import progress_bar
-from .couplings import _lookup, sample_chains
+from .samplers import Pairs, StackedPlans, _lookup, sample_chains
 from .integration import integrate
 from .metrics import energy_distance
 from .networks import field_output
@@ -73,6 +73,9 @@ class PairObjective:
         # every interval's pairs are drawn as one batch: cells indexed in one stacked tensor
         self.cells = torch.cat(populations)
         self.offsets = np.cumsum([0, *(len(x) for x in populations)]).tolist()
+        self.stacked = None  # one lookup for every interval's pairs; product couplings draw interval by interval
+        if StackedPlans.stacks(samplers):
+            self.stacked = StackedPlans(samplers, self.offsets[:-1], self.offsets[1:], self.batch_size)
         times = torch.as_tensor(np.asarray(times, dtype=float), device=self.cells.device, dtype=self.cells.dtype)
         self.start = times[:-1].repeat_interleave(self.batch_size)
         self.span = (times[1:] - times[:-1]).repeat_interleave(self.batch_size)
@@ -83,15 +86,18 @@ class PairObjective:
 
         Everything is drawn on the cells' device (torch's global generator): no copy from the host.
         """
-        drawn = [sampler.sample(self.batch_size) for sampler in self.samplers]
-        x0 = self.cells.index_select(0, torch.cat([pairs.i + self.offsets[k] for k, pairs in enumerate(drawn)]))
-        x1 = self.cells.index_select(0, torch.cat([pairs.j + self.offsets[k + 1] for k, pairs in enumerate(drawn)]))
+        if self.stacked is not None:
+            pairs = self.stacked.sample()
+        else:
+            drawn = [sampler.sample(self.batch_size) for sampler in self.samplers]
+            pairs = Pairs(torch.cat([p.i + self.offsets[k] for k, p in enumerate(drawn)]),
+                          torch.cat([p.j + self.offsets[k + 1] for k, p in enumerate(drawn)]))
+        x0 = self.cells.index_select(0, pairs.i)
+        x1 = self.cells.index_select(0, pairs.j)
         s = torch.rand(len(x0), 1, device=x0.device, dtype=x0.dtype)
         m0 = m1 = None
-        if drawn[0].m0 is not None:
-            m0 = torch.cat([p.m0 for p in drawn]).to(x0.dtype)
-            m1 = torch.cat([p.m1 for p in drawn]).to(x0.dtype)
-            died = torch.cat([p.died for p in drawn])[:, None]
+        if pairs.m0 is not None:
+            m0, m1, died = pairs.m0.to(x0.dtype), pairs.m1.to(x0.dtype), pairs.died[:, None]
             x1 = torch.where(died, x0, x1)  # a dying cell stays where it is
             s = torch.where(died, s.clamp(max=0.99), s)  # its growth target diverges at s = 1
         point = self.path.sample(torch.stack([x0, x1]), self.segment, s, self.path.noise(x0), m0, m1)
@@ -107,7 +113,7 @@ class TupleObjective:
     """Multimarginal flow matching: chains through every time point, one path per chain.
 
     Each step draws ``batch_size * K`` chains ``(x_0, ..., x_K)`` (see
-    :func:`cellflow.couplings.sample_chains`) and gives each one time, stratified so that every
+    :func:`cellflow.samplers.sample_chains`) and gives each one time, stratified so that every
     segment gets ``batch_size`` of them. The path is either a curve through all the knots or a
     pair path applied to the chain's own segment (piecewise).
 

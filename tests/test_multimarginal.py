@@ -9,7 +9,8 @@ from scipy.stats import chi2, spearmanr
 
 import cellflow as cf
 from cellflow import benchmark
-from cellflow.couplings import ExactOTCoupling, Pairs, WFRCoupling, sample_chains
+from cellflow.couplings import ExactOTCoupling, WFRCoupling
+from cellflow.samplers import Pairs, sample_chains
 from cellflow.paths import CubicSplinePath, MonotoneHermitePath
 from cellflow.readers import TimeCourse
 

@@ -9,9 +9,10 @@ from scipy.linalg import expm
 
 import cellflow as cf
 from cellflow import metrics
-from cellflow.couplings import EntropicOTCoupling, ExactOTCoupling, IndependentCoupling
+from cellflow.couplings import EntropicOTCoupling, ExactOTCoupling, IndependentCoupling, WFRCoupling
 from cellflow.integration import integrate
 from cellflow.paths import BrownianBridgePath, LinearPath, VariancePreservingPath, WFRPath
+from cellflow.samplers import StackedPlans
 
 
 def _gaussian_pair(n, seed=0):
@@ -69,6 +70,36 @@ def test_weighted_marginals_and_sampler_frequencies():
     freq = np.bincount(i, minlength=30) / i.size
     np.testing.assert_allclose(freq, a / a.sum(), atol=4e-3)
     assert set(zip(i[:1000], j[:1000])) <= set(zip(*sampler.plan.nonzero()))
+
+
+@pytest.mark.parametrize("coupling", [ExactOTCoupling(), WFRCoupling(delta=1.0)], ids=["exact", "wfr"])
+def test_stacked_plans_draw_each_interval_from_its_own_plan(coupling):
+    rng = np.random.default_rng(0)
+    sizes = (12, 20, 9)
+    populations = [rng.normal(size=(n, 2)) + k for k, n in enumerate(sizes)]
+    samplers = [coupling.sampler(populations[k], populations[k + 1], a=rng.uniform(0.5, 2, sizes[k])) for k in range(2)]
+    offsets = np.cumsum([0, *sizes])
+    n = 100_000
+    torch.manual_seed(0)
+    pairs = StackedPlans(samplers, offsets[:-1], offsets[1:], n).sample()
+    for k, sampler in enumerate(samplers):
+        part = slice(k * n, (k + 1) * n)  # exactly n pairs of each interval, in order
+        i, j = pairs.i[part].numpy() - offsets[k], pairs.j[part].numpy() - offsets[k + 1]
+        alone = sampler.sample(n)  # the interval's own sampler, drawn alone
+        for got, expected, size in ((i, alone.i.numpy(), sizes[k]), (j, alone.j.numpy(), sizes[k + 1])):
+            np.testing.assert_allclose(np.bincount(got, minlength=size) / n,
+                                       np.bincount(expected, minlength=size) / n, atol=6e-3)
+        entries = set(zip(*sampler.plan.nonzero()))
+        if pairs.died is None:
+            assert set(zip(i, j)) <= entries
+            continue
+        alive = ~pairs.died[part].numpy()
+        assert set(zip(i[alive], j[alive])) <= entries
+        every = sampler.all_pairs()  # the pairs carry their own semi-coupling masses
+        masses = {(a, b, d): (m0, m1) for a, b, d, m0, m1 in zip(*(v.numpy() for v in (
+            every.i, every.j, every.died, every.m0, every.m1)))}
+        drawn = zip(i, j, pairs.died[part].numpy(), pairs.m0[part].numpy(), pairs.m1[part].numpy())
+        assert all(np.allclose(masses[(a, b, d)], (m0, m1)) for a, b, d, m0, m1 in list(drawn)[:2000])
 
 
 def test_entropic_plan_marginals_and_blur():

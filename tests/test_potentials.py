@@ -10,7 +10,7 @@ import torch
 from scipy.linalg import sqrtm
 
 import cellflow as cf
-from cellflow.couplings import sample_chains
+from cellflow.samplers import sample_chains
 from cellflow.methods import COUPLINGS
 from cellflow.potentials import PotentialCoupling, PotentialMapCoupling, solve_potentials
 
