@@ -1,0 +1,89 @@
+"""Plot of gene trends (:func:`cellflow.tl.gene_trends`); ``show`` and ``save`` behave as in scanpy."""
+
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import pandas as pd
+
+from .pl import _axes, _finish
+
+_COLUMNS = ("gene", "time", "mean", "std")
+
+
+def _colours(genes: list[str], palette) -> list:
+    """One colour per gene: from a colormap name, a list, a mapping gene -> colour, or matplotlib's cycle."""
+    import matplotlib.pyplot as plt
+
+    if palette is None:
+        cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+        return [cycle[i % len(cycle)] for i in range(len(genes))]
+    if isinstance(palette, str):
+        cmap = plt.get_cmap(palette)
+        return [cmap(i / max(len(genes) - 1, 1)) for i in range(len(genes))]
+    if isinstance(palette, Mapping):
+        missing = [g for g in genes if g not in palette]
+        if missing:
+            raise KeyError(f"palette has no colour for the genes {missing[:5]}; give a colour for every gene drawn")
+        return [palette[g] for g in genes]
+    palette = list(palette)
+    if not palette:
+        raise ValueError("palette is empty: pass colours, a colormap name or a mapping gene -> colour")
+    return [palette[i % len(palette)] for i in range(len(genes))]
+
+
+def gene_trends(
+    trends_frame: pd.DataFrame,
+    *,
+    genes: str | Sequence[str] | None = None,
+    ax=None,
+    title: str | None = None,
+    palette=None,
+    show: bool | None = None,
+    save: str | None = None,
+):
+    """Mean expression over time, one line per gene, with a band of one standard deviation.
+
+    Parameters
+    ----------
+    trends_frame
+        The table of :func:`cellflow.tl.gene_trends` (columns ``gene``, ``time``, ``mean``,
+        ``std``; rows with ``measured`` true are drawn as dots, the measured time points).
+    genes
+        Genes to draw, in this order; default all of the table.
+    ax
+        Axes to draw into; default a new figure.
+    title
+        Default: which cells were followed (``trends_frame.attrs["cells"]``).
+    palette
+        Colours: a colormap name, a list, or a mapping gene -> colour; default matplotlib's cycle.
+    show, save
+        Show the figure; save it to this path.
+
+    Returns
+    -------
+    The axes, unless the figure is shown.
+    """
+    if not isinstance(trends_frame, pd.DataFrame) or not set(_COLUMNS) <= set(trends_frame.columns):
+        raise ValueError(f"trends_frame must be the table of cellflow.tl.gene_trends, with columns {list(_COLUMNS)}")
+    present = list(dict.fromkeys(trends_frame["gene"].astype(str)))
+    genes = present if genes is None else [genes] if isinstance(genes, str) else [str(g) for g in genes]
+    if not genes:
+        raise ValueError("genes is empty: name at least one gene of the trends table")
+    missing = [g for g in genes if g not in present]
+    if missing:
+        raise KeyError(f"genes {missing[:5]} are not in the trends table (genes: {present[:10]})")
+    fig, ax = _axes(ax)
+    for gene, colour in zip(genes, _colours(genes, palette)):
+        rows = trends_frame[trends_frame["gene"].astype(str) == gene].sort_values("time")
+        time, mean, std = (rows[c].to_numpy(dtype=float) for c in ("time", "mean", "std"))
+        ax.plot(time, mean, color=colour, label=gene, linewidth=1.5)
+        ax.fill_between(time, mean - std, mean + std, color=colour, alpha=0.2, linewidth=0)
+        if "measured" in rows:
+            measured = rows["measured"].to_numpy(dtype=bool)
+            ax.plot(time[measured], mean[measured], "o", color=colour, markersize=4)
+    ax.set_xlabel("time")
+    ax.set_ylabel("mean expression")
+    ax.legend(fontsize=7, frameon=False)
+    ax.set_title(title if title is not None else trends_frame.attrs.get("cells", "gene trends"))
+    return _finish(fig, ax, show, save)
