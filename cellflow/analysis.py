@@ -80,11 +80,14 @@ def _fitted(adata: AnnData, key: str, model: CellFlow | None) -> _Fitted:
     return _Fitted(model, course, adata.n_obs, use_rep, time_key)
 
 
-def _group_codes(adata: AnnData, groupby: str, rows: np.ndarray) -> tuple[np.ndarray, list[str]]:
-    """Integer group of each row (-1 where the label is missing) and the group names present."""
+def _group_codes(
+    adata: AnnData, groupby: str, rows: np.ndarray, name: str = "groupby"
+) -> tuple[np.ndarray, list[str]]:
+    """Integer group of each row (-1 where the label is missing) and the group names present;
+    errors name the argument ``name``."""
     if groupby not in adata.obs:
         raise KeyError(
-            f"groupby={groupby!r} is not a column of adata.obs (columns: {list(adata.obs.columns)}); "
+            f"{name}={groupby!r} is not a column of adata.obs (columns: {list(adata.obs.columns)}); "
             "name the column with the cell groups (e.g. cell types or clusters)"
         )
     labels = adata.obs[groupby].iloc[rows]
@@ -178,13 +181,10 @@ def _checked_times(earlier, later, earlier_name: str, later_name: str, other: st
     return earlier, later
 
 
-def _group_probabilities(
-    adata, key, key_added, overwrite, model, groupby, t_start, t_end, n_neighbors, solver, step_size, progress, desc
-) -> pd.DataFrame:
-    """Per cell of ``t_start``, the probability of each group of ``t_end``, written to ``obsm[key_added]``."""
-    n_neighbors = integer("n_neighbors", n_neighbors)
-    fitted = _fitted(adata, key, model)
-    keys.claim(adata, key, [f"obsm/{key_added}"], overwrite)
+def _label_probabilities(
+    adata, fitted, groupby, t_start, t_end, n_neighbors, solver, step_size, progress, desc
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Rows of the cells of ``t_start`` and their probability of each group of ``t_end`` (the names)."""
     course = fitted.course
     sources = course.indices[course.index_of(t_start)]
     targets = course.indices[course.index_of(t_end)]
@@ -195,10 +195,28 @@ def _group_probabilities(
     index, weights, _ = _push_and_match(
         fitted, sources, t_start, t_end, targets[labelled], n_neighbors, solver, step_size, progress, desc
     )
+    return sources, _soft_labels(index, weights, codes[labelled], len(groups)), groups
+
+
+def _group_probabilities(
+    adata, key, key_added, overwrite, model, groupby, t_start, t_end, n_neighbors, solver, step_size, progress, desc
+) -> pd.DataFrame:
+    """Per cell of ``t_start``, the probability of each group of ``t_end``, written to ``obsm[key_added]``,
+    and the most likely group to ``obs[f"{key_added}_label"]``."""
+    n_neighbors = integer("n_neighbors", n_neighbors)
+    fitted = _fitted(adata, key, model)
+    written = [f"obsm/{key_added}", f"obs/{key_added}_label"]
+    keys.claim(adata, key, written, overwrite)
+    sources, probs, groups = _label_probabilities(
+        adata, fitted, groupby, t_start, t_end, n_neighbors, solver, step_size, progress, desc
+    )
     table = pd.DataFrame(np.nan, index=adata.obs_names.copy(), columns=pd.Index(groups, dtype=object))
-    table.iloc[sources] = _soft_labels(index, weights, codes[labelled], len(groups))
+    table.iloc[sources] = probs
+    codes = np.full(adata.n_obs, -1)
+    codes[sources] = probs.argmax(axis=1)
     adata.obsm[key_added] = table
-    keys.record(adata, key, [f"obsm/{key_added}"])
+    adata.obs[f"{key_added}_label"] = pd.Categorical.from_codes(codes, categories=groups)
+    keys.record(adata, key, written)
     return table
 
 
@@ -240,11 +258,12 @@ def fate(
     n_neighbors
         Real cells per pushed cell.
     key_added
-        ``obsm`` key to write; default ``"{key}_fate"``. It is recorded in the ledger of the fit
-        (``uns[key]["written_keys"]``), so a later call may replace it and a refit of ``key``
-        removes it.
+        ``obsm`` key of the probabilities; default ``"{key}_fate"``. The most likely group goes to
+        the categorical ``obs[f"{key_added}_label"]`` (NaN for cells not at ``from_time``). Both
+        are recorded in the ledger of the fit (``uns[key]["written_keys"]``), so a later call may
+        replace them and a refit of ``key`` removes them.
     overwrite
-        Replace an ``obsm`` key of that name that another tool (or another fit) wrote.
+        Replace keys of those names that another tool (or another fit) wrote.
     model
         Use this model instead of the one stored in ``adata.uns[key]``.
     solver, step_size
@@ -256,7 +275,8 @@ def fate(
     -------
     A DataFrame indexed by ``obs_names`` with one column per group of ``to_time``; rows of cells
     not measured at ``from_time`` are NaN. It is also written to ``adata.obsm[key_added]`` (a
-    DataFrame in ``obsm`` survives ``write_h5ad``); nothing is written when a check fails.
+    DataFrame in ``obsm`` survives ``write_h5ad``), its row-wise argmax to
+    ``adata.obs[f"{key_added}_label"]``; nothing is written when a check fails.
     """
     from_time, to_time = _checked_times(from_time, to_time, "from_time", "to_time", "ancestors")
     return _group_probabilities(
@@ -295,7 +315,8 @@ def ancestors(
     groupby, key, n_neighbors, overwrite, model, solver, step_size, progress
         As for :func:`fate`.
     key_added
-        ``obsm`` key to write; default ``"{key}_ancestors"`` (recorded as for :func:`fate`).
+        ``obsm`` key to write; default ``"{key}_ancestors"``; the most likely group goes to
+        ``obs[f"{key_added}_label"]`` (both recorded as for :func:`fate`).
 
     Returns
     -------
@@ -317,8 +338,8 @@ class Transitions:
     ----------
     t1, t2
         The two time points.
-    groupby
-        The ``obs`` column of the groups.
+    groupby, groupby_target
+        The ``obs`` columns of the groups at ``t1`` (rows) and at ``t2`` (columns).
     counts
         Mass moving from each group of ``t1`` (rows) to each group of ``t2`` (columns), in cells
         of ``t1`` (times their growth, for unbalanced methods).
@@ -341,10 +362,14 @@ class Transitions:
     row_normalised: pd.DataFrame
     column_normalised: pd.DataFrame
     coupling: AnnData
+    groupby_target: str | None = None
 
     def __repr__(self) -> str:
+        by = repr(self.groupby)
+        if self.groupby_target not in (None, self.groupby):
+            by += f" and {self.groupby_target!r}"
         return (
-            f"Transitions({self.t1:g} -> {self.t2:g} by {self.groupby!r}: {self.counts.shape[0]} x "
+            f"Transitions({self.t1:g} -> {self.t2:g} by {by}: {self.counts.shape[0]} x "
             f"{self.counts.shape[1]} groups; coupling {self.coupling.n_obs} x {self.coupling.n_vars} cells, "
             f"{self.coupling.X.nnz} entries)"
         )
@@ -355,12 +380,46 @@ def _normalise(table: pd.DataFrame, axis: int) -> pd.DataFrame:
     return table.div(totals.where(totals > 0), axis=1 - axis)
 
 
+def _onehot(codes: np.ndarray, n_groups: int) -> sp.csr_matrix:
+    """Sparse ``(len(codes), n_groups)`` indicator of each row's group (rows with code -1 stay empty)."""
+    rows = np.flatnonzero(codes >= 0)
+    return sp.csr_matrix((np.ones(rows.size), (rows, codes[rows])), shape=(len(codes), n_groups))
+
+
+def _in_subset(adata, subset, name: str, groupby: str, rows, codes, groups, time: float) -> np.ndarray:
+    """Which of ``rows`` (cells of ``time``) a subset keeps: given as groups of ``groupby`` or a boolean mask."""
+    if subset is None:
+        return np.ones(len(rows), dtype=bool)
+    values = np.asarray(subset)
+    if values.dtype == bool:
+        if values.shape != (adata.n_obs,):
+            raise ValueError(
+                f"{name} is a boolean mask of shape {values.shape}; it needs one entry per cell ({adata.n_obs},)"
+            )
+        keep = values[rows]
+    else:
+        wanted = [str(g) for g in np.atleast_1d(values)]
+        unknown = [g for g in wanted if g not in groups]
+        if unknown:
+            raise ValueError(
+                f"{name}={unknown} are not groups of obs[{groupby!r}] at time {time:g} (groups: {groups}); "
+                "pass groups of that column or a boolean mask over all cells"
+            )
+        keep = np.isin(codes, [groups.index(g) for g in wanted])
+    if not keep.any():
+        raise ValueError(f"{name} keeps no cell of time {time:g}; choose groups or cells of that time")
+    return keep
+
+
 def transitions(
     adata: AnnData,
     t1: float,
     t2: float,
     groupby: str = "cell_type",
     *,
+    groupby_target: str | None = None,
+    source_subset=None,
+    target_subset=None,
     key: str = "cellflow",
     n_neighbors: int = 15,
     model: CellFlow | None = None,
@@ -384,6 +443,15 @@ def transitions(
     groupby
         ``obs`` column of groups; cells without a label are left out of the group tables (not of
         the coupling).
+    groupby_target
+        ``obs`` column of the groups at ``t2``, when they differ from those at ``t1`` (e.g.
+        clusters of each time point annotated apart); default ``groupby``.
+    source_subset, target_subset
+        Keep only these cells of ``t1`` / ``t2``: a list of groups (of ``groupby`` /
+        ``groupby_target``) or a boolean mask over all cells. The coupling is that of all cells
+        (the same numbers as without subsets), restricted to the rows of the kept cells of
+        ``t1``; the tables count only the mass that reaches kept cells of ``t2``, so
+        ``row_normalised`` reads "where they go, among the kept target cells".
     key, n_neighbors, model, solver, step_size, progress
         As for :func:`fate`.
 
@@ -394,10 +462,20 @@ def transitions(
     """
     t1, t2 = _checked_times(t1, t2, "t1", "t2", "transitions with the times swapped")
     n_neighbors = integer("n_neighbors", n_neighbors)
+    groupby_target = groupby if groupby_target is None else groupby_target
     fitted = _fitted(adata, key, model)
     course = fitted.course
     sources = course.indices[course.index_of(t1)]
     targets = course.indices[course.index_of(t2)]
+    src_codes, src_groups = _group_codes(adata, groupby, sources)
+    tgt_codes, tgt_groups = _group_codes(adata, groupby_target, targets, "groupby_target")
+    if not src_groups or not tgt_groups:
+        raise ValueError(
+            f"obs[{groupby!r}] has no labels at time {t1:g} or obs[{groupby_target!r}] none at {t2:g}; "
+            "label the cells first"
+        )
+    src_kept = _in_subset(adata, source_subset, "source_subset", groupby, sources, src_codes, src_groups, t1)
+    tgt_kept = _in_subset(adata, target_subset, "target_subset", groupby_target, targets, tgt_codes, tgt_groups, t2)
     index, weights, mass = _push_and_match(
         fitted, sources, t1, t2, targets, n_neighbors, solver, step_size, progress, "transitions"
     )
@@ -406,26 +484,16 @@ def transitions(
         ((weights * mass[:, None]).ravel(), (rows, index.ravel())), shape=(len(sources), len(targets))
     )
     matrix.sum_duplicates()
-
-    src_codes, src_groups = _group_codes(adata, groupby, sources)
-    tgt_codes, tgt_groups = _group_codes(adata, groupby, targets)
-    if not src_groups or not tgt_groups:
-        raise ValueError(f"obs[{groupby!r}] has no labels at time {t1:g} or {t2:g}; label the cells first")
-    src_onehot = sp.csr_matrix(
-        (np.ones((src_codes >= 0).sum()), (np.flatnonzero(src_codes >= 0), src_codes[src_codes >= 0])),
-        shape=(len(sources), len(src_groups)),
-    )
-    tgt_onehot = sp.csr_matrix(
-        (np.ones((tgt_codes >= 0).sum()), (np.flatnonzero(tgt_codes >= 0), tgt_codes[tgt_codes >= 0])),
-        shape=(len(targets), len(tgt_groups)),
-    )
+    matrix, sources, src_codes = matrix[src_kept], sources[src_kept], src_codes[src_kept]
+    tgt_codes = np.where(tgt_kept, tgt_codes, -1)
     counts = pd.DataFrame(
-        np.asarray((src_onehot.T @ matrix @ tgt_onehot).todense()),
+        np.asarray((_onehot(src_codes, len(src_groups)).T @ matrix @ _onehot(tgt_codes, len(tgt_groups))).todense()),
         index=pd.Index(src_groups, name=f"{groupby} at {t1:g}"),
-        columns=pd.Index(tgt_groups, name=f"{groupby} at {t2:g}"),
+        columns=pd.Index(tgt_groups, name=f"{groupby_target} at {t2:g}"),
     )
+    counts = counts.iloc[np.unique(src_codes[src_codes >= 0]), np.unique(tgt_codes[tgt_codes >= 0])]  # kept groups
 
-    keep = list(dict.fromkeys([fitted.time_key, groupby]))
+    keep = list(dict.fromkeys([fitted.time_key, groupby, groupby_target]))
     obs = adata.obs.iloc[sources][keep].copy()
     var = adata.obs.iloc[targets][keep].copy()
     coupling = AnnData(X=matrix, obs=obs, var=var)
@@ -438,6 +506,7 @@ def transitions(
         row_normalised=_normalise(counts, axis=1),
         column_normalised=_normalise(counts, axis=0),
         coupling=coupling,
+        groupby_target=groupby_target,
     )
 
 

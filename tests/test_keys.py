@@ -87,7 +87,10 @@ def test_fit_fate_fit_fate_replaces_its_own_keys():
     cf.tl.fate(adata, 0, 1, "side", **QUIET)
     cf.tl.fate(adata, 0, 1, "side", **QUIET)
     assert _ledger(adata) == sorted(
-        ["obsm/cellflow_velocity_pca", "layers/cellflow_velocity", "uns/cellflow_velocity_params", "obsm/cellflow_fate"]
+        [
+            "obsm/cellflow_velocity_pca", "layers/cellflow_velocity", "uns/cellflow_velocity_params",
+            "obsm/cellflow_fate", "obs/cellflow_fate_label",
+        ]
     )
 
 
