@@ -255,9 +255,7 @@ def gene_trends(
     )
     grid = _time_grid(times, n_points, course.times)
     if expression == "pca":
-        from .tl import _pca_loadings
-
-        loadings = _pca_loadings(adata, fitted.use_rep, course.n_dims)
+        loadings = keys.pca_loadings(adata, fitted.use_rep, course.n_dims)
         if loadings is None:
             raise ValueError(
                 f'expression="pca" needs a fit in use_rep="X_pca" and adata.varm["PCs"]; this fit used '

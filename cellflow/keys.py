@@ -132,3 +132,17 @@ def record(adata: AnnData, fit_key: str, store_keys: Iterable[str]) -> None:
             state["written_keys"] = np.array(list(dict.fromkeys(listed + store_keys)), dtype=object)
         elif is_fit_state(state) and set(listed) & set(store_keys):
             state["written_keys"] = np.array([key for key in listed if key not in store_keys], dtype=object)
+
+
+def pca_loadings(adata: AnnData, use_rep: str, n_dims: int) -> np.ndarray | None:
+    """``varm["PCs"]`` as ``(n_vars, n_dims)`` float32 when ``use_rep="X_pca"``, else ``None``."""
+    if use_rep != "X_pca" or "PCs" not in adata.varm:
+        return None
+    loadings = np.asarray(adata.varm["PCs"], dtype=np.float32)
+    if loadings.shape != (adata.n_vars, n_dims):
+        raise ValueError(
+            f'adata.varm["PCs"] has shape {loadings.shape}, but use_rep="X_pca" has {n_dims} columns, so the '
+            f"loadings must have shape {(adata.n_vars, n_dims)}; recompute the PCA (scanpy.pp.pca) so that "
+            'obsm["X_pca"] and varm["PCs"] match, or delete varm["PCs"] to skip gene space'
+        )
+    return loadings

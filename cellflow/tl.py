@@ -26,20 +26,6 @@ def _basis(use_rep: str) -> str:
     return use_rep[2:] if use_rep.startswith("X_") else use_rep
 
 
-def _pca_loadings(adata: AnnData, use_rep: str, n_dims: int) -> np.ndarray | None:
-    """``varm["PCs"]`` as ``(n_vars, n_dims)`` float32 when ``use_rep="X_pca"``, else ``None``."""
-    if use_rep != "X_pca" or "PCs" not in adata.varm:
-        return None
-    loadings = np.asarray(adata.varm["PCs"], dtype=np.float32)
-    if loadings.shape != (adata.n_vars, n_dims):
-        raise ValueError(
-            f'adata.varm["PCs"] has shape {loadings.shape}, but use_rep="X_pca" has {n_dims} columns, so the '
-            f"loadings must have shape {(adata.n_vars, n_dims)}; recompute the PCA (scanpy.pp.pca) so that "
-            'obsm["X_pca"] and varm["PCs"] match, or delete varm["PCs"] to skip gene space'
-        )
-    return loadings
-
-
 def _to_gene_space(values: np.ndarray, use_rep: str, loadings: np.ndarray | None) -> np.ndarray | None:
     """Rows of the representation in gene space: as they are for ``"X"``, through the PCA loadings, or ``None``.
 
@@ -154,7 +140,7 @@ def fit(
     """
     model = CellFlow(method, **model_kwargs)
     course = read_time_course(adata, time_key, use_rep, weight_key, time_map, growth_key)
-    loadings = _pca_loadings(adata, use_rep, course.n_dims)
+    loadings = keys.pca_loadings(adata, use_rep, course.n_dims)
     basis = _basis(use_rep)
     obsm_key, layer_key = f"{key_added}_velocity_{basis}", f"{key_added}_velocity"
     params_key, growth_key_added = f"{layer_key}_params", f"{key_added}_growth_rate"
@@ -247,7 +233,7 @@ def interpolate(
     """
     from_time, to_time = number("from_time", from_time), number("to_time", to_time)
     fitted = _fitted(adata, key, model)
-    loadings = _pca_loadings(adata, fitted.use_rep, fitted.course.n_dims)
+    loadings = keys.pca_loadings(adata, fitted.use_rep, fitted.course.n_dims)
     k = fitted.course.index_of(from_time)
     positions, mass = fitted.model.push(
         fitted.course.populations[k], from_time, to_time, return_mass=True, method=solver, step_size=step_size,
