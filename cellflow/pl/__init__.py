@@ -1,0 +1,13 @@
+"""Plots with matplotlib, with scanpy's habits.
+
+Embedding plots take ``basis=`` (any ``obsm`` key, with or without ``"X_"``), colour cells by an
+``obs`` column or a gene with the colours scanpy would use (``uns[f"{color}_colors"]``), and take
+``palette``, ``size``, ``title``, ``legend_loc``, ``ax``, ``show`` and ``save`` (a file path).
+Each returns its axes unless the figure is shown.
+"""
+
+from .embedding import growth, interpolation, velocity
+from .fates import fate
+from .tables import loss, sankey, transitions
+
+__all__ = ["fate", "growth", "interpolation", "loss", "sankey", "transitions", "velocity"]
