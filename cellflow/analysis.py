@@ -202,10 +202,11 @@ def _group_probabilities(
     adata, key, key_added, overwrite, model, groupby, t_start, t_end, n_neighbors, solver, step_size, progress, desc
 ) -> pd.DataFrame:
     """Per cell of ``t_start``, the probability of each group of ``t_end``, written to ``obsm[key_added]``,
-    and the most likely group to ``obs[f"{key_added}_label"]``."""
+    the most likely group to ``obs[f"{key_added}_label"]`` and the two times (``from_time``: the cells',
+    ``to_time``: the groups') with ``groupby`` to ``uns[f"{key_added}_params"]``."""
     n_neighbors = integer("n_neighbors", n_neighbors)
     fitted = _fitted(adata, key, model)
-    written = [f"obsm/{key_added}", f"obs/{key_added}_label"]
+    written = [f"obsm/{key_added}", f"obs/{key_added}_label", f"uns/{key_added}_params"]
     keys.claim(adata, key, written, overwrite)
     sources, probs, groups = _label_probabilities(
         adata, fitted, groupby, t_start, t_end, n_neighbors, solver, step_size, progress, desc
@@ -216,6 +217,7 @@ def _group_probabilities(
     codes[sources] = probs.argmax(axis=1)
     adata.obsm[key_added] = table
     adata.obs[f"{key_added}_label"] = pd.Categorical.from_codes(codes, categories=groups)
+    adata.uns[f"{key_added}_params"] = {"from_time": t_start, "to_time": t_end, "groupby": groupby}
     keys.record(adata, key, written)
     return table
 
@@ -259,7 +261,8 @@ def fate(
         Real cells per pushed cell.
     key_added
         ``obsm`` key of the probabilities; default ``"{key}_fate"``. The most likely group goes to
-        the categorical ``obs[f"{key_added}_label"]`` (NaN for cells not at ``from_time``). Both
+        the categorical ``obs[f"{key_added}_label"]`` (NaN for cells not at ``from_time``), the times
+        and ``groupby`` to ``uns[f"{key_added}_params"]`` (read by :func:`cellflow.pl.fate`). All
         are recorded in the ledger of the fit (``uns[key]["written_keys"]``), so a later call may
         replace them and a refit of ``key`` removes them.
     overwrite

@@ -17,7 +17,6 @@ import scipy.sparse as sp  # noqa: E402
 from scipy import stats  # noqa: E402
 
 import cellflow as cf  # noqa: E402
-from cellflow._gene_plots import gene_trends as plot_gene_trends  # noqa: E402
 
 FIT = dict(n_steps=300, hidden=(64, 64), batch_size=128, seed=0, progress=False)
 N_NOISE = 8
@@ -177,14 +176,14 @@ def test_trends_bad_input_names_the_problem(course):
 # -- plot ------------------------------------------------------------------------------------
 def test_plot_draws_mean_band_and_measured_points(course, tmp_path):
     trends = cf.tl.gene_trends(course, ["position", "driver"], fate="upper", n_points=11)
-    ax = plot_gene_trends(trends, show=False)
+    ax = cf.pl.gene_trends(trends, show=False)
     lines = [line for line in ax.get_lines() if line.get_linestyle() != "None"]
     dots = [line for line in ax.get_lines() if line.get_marker() == "o"]
     assert [line.get_label() for line in lines] == ["position", "driver"]
     assert [len(d.get_xdata()) for d in dots] == [3, 3]  # the three measured time points
     assert len(ax.collections) == 2 and ax.get_title() == "fate upper"
-    ax = plot_gene_trends(trends, genes="driver", palette={"driver": "red"}, title="t",
+    ax = cf.pl.gene_trends(trends, genes="driver", palette={"driver": "red"}, title="t",
                           save=str(tmp_path / "trends.png"), show=False)
     assert ax.get_title() == "t" and (tmp_path / "trends.png").read_bytes()[:4] == b"\x89PNG"
     with pytest.raises(KeyError, match=r"\['nope'\] are not in the trends table"):
-        plot_gene_trends(trends, genes=["nope"], show=False)
+        cf.pl.gene_trends(trends, genes=["nope"], show=False)

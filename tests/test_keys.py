@@ -89,7 +89,7 @@ def test_fit_fate_fit_fate_replaces_its_own_keys():
     assert _ledger(adata) == sorted(
         [
             "obsm/cellflow_velocity_pca", "layers/cellflow_velocity", "uns/cellflow_velocity_params",
-            "obsm/cellflow_fate", "obs/cellflow_fate_label",
+            "obsm/cellflow_fate", "obs/cellflow_fate_label", "uns/cellflow_fate_params",
         ]
     )
 

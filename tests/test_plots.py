@@ -202,16 +202,16 @@ def test_interpolation_sizes_cells_by_the_mass_of_its_own_key():
 def test_fate_titles_name_the_direction_of_time(moscot):
     adata = moscot.copy()
     table = cf.tl.fate(adata, 10, 11, progress=False)
+    assert adata.uns["cellflow_fate_params"] == {"from_time": 10.0, "to_time": 11.0, "groupby": "cell_type"}
     axes = cf.pl.fate(adata, basis="umap", show=False)
     assert len(axes) == table.shape[1]
-    assert [ax.get_title() for ax in axes] == [f"to {group}\ncells of day 10" for group in table.columns]
-    adata.uns["cellflow_fate_params"] = {"from_time": 10.0, "to_time": 11.0, "groupby": "cell_type"}
-    axes = cf.pl.fate(adata, basis="umap", show=False)
-    assert axes[0].get_title() == f"to {table.columns[0]}\nday 10 -> day 11"
+    assert [ax.get_title() for ax in axes] == [f"to {group}\nday 10 -> day 11" for group in table.columns]
     cf.tl.ancestors(adata, 11, 10, progress=False)
-    adata.uns["cellflow_ancestors_params"] = {"from_time": 10.0, "to_time": 11.0}
     ax = cf.pl.fate(adata, "Epithelial", fate_key="cellflow_ancestors", show=False)
     assert ax.get_title() == "from Epithelial\nday 10 -> day 11"
+    del adata.uns["cellflow_fate_params"]  # a table without its times: the title names the cells' own day
+    axes = cf.pl.fate(adata, basis="umap", show=False)
+    assert axes[0].get_title() == f"to {table.columns[0]}\ncells of day 10"
     ax = cf.pl.fate(adata, fate_key="cellflow_ancestors", argmax=True, title="mine", show=False)
     assert ax.get_title() == "mine"
     with pytest.raises(KeyError, match="Neurons.*not in"):
@@ -229,7 +229,7 @@ def test_fate_argmax_takes_the_groups_colours(moscot, basis):
     expected = [to_rgb(TYPE_COLOURS[categories.index(table.columns[b])]) for b in best]
     cells = ax.collections[1]  # above the grey cells without a fate
     np.testing.assert_allclose(cells.get_facecolors()[:, :3], expected)
-    assert ax.get_title() == "most likely fate\ncells of day 10"
+    assert ax.get_title() == "most likely fate\nday 10 -> day 11"
 
 
 def test_fate_plot_needs_fates(moscot):

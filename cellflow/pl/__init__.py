@@ -8,6 +8,7 @@ Each returns its axes unless the figure is shown.
 
 from .embedding import growth, interpolation, velocity
 from .fates import fate
+from .genes import gene_trends
 from .tables import loss, sankey, transitions
 
-__all__ = ["fate", "growth", "interpolation", "loss", "sankey", "transitions", "velocity"]
+__all__ = ["fate", "gene_trends", "growth", "interpolation", "loss", "sankey", "transitions", "velocity"]

@@ -11,12 +11,10 @@ from anndata import AnnData
 from . import _style as style
 
 
-def _stored_times(adata: AnnData, fate_key: str, table: pd.DataFrame) -> Mapping:
-    """The ``from_time``/``to_time`` (and ``groupby``) stored with a fate table, if any."""
-    for entry in (adata.uns.get(f"{fate_key}_params"), adata.uns.get(fate_key), table.attrs):
-        if isinstance(entry, Mapping) and "from_time" in entry and "to_time" in entry:
-            return entry
-    return {}
+def _stored_times(adata: AnnData, fate_key: str) -> Mapping:
+    """The ``from_time``/``to_time`` (and ``groupby``) that :func:`cellflow.tl.fate` stored with a table, if any."""
+    entry = adata.uns.get(f"{fate_key}_params")
+    return entry if isinstance(entry, Mapping) and "from_time" in entry and "to_time" in entry else {}
 
 
 def _cells_time(adata: AnnData, key: str, has: np.ndarray) -> float | None:
@@ -145,7 +143,7 @@ def fate(
     points = style.embedding(adata, basis, components)
     values = table[chosen].to_numpy(dtype=float)
     has = ~np.isnan(values).any(axis=1)
-    stored = _stored_times(adata, fate_key, table)
+    stored = _stored_times(adata, fate_key)
     heading, backward = _direction(adata, key, fate_key, stored, has)
     size = style.default_size(len(points)) if size is None else size
     if argmax or len(chosen) == 1:

@@ -6,7 +6,7 @@ from typing import Mapping, Sequence
 
 import pandas as pd
 
-from .pl import _axes, _finish
+from . import _style as style
 
 _COLUMNS = ("gene", "time", "mean", "std")
 
@@ -73,7 +73,7 @@ def gene_trends(
     missing = [g for g in genes if g not in present]
     if missing:
         raise KeyError(f"genes {missing[:5]} are not in the trends table (genes: {present[:10]})")
-    fig, ax = _axes(ax)
+    fig, ax = style.axes(ax)
     for gene, colour in zip(genes, _colours(genes, palette)):
         rows = trends_frame[trends_frame["gene"].astype(str) == gene].sort_values("time")
         time, mean, std = (rows[c].to_numpy(dtype=float) for c in ("time", "mean", "std"))
@@ -86,4 +86,4 @@ def gene_trends(
     ax.set_ylabel("mean expression")
     ax.legend(fontsize=7, frameon=False)
     ax.set_title(title if title is not None else trends_frame.attrs.get("cells", "gene trends"))
-    return _finish(fig, ax, show, save)
+    return style.finish(fig, ax, show, save)
