@@ -12,6 +12,7 @@ from anndata import AnnData
 from . import benchmark, distributed, keys
 from ._checks import number
 from .analysis import _fitted, _stored_model, ancestors, fate, transitions, trajectories
+from .interop import cellrank_couplings
 from .model import CellFlow
 from .readers import TimeCourse, read_time_course
 
