@@ -13,6 +13,7 @@ from . import benchmark, distributed, keys
 from ._checks import number
 from .analysis import _fitted, _stored_model, ancestors, fate, transitions, trajectories
 from .genes import fate_drivers, gene_trends
+from .interop import cellrank_couplings
 from .mapping import pull, push, transfer_labels
 from .model import CellFlow
 from .readers import TimeCourse, read_time_course
