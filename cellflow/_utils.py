@@ -1,14 +1,20 @@
-"""Small helpers shared by the modules: devices, random generators, progress bars."""
+"""Small helpers shared by the modules: devices, random generators, progress bars, ``copy=``."""
 
 from __future__ import annotations
 
 import contextlib
+import functools
+import inspect
 import os
+import sys
 import time
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
+
+#: Lowest ``scanpy.settings.verbosity`` at which ``progress=None`` draws bars: 1, "warning", scanpy's
+#: default; ``scanpy.settings.verbosity = 0`` ("error": print errors only) hides them.
+PROGRESS_VERBOSITY = 1
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -27,9 +33,77 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     return device
 
 
-def progress_bar(total: int, desc: str, enabled: bool):
-    """A tqdm bar that stays silent when ``enabled`` is false."""
-    return tqdm(total=total, desc=desc, disable=not enabled, leave=False, dynamic_ncols=True)
+def show_progress(progress: bool | None) -> bool:
+    """Whether to draw progress bars: ``progress`` when it is a bool, else (``None``) whether
+    ``scanpy.settings.verbosity`` is at least :data:`PROGRESS_VERBOSITY` (yes when scanpy was
+    never imported, so its verbosity was never changed)."""
+    if progress is not None:
+        return bool(progress)
+    scanpy = sys.modules.get("scanpy")
+    settings = getattr(scanpy, "settings", None)
+    if settings is None:
+        return True
+    return int(settings.verbosity) >= PROGRESS_VERBOSITY
+
+
+def _bar_class():
+    """tqdm's notebook bar in a Jupyter kernel that can draw it (ipywidgets importable, not a Qt
+    console or Spyder), else the plain text bar; chosen at each call, never at import, and
+    without tqdm.auto's warning when ipywidgets is missing."""
+    in_kernel = "ipykernel.zmqshell" in sys.modules
+    if in_kernel and not any(name == "QT_API" or name.startswith("SPYDER") for name in os.environ):
+        try:
+            import ipywidgets  # noqa: F401  (the widgets the notebook bar draws with)
+        except ImportError:
+            pass
+        else:
+            from tqdm.notebook import tqdm as notebook_bar
+
+            return notebook_bar
+    from tqdm.std import tqdm as text_bar
+
+    return text_bar
+
+
+def progress_bar(total: int, desc: str, enabled: bool | None):
+    """A tqdm bar over ``total`` items, silent unless :func:`show_progress` of ``enabled`` is true."""
+    if not show_progress(enabled):
+        from tqdm.std import tqdm as text_bar
+
+        return text_bar(total=total, disable=True)
+    return _bar_class()(total=total, desc=desc, leave=False, dynamic_ncols=True)
+
+
+def copy_option(func):
+    """Give ``func(adata, ...)``, a function that writes into ``adata``, scanpy's ``copy=`` keyword.
+
+    ``copy=False`` (default) runs ``func`` on ``adata`` and returns what it returns;
+    ``copy=True`` runs it on ``adata.copy()`` and returns that copy, leaving ``adata`` as it
+    was. The keyword joins ``func``'s signature (keyword-only); ``func``'s docstring describes it.
+    """
+
+    @functools.wraps(func)
+    def with_copy(adata, *args, copy: bool = False, **kwargs):
+        if not isinstance(copy, (bool, np.bool_)):
+            raise ValueError(f"copy={copy!r} must be True (work on a copy of adata and return it) or False "
+                             "(write into adata)")
+        if not copy:
+            return func(adata, *args, **kwargs)
+        if getattr(adata, "isbacked", False):
+            raise ValueError(
+                f"copy=True needs an AnnData in memory, but adata is backed by {str(adata.filename)!r}; "
+                "pass copy=False to write into it, or load it first with adata.to_memory()"
+            )
+        duplicate = adata.copy()
+        func(duplicate, *args, **kwargs)
+        return duplicate
+
+    signature = inspect.signature(func)
+    parameters = list(signature.parameters.values())
+    at = next((i for i, p in enumerate(parameters) if p.kind is p.VAR_KEYWORD), len(parameters))
+    parameters.insert(at, inspect.Parameter("copy", inspect.Parameter.KEYWORD_ONLY, default=False, annotation="bool"))
+    with_copy.__signature__ = signature.replace(parameters=parameters)
+    return with_copy
 
 
 def seed_everything(seed: int) -> np.random.Generator:

@@ -23,7 +23,7 @@ from anndata import AnnData
 
 from . import keys
 from ._checks import integer, number
-from ._utils import progress_bar
+from ._utils import copy_option, progress_bar
 from .model import CellFlow
 from .readers import TimeCourse, read_time_course
 
@@ -223,6 +223,7 @@ def _group_probabilities(
 
 
 # -- public functions ------------------------------------------------------------------------
+@copy_option
 def fate(
     adata: AnnData,
     from_time: float,
@@ -236,8 +237,8 @@ def fate(
     model: CellFlow | None = None,
     solver: str = "dopri5",
     step_size: float | None = None,
-    progress: bool = True,
-) -> pd.DataFrame:
+    progress: bool | None = None,
+) -> pd.DataFrame | AnnData:
     """Where each cell of ``from_time`` ends up at ``to_time``, as probabilities over groups.
 
     Each cell of ``from_time`` is pushed through the flow to ``to_time`` and compared with the
@@ -271,15 +272,19 @@ def fate(
         Use this model instead of the one stored in ``adata.uns[key]``.
     solver, step_size
         Integrator (see :func:`cellflow.integration.integrate`).
+    copy
+        Work on a copy of ``adata``, write into it and return it (``adata`` is left as it was).
     progress
-        Show a progress bar.
+        Show a progress bar: ``True`` or ``False``; ``None`` (default) shows it unless
+        ``scanpy.settings.verbosity`` is 0 (:func:`cellflow._utils.show_progress`).
 
     Returns
     -------
     A DataFrame indexed by ``obs_names`` with one column per group of ``to_time``; rows of cells
     not measured at ``from_time`` are NaN. It is also written to ``adata.obsm[key_added]`` (a
     DataFrame in ``obsm`` survives ``write_h5ad``), its row-wise argmax to
-    ``adata.obs[f"{key_added}_label"]``; nothing is written when a check fails.
+    ``adata.obs[f"{key_added}_label"]``; nothing is written when a check fails. With
+    ``copy=True``, the copy written into instead.
     """
     from_time, to_time = _checked_times(from_time, to_time, "from_time", "to_time", "ancestors")
     return _group_probabilities(
@@ -288,6 +293,7 @@ def fate(
     )
 
 
+@copy_option
 def ancestors(
     adata: AnnData,
     to_time: float,
@@ -301,8 +307,8 @@ def ancestors(
     model: CellFlow | None = None,
     solver: str = "dopri5",
     step_size: float | None = None,
-    progress: bool = True,
-) -> pd.DataFrame:
+    progress: bool | None = None,
+) -> pd.DataFrame | AnnData:
     """Where each cell of ``to_time`` came from at ``from_time``, as probabilities over groups.
 
     The pull-back of :func:`fate`: each cell of ``to_time`` is pushed backward through the flow
@@ -315,7 +321,7 @@ def ancestors(
     to_time, from_time
         Measured time points, ``from_time < to_time``: the cells of ``to_time`` get the
         probabilities, over the groups of ``from_time``.
-    groupby, key, n_neighbors, overwrite, model, solver, step_size, progress
+    groupby, key, n_neighbors, overwrite, model, solver, step_size, copy, progress
         As for :func:`fate`.
     key_added
         ``obsm`` key to write; default ``"{key}_ancestors"``; the most likely group goes to
@@ -324,7 +330,8 @@ def ancestors(
     Returns
     -------
     A DataFrame indexed by ``obs_names`` with one column per group of ``from_time``; rows of cells
-    not measured at ``to_time`` are NaN. Also written to ``adata.obsm[key_added]``.
+    not measured at ``to_time`` are NaN. Also written to ``adata.obsm[key_added]``; with
+    ``copy=True``, the copy written into instead.
     """
     from_time, to_time = _checked_times(from_time, to_time, "from_time", "to_time", "fate")
     return _group_probabilities(
@@ -428,7 +435,7 @@ def transitions(
     model: CellFlow | None = None,
     solver: str = "dopri5",
     step_size: float | None = None,
-    progress: bool = True,
+    progress: bool | None = None,
 ) -> Transitions:
     """Transitions between the groups of two time points, and a sparse cell-to-cell coupling.
 

@@ -195,7 +195,7 @@ def leave_one_out(
     fitters: Mapping[str, Callable] | None = None,
     skip: Callable[[str, int, float], bool] | None = None,
     on_row: Callable[[dict], None] | None = None,
-    progress: bool = True,
+    progress: bool | None = None,
     **model_kwargs,
 ) -> pd.DataFrame:
     """Hold out each inner time point in turn; see :func:`cellflow.tl.leave_one_out`.
@@ -220,7 +220,8 @@ def leave_one_out(
     on_row
         Called with every row as soon as it is scored (to save it, or to print progress).
     progress
-        Show a progress bar.
+        Show a progress bar: ``True`` or ``False``; ``None`` (default) shows it unless
+        ``scanpy.settings.verbosity`` is 0 (:func:`cellflow._utils.show_progress`).
     **model_kwargs
         Passed to :class:`cellflow.CellFlow`.
     """

@@ -9,7 +9,7 @@ import torch
 
 from . import _checks, _state, distributed, metrics
 from . import stochastic as bridges
-from ._utils import compute_threads, resolve_device, seed_everything
+from ._utils import compute_threads, resolve_device, seed_everything, show_progress
 from .clock import Clock
 from .couplings import BLOCK_ORDERS
 from .delta import cross_validated_delta
@@ -213,9 +213,22 @@ class CellFlow:
         self.history: dict[str, np.ndarray] = {}
 
     def __repr__(self) -> str:
-        p, state = self.params, "trained" if self.net is not None else "not trained"
-        return (f"CellFlow({p['method']!r}: coupling={p['coupling']!r}, path={p['path']!r}, "
-                f"objective={p['objective']!r}; {state})")
+        p = self.params
+        learns = ["velocity" + (" (gradient of a potential)" if p["field"] == "gradient" else "")]
+        learns += [name for name, flag in (("growth", self.has_growth), ("score", self.has_score)) if flag]
+        lines = [f"CellFlow {p['method']!r} on {self.device}",
+                 f"    coupling {p['coupling']!r}, path {p['path']!r}, objective {p['objective']!r}",
+                 f"    learns {', '.join(learns)}"]
+        if self.net is None:
+            lines.append("    not trained: call fit()")
+        else:
+            shown = [f"{t:g}" for t in self.times]
+            times = ", ".join(shown if len(shown) <= 8 else [*shown[:3], "...", *shown[-2:]])
+            steps = self.history["loss"].size if "loss" in self.history else 0
+            reflow = f", then {p['reflow']} round{'s' * (p['reflow'] > 1)} of reflow" if p["reflow"] else ""
+            lines.append(f"    trained on {self.times.size} time points ({times}) in {self.center.size} dimensions, "
+                         f"{steps} steps{reflow}")
+        return "\n".join(lines)
 
     @property
     def has_growth(self) -> bool:
@@ -326,14 +339,15 @@ class CellFlow:
             for k in range(len(internal) - 1)
         ]
 
-    def fit(self, course: TimeCourse, progress: bool = True) -> "CellFlow":
+    def fit(self, course: TimeCourse, progress: bool | None = None) -> "CellFlow":
         """Train on a time course (see :func:`cellflow.readers.read_time_course`).
 
         Under ``torchrun`` (an initialised ``torch.distributed`` group) every process runs
         this same call: each solves its share of the coupling blocks and draws its own pairs,
-        and gradients are averaged (:func:`cellflow.training.train`).
+        and gradients are averaged (:func:`cellflow.training.train`). ``progress``: show progress
+        bars (``None``: unless ``scanpy.settings.verbosity`` is 0).
         """
-        p = self.params
+        p, progress = self.params, show_progress(progress)
         distributed.join(self.device)
         rng = seed_everything(p["seed"])
         sources = self._source_masses(course)  # bad prior growth fails before any work
@@ -387,7 +401,7 @@ class CellFlow:
         return self
 
     # -- rectified flow ------------------------------------------------------------------
-    def rectify(self, course: TimeCourse, rounds: int = 1, progress: bool = True) -> "CellFlow":
+    def rectify(self, course: TimeCourse, rounds: int = 1, progress: bool | None = None) -> "CellFlow":
         """Straighten the trained flow by ``rounds`` rounds of rectified flow ("reflow") on ``course``.
 
         A round pushes every cell of each time point ``t_k`` but the last to ``t_(k+1)`` along the
@@ -411,10 +425,10 @@ class CellFlow:
         rounds
             Rounds to run (at least one).
         progress
-            Show a progress bar.
+            Show a progress bar (``None``: unless ``scanpy.settings.verbosity`` is 0).
         """
         self._check_fitted()
-        rounds = _checks.integer("rounds", rounds, 1)
+        rounds, progress = _checks.integer("rounds", rounds, 1), show_progress(progress)
         self._check_balanced("rounds", rounds)
         if course.times.shape != self.times.shape or not np.allclose(course.times, self.times):
             raise ValueError(f"the course's times {course.times.tolist()} are not the model's {self.times.tolist()}: "

@@ -10,31 +10,38 @@ import pandas as pd
 from anndata import AnnData
 from scipy.special import expit
 
+from ._utils import copy_option
 from .readers import parse_times
 
+__all__ = ["birth_rate", "death_rate", "growth_markers", "numeric_time", "score_growth"]
 
+
+def __dir__() -> list[str]:
+    """The public functions only (tab completion shows no ``np`` or ``AnnData``)."""
+    return list(__all__)
+
+
+@copy_option
 def numeric_time(
     adata: AnnData,
     time_key: str,
     *,
     time_map: Mapping | None = None,
     key_added: str = "time",
-    copy: bool = False,
 ) -> AnnData | None:
     """Write each cell's time as a number to ``obs[key_added]``.
 
     Labels such as ``"day 2.5"``, ``"D3"`` or ``"12h"`` are read for the number they hold;
-    stage names need ``time_map``. The source column is left as it is.
+    stage names need ``time_map``. The source column is left as it is. ``copy=True`` works on a
+    copy of ``adata`` and returns it.
 
     Returns
     -------
     The AnnData when ``copy=True``, else ``None``.
     """
-    adata = adata.copy() if copy else adata
     if key_added != time_key and key_added in adata.obs:
         raise ValueError(f"adata.obs[{key_added!r}] already exists; pass another key_added")
     adata.obs[key_added] = parse_times(adata.obs[time_key], time_key, time_map)
-    return adata if copy else None
 
 
 # --------------------------------------------------------------------------------------------
@@ -151,6 +158,7 @@ def _present(genes: list[str], var_names: pd.Index) -> list[str]:
     return [g for g in genes if g in var_names]
 
 
+@copy_option
 def score_growth(
     adata: AnnData,
     organism: str = "human",
@@ -161,7 +169,6 @@ def score_growth(
     key_added: str = "cellflow",
     min_genes: int = 10,
     random_state: int = 0,
-    copy: bool = False,
 ) -> AnnData | None:
     """Score proliferation and apoptosis, and turn them into a prior growth rate.
 
@@ -209,7 +216,7 @@ def score_growth(
     random_state
         Seed for the control genes that :func:`scanpy.tl.score_genes` draws.
     copy
-        Return a copy instead of writing to ``adata``.
+        Work on a copy of ``adata``, write into it and return it (``adata`` is left as it was).
 
     Returns
     -------
@@ -280,7 +287,7 @@ def score_growth(
                 f"adata.var_names (min_genes={min_genes}); the {kind} score, and so the growth prior, "
                 f"may be noisy. Found: {', '.join(hits[:20])}{', ...' if len(hits) > 20 else ''}.",
                 UserWarning,
-                stacklevel=2,
+                stacklevel=3,  # past copy_option's wrapper, to the caller
             )
         found[kind] = hits
 
@@ -298,7 +305,6 @@ def score_growth(
 
     rate = birth_rate(scores["proliferation"]) - death_rate(scores["apoptosis"])
 
-    adata = adata.copy() if copy else adata
     keys = [f"{key_added}_{kind}" for kind in (*_MARKER_KINDS, "growth_prior")]
     existing = [k for k in keys if k in adata.obs.columns]
     if existing:
@@ -306,9 +312,8 @@ def score_growth(
             f"score_growth: replacing existing adata.obs columns {existing}; pass another "
             "key_added to keep them.",
             UserWarning,
-            stacklevel=2,
+            stacklevel=3,
         )
     adata.obs[f"{key_added}_proliferation"] = scores["proliferation"]
     adata.obs[f"{key_added}_apoptosis"] = scores["apoptosis"]
     adata.obs[f"{key_added}_growth_prior"] = rate
-    return adata if copy else None

@@ -11,12 +11,21 @@ from anndata import AnnData
 
 from . import benchmark, distributed, keys
 from ._checks import number
+from ._utils import copy_option
 from .analysis import _fitted, _stored_model, ancestors, fate, transitions, trajectories
 from .genes import fate_drivers, gene_trends
 from .interop import cellrank_couplings
 from .mapping import pull, push, transfer_labels
 from .model import CellFlow
 from .readers import TimeCourse, read_time_course
+
+__all__ = ["ancestors", "fate", "fit", "interpolate", "leave_one_out", "load_model", "trajectories", "transitions"]
+
+
+def __dir__() -> list[str]:
+    """The public tools only (tab completion shows no ``np`` or ``AnnData``)."""
+    return list(__all__)
+
 
 _MEAN_CHUNK_VALUES = 2**22  # entries of X read at a time when averaging the genes
 _GENE_BLOCK_VALUES = 2**22  # entries of an output computed (gene space) or checked (finite) at a time
@@ -77,6 +86,7 @@ def _evaluate_cells(model: CellFlow, course: TimeCourse, n_obs: int) -> tuple[np
     return velocity, growth
 
 
+@copy_option
 def fit(
     adata: AnnData,
     time_key: str = "time",
@@ -88,9 +98,9 @@ def fit(
     time_map: Mapping | None = None,
     key_added: str = "cellflow",
     overwrite: bool = False,
-    progress: bool = True,
+    progress: bool | None = None,
     **model_kwargs,
-) -> CellFlow:
+) -> CellFlow | AnnData:
     """Learn a velocity field of a time course and write it into ``adata``.
 
     Parameters
@@ -117,7 +127,11 @@ def fit(
     overwrite
         Replace keys of the same name that another tool (or another ``key_added``) wrote.
     progress
-        Show a progress bar.
+        Show a progress bar: ``True`` or ``False``; ``None`` (default) shows it unless
+        ``scanpy.settings.verbosity`` is 0 (:func:`cellflow._utils.show_progress`).
+    copy
+        Fit on a copy of ``adata``, write into the copy and return it (``adata`` is left as it
+        was); the model is then ``cellflow.tl.load_model(returned_copy, key_added)``.
     **model_kwargs
         Passed to :class:`cellflow.CellFlow` (``seed``, ``n_steps``, ``device``, ...), e.g.
         ``field="gradient"`` (the velocity as the gradient of a learned potential) or
@@ -125,7 +139,7 @@ def fit(
 
     Returns
     -------
-    The trained model. Writes ``obsm["{key_added}_velocity_{basis}"]`` (velocity in the
+    The trained model, or with ``copy=True`` the AnnData written into. Writes ``obsm["{key_added}_velocity_{basis}"]`` (velocity in the
     representation, per unit of time), ``layers["{key_added}_velocity"]`` (gene space, when
     ``use_rep="X"``, or ``use_rep="X_pca"`` and ``varm["PCs"]`` exist), ``uns["{key_added}_velocity_params"]``
     and ``uns[key_added]`` (the model as plain arrays, with ``written_keys``, the keys written:
@@ -152,7 +166,7 @@ def fit(
         written.append(f"obs/{growth_key_added}")
     keys.claim(adata, key_added, [*written, f"uns/{key_added}"], overwrite)
 
-    model.fit(course, progress=progress and distributed.is_main())  # under torchrun rank 0 alone shows progress
+    model.fit(course, progress=progress if distributed.is_main() else False)  # under torchrun rank 0 alone shows progress
     velocity, growth = _evaluate_cells(model, course, adata.n_obs)
     gene_velocity = _to_gene_space(velocity, use_rep, loadings)
     _check_finite(use_rep, velocity=velocity, gene_space_velocity=gene_velocity, growth_rate=growth)
@@ -269,7 +283,7 @@ def leave_one_out(
     baseline: bool = True,
     n_pcs: int | None = None,
     time_map: Mapping | None = None,
-    progress: bool = True,
+    progress: bool | None = None,
     **model_kwargs,
 ) -> pd.DataFrame:
     """Leave-one-time-point-out benchmark.
@@ -300,7 +314,8 @@ def leave_one_out(
         the held-out cells take no part in the representation they are scored in (a PCA of the
         whole ``adata`` has seen them).
     progress
-        Show progress bars.
+        Show progress bars: ``True`` or ``False``; ``None`` (default) shows them unless
+        ``scanpy.settings.verbosity`` is 0 (:func:`cellflow._utils.show_progress`).
     **model_kwargs
         Passed to :class:`cellflow.CellFlow`.
 

@@ -340,7 +340,7 @@ def train(
     lr_schedule: str = "constant",
     ema_decay: float | None = 0.999,
     stopping: EarlyStopping | None = None,
-    progress: bool = True,
+    progress: bool | None = None,
 ) -> tuple[nn.Module, dict]:
     """Fit ``net(x, t)`` to the targets of ``objective`` by Adam on the squared error.
 
@@ -375,7 +375,8 @@ def train(
     stopping
         Stop early by a score of the network (:class:`EarlyStopping`); ``None`` runs every step.
     progress
-        Show a progress bar.
+        Show a progress bar: ``True`` or ``False``; ``None`` (default) shows it unless
+        ``scanpy.settings.verbosity`` is 0 (:func:`cellflow._utils.show_progress`).
 
     Returns
     -------
@@ -408,7 +409,7 @@ def train(
             with torch.no_grad():
                 torch._foreach_lerp_(averaged, trained, 1 - decay)
         history[step] = loss.detach()
-        if progress and (step % 50 == 0 or step == n_steps - 1):
+        if not bar.disable and (step % 50 == 0 or step == n_steps - 1):
             bar.set_postfix(loss=f"{loss.item():.4g}")
         bar.update()
         if stopping is not None and (step + 1) % stopping.check_every == 0:

@@ -27,8 +27,9 @@ def _data_root() -> Path:
 def data_dir(monkeypatch) -> Path:
     """Point CELLFLOW_DATA_DIR at the shared data folder (or keep the one already set)."""
     root = _data_root()
-    if not root.is_dir():
-        pytest.skip(f"dataset folder {root} not found (set {ENV} to a folder with the upstream files)")
+    missing = [name for name in datasets.SHA256 if not (root / name).is_file()]
+    if missing:
+        pytest.skip(f"dataset files {missing} not found in {root} (set {ENV} to a folder with the upstream files)")
     monkeypatch.setenv(ENV, str(root))
     return root
 

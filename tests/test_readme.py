@@ -1,0 +1,56 @@
+"""The README's Python snippets run as written: each imports what it uses and builds its own AnnData."""
+
+from __future__ import annotations
+
+import ast
+import builtins
+import importlib.util
+import re
+from pathlib import Path
+
+import pytest
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def _snippets() -> list[str]:
+    return re.findall(r"^```python\n(.*?)^```", README.read_text(), flags=re.S | re.M)
+
+
+def _undefined_names(code: str) -> set[str]:
+    """Names a snippet reads that it neither imports nor assigns (nor are builtins)."""
+    bound, read = set(dir(builtins)), set()
+    for node in ast.walk(ast.parse(code)):
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            bound |= {(alias.asname or alias.name).split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.Name):
+            (bound if isinstance(node.ctx, ast.Store) else read).add(node.id)
+    return read - bound
+
+
+def test_readme_has_python_snippets():
+    assert len(_snippets()) >= 3
+
+
+@pytest.mark.parametrize("index", range(len(_snippets())))
+def test_snippet_defines_every_name_it_uses(index):
+    assert not _undefined_names(_snippets()[index]), _snippets()[index][:200]
+
+
+def test_the_check_finds_a_missing_import():
+    assert _undefined_names("import cellflow as cf\nsc.pp.pca(adata)\n") == {"sc", "adata"}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("index", range(len(_snippets())))
+def test_snippet_runs(index, tmp_path, monkeypatch):
+    """Every snippet, executed as it stands in a fresh namespace (in a temporary folder)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    code = _snippets()[index]
+    for module in re.findall(r"^import (\w+)", code, flags=re.M):
+        if importlib.util.find_spec(module) is None:
+            pytest.skip(f"the snippet needs {module}, which is not installed")
+    monkeypatch.chdir(tmp_path)
+    exec(compile(code, f"README.md snippet {index}", "exec"), {"__name__": "__readme__"})
