@@ -62,7 +62,7 @@ def cellrank_couplings(
     model: CellFlow | None = None,
     solver: str = "dopri5",
     step_size: float | None = None,
-    progress: bool = True,
+    progress: bool | None = None,
 ) -> dict[tuple, AnnData]:
     """Couplings between consecutive time points, keyed as CellRank's ``RealTimeKernel`` expects.
 

@@ -34,7 +34,7 @@ from anndata import AnnData
 
 from . import keys
 from ._checks import integer, number
-from ._utils import progress_bar
+from ._utils import copy_option, progress_bar
 from .analysis import _CHUNK, _fitted, _label_probabilities, _push_and_match, neighbour_weights
 from .model import CellFlow
 
@@ -261,8 +261,8 @@ def push(
     model: CellFlow | None = None,
     solver: str = "dopri5",
     step_size: float | None = None,
-    progress: bool = True,
-) -> Moved:
+    progress: bool | None = None,
+) -> Moved | AnnData:
     """Carry a distribution over the cells of ``from_time`` forward through the flow.
 
     Every cell of ``from_time`` is integrated to the target times (so results do not depend on
@@ -302,12 +302,14 @@ def push(
     A :class:`Moved`: ``distribution`` and ``mass`` (unnormalised, with growth) per measured
     target time, the carried cells' ``points`` and ``masses`` at every target time (all there
     is at an unmeasured time, where nothing is written), and :meth:`Moved.to_frame`, the
-    population's trajectory. Nothing is written when a check fails.
+    population's trajectory. Nothing is written when a check fails. With ``copy=True``, the
+    copy written into instead.
     """
     return _move(adata, source, from_time, to_time, True, key, key_added, n_neighbors, overwrite, model, solver,
                  step_size, progress)
 
 
+@copy_option
 def pull(
     adata: AnnData,
     source,
@@ -321,8 +323,8 @@ def pull(
     model: CellFlow | None = None,
     solver: str = "dopri5",
     step_size: float | None = None,
-    progress: bool = True,
-) -> Moved:
+    progress: bool | None = None,
+) -> Moved | AnnData:
     """Carry a distribution over the cells of ``from_time`` backward: where it came from.
 
     At a measured earlier time each cell's weight is handed back to the cells that send it mass
@@ -346,12 +348,13 @@ def pull(
     -------
     A :class:`Moved`, as for :func:`push`; ``mass`` counts cells of the earlier time, and
     ``unreached`` the share of the weight that no earlier cell reaches (a warning names it
-    when above 5%).
+    when above 5%). With ``copy=True``, the copy written into instead.
     """
     return _move(adata, source, from_time, to_time, False, key, key_added, n_neighbors, overwrite, model, solver,
                  step_size, progress)
 
 
+@copy_option
 def transfer_labels(
     adata: AnnData,
     label_key: str,
@@ -365,8 +368,8 @@ def transfer_labels(
     model: CellFlow | None = None,
     solver: str = "dopri5",
     step_size: float | None = None,
-    progress: bool = True,
-) -> pd.DataFrame:
+    progress: bool | None = None,
+) -> pd.DataFrame | AnnData:
     """Carry a categorical annotation from the cells of one time point to those of another.
 
     Each cell of ``to_time`` is integrated to ``from_time`` (backward when ``to_time`` is later,
@@ -397,7 +400,8 @@ def transfer_labels(
     Returns
     -------
     A DataFrame indexed by ``obs_names`` with one column per label present at ``from_time``:
-    each cell of ``to_time``'s probability of each label (rows of other cells are NaN).
+    each cell of ``to_time``'s probability of each label (rows of other cells are NaN). With
+    ``copy=True``, the copy written into instead.
     """
     from_time, to_time = number("from_time", from_time), number("to_time", to_time)
     if from_time == to_time:

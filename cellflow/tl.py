@@ -19,7 +19,10 @@ from .mapping import pull, push, transfer_labels
 from .model import CellFlow
 from .readers import TimeCourse, read_time_course
 
-__all__ = ["ancestors", "fate", "fit", "interpolate", "leave_one_out", "load_model", "trajectories", "transitions"]
+__all__ = [
+    "ancestors", "cellrank_couplings", "fate", "fate_drivers", "fit", "gene_trends", "interpolate", "leave_one_out",
+    "load_model", "pull", "push", "trajectories", "transfer_labels", "transitions",
+]
 
 
 def __dir__() -> list[str]:

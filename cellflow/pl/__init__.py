@@ -12,3 +12,7 @@ from .genes import gene_trends
 from .tables import loss, sankey, transitions
 
 __all__ = ["fate", "gene_trends", "growth", "interpolation", "loss", "sankey", "transitions", "velocity"]
+
+
+def __dir__():
+    return list(__all__)
