@@ -54,3 +54,26 @@ def test_snippet_runs(index, tmp_path, monkeypatch):
             pytest.skip(f"the snippet needs {module}, which is not installed")
     monkeypatch.chdir(tmp_path)
     exec(compile(code, f"README.md snippet {index}", "exec"), {"__name__": "__readme__"})
+
+
+def _ten_lines() -> str:
+    section = README.read_text().split("## Ten lines", 1)[1]
+    return re.search(r"```python\n(.*?)^```", section, flags=re.S | re.M).group(1)
+
+
+def test_ten_line_example_runs_as_written(tmp_path, monkeypatch, capsys):
+    """The README's first example, executed as it stands: it fits, draws, predicts and prints the transitions."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    code = _ten_lines()
+    assert len([line for line in code.splitlines() if line.strip()]) <= 10
+    monkeypatch.chdir(tmp_path)
+    namespace = {"__name__": "__readme__"}
+    exec(compile(code, "README.md ten lines", "exec"), namespace)
+    adata = namespace["adata"]
+    assert (tmp_path / "velocity.png").stat().st_size > 10_000
+    assert namespace["day"].n_obs == (adata.obs["day"] == 10).sum()
+    assert adata.obs["cellflow_fate_label"].notna().sum() == (adata.obs["day"] == 10).sum()
+    printed = capsys.readouterr().out
+    assert "cell_type at 10" in printed and "Epithelial" in printed
