@@ -332,11 +332,18 @@ def test_growth_needs_a_growth_model(moscot):
         cf.pl.growth(moscot, show=False)
 
 
-def test_velocity_on_a_basis_without_projection_says_what_to_run(moscot):
+def test_velocity_on_another_embedding_is_carried_through_the_neighbours(moscot):
+    from cellflow.pl.embedding import _fitted_velocity
+
     adata = moscot.copy()
-    del adata.obsm["cellflow_velocity_umap"]
-    with pytest.raises(KeyError, match=r"scv.tl.velocity_embedding\(adata, basis='umap', vkey='cellflow_velocity'\)"):
-        cf.pl.velocity(adata, basis="umap", show=False)
+    exact = adata.obsm.pop("cellflow_velocity_umap")  # the velocity pushed through the embedding's Jacobian
+    projected = _fitted_velocity(adata, "cellflow", "umap", (0, 1))
+    cosine = (projected * exact).sum(axis=1) / np.linalg.norm(projected, axis=1) / np.linalg.norm(exact, axis=1)
+    assert np.median(cosine) > 0.9  # 0.98 when written
+    speed = np.linalg.norm(projected, axis=1) / np.linalg.norm(exact, axis=1)
+    assert 0.3 < np.median(speed) < 1.5  # averaging over neighbours shortens the steps (0.63)
+    ax = cf.pl.velocity(adata, basis="umap", show=False)
+    assert ax.get_xlabel() == "umap 1" and "cellflow_velocity_umap" not in adata.obsm  # nothing written
     with pytest.raises(KeyError, match="X_tsne.*scanpy.tl.tsne"):
         cf.pl.velocity(adata, basis="tsne", show=False)
 

@@ -45,18 +45,42 @@ def _grid_flow(points: np.ndarray, vectors: np.ndarray, n_grid: int = 30):
 
 
 def _fitted_velocity(adata: AnnData, key: str, basis: str, components) -> np.ndarray:
+    """The velocity on ``basis``: as written by the fit (or by scVelo), else projected from the fit's representation."""
     vel_key = f"{key}_velocity_{basis}"
     if vel_key in adata.obsm:
         return np.asarray(adata.obsm[vel_key])[:, list(components)].astype(float)
     fitted = str(adata.uns[key]["use_rep"]) if key in adata.uns and "use_rep" in adata.uns[key] else None
-    if fitted is None or style.basis_name(fitted) == basis:
+    learned = f"{key}_velocity_{style.basis_name(fitted)}" if fitted is not None else None
+    if fitted is None or style.basis_name(fitted) == basis or learned not in adata.obsm:
         raise KeyError(f"adata.obsm[{vel_key!r}] is missing; run cellflow.tl.fit with use_rep='X_{basis}'")
-    raise KeyError(
-        f"adata.obsm[{vel_key!r}] is missing: the model learned in {fitted!r}. Project the velocity onto "
-        f"{basis!r} with scvelo: scv.tl.velocity_graph(adata, vkey='{key}_velocity', xkey=<expression layer>) "
-        f"then scv.tl.velocity_embedding(adata, basis='{basis}', vkey='{key}_velocity'), or write your own "
-        f"projection to adata.obsm[{vel_key!r}]"
-    )
+    return _projected_velocity(adata, fitted, np.asarray(adata.obsm[learned], dtype=float),
+                               style.embedding(adata, basis, components))
+
+
+def _projected_velocity(adata: AnnData, use_rep: str, velocity: np.ndarray, points: np.ndarray,
+                        n_neighbors: int = 15) -> np.ndarray:
+    """Velocity carried onto an embedding through the cells' neighbours in the fitted representation.
+
+    Each cell ``x`` and the point ``x + h v`` a short step ahead are placed on the embedding as
+    the neighbour-weighted mean of the embedding positions of their ``n_neighbors`` nearest
+    cells (the weights of :func:`cellflow.analysis.neighbour_weights`); the difference over ``h``
+    is the drawn velocity. ``h`` moves the median cell by half the median distance to its nearest
+    neighbour, so the step reaches the next cells without jumping past them. Placing ``x``
+    itself the same way cancels the offset of the placement. Directions come out right; speeds
+    come out shorter, since averaging over neighbours shortens the steps.
+    """
+    from ..analysis import neighbour_weights
+    from ..readers import get_representation
+
+    rep = get_representation(adata, use_rep).astype(float)
+    index, weight = neighbour_weights(rep, rep, n_neighbors + 1)
+    gap = np.median(np.linalg.norm(rep[index[:, 1]] - rep, axis=1))
+    speed = np.median(np.linalg.norm(velocity, axis=1))
+    h = 0.5 * gap / speed if speed > 0 and gap > 0 else 1.0
+    here = (weight[:, :, None] * points[index]).sum(axis=1)
+    index, weight = neighbour_weights(rep + h * velocity, rep, n_neighbors + 1)
+    ahead = (weight[:, :, None] * points[index]).sum(axis=1)
+    return (ahead - here) / h
 
 
 def _time_map(adata: AnnData, key: str):
@@ -90,10 +114,11 @@ def velocity(
     basis
         Embedding, with or without the ``"X_"`` prefix (``"pca"``, ``"umap"``, any ``obsm`` key):
         ``obsm["X_{basis}"]`` and ``obsm["{key}_velocity_{basis}"]`` are drawn.
-        :func:`cellflow.tl.fit` writes the velocity of the representation it learned in; for
-        another embedding project it first, e.g.
-        ``scv.tl.velocity_embedding(adata, basis="umap", vkey="cellflow_velocity")``.
-        Streamlines are drawn only near cells (see :func:`_grid_flow`).
+        :func:`cellflow.tl.fit` writes the velocity of the representation it learned in; on
+        another embedding without ``obsm["{key}_velocity_{basis}"]`` (e.g. from
+        ``scv.tl.velocity_embedding``), the velocity is carried over through each cell's
+        neighbours in the fitted representation (:func:`_projected_velocity`; nothing is
+        written). Streamlines are drawn only near cells (see :func:`_grid_flow`).
     key
         ``key_added`` of the fit.
     color
