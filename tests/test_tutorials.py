@@ -29,8 +29,20 @@ def missing_requirements(notebook) -> list[str]:
     return [name for name in required if importlib.util.find_spec(name) is None]
 
 
+def repository_files() -> dict[Path, int]:
+    """Files of the folders a notebook could write figures or results into, with their modification times."""
+    return {path: path.stat().st_mtime_ns for folder in ("docs", "tutorials") for path in (ROOT / folder).rglob("*")
+            if path.is_file()}
+
+
 def test_every_tutorial_is_collected():
     assert NOTEBOOKS, f"no notebooks found in {ROOT / 'tutorials'}"
+
+
+def test_missing_requirements_names_what_cannot_be_imported():
+    notebook = nbformat.v4.new_notebook(metadata={"cellflow": {"requires": ["json", "no_such_package_xyz"]}})
+    assert missing_requirements(notebook) == ["no_such_package_xyz"]
+    assert missing_requirements(nbformat.v4.new_notebook()) == []
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
@@ -47,4 +59,6 @@ def test_tutorial_runs(path, tmp_path, monkeypatch):
     client = nbclient.NotebookClient(
         notebook, timeout=CELL_TIMEOUT, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
     )
+    before = repository_files()
     client.execute()  # raises CellExecutionError, with the cell and its traceback, when a cell fails
+    assert repository_files() == before, "the notebook wrote into docs/ or tutorials/; write into a temporary folder"
