@@ -167,8 +167,8 @@ def measure(path: Path) -> dict:
     import cellflow._utils
     import cellflow.model
 
-    # torch imports its compiler stack (about 800 modules) on the first optimiser step of a process; the bare
-    # loop's warm-up steps leave that out of its time, so one step here leaves it out of the fit's too
+    # torch imports its compiler stack (torch._dynamo, about 1 s) when a process builds its first optimiser; the
+    # bare loop is timed after that, so building one here leaves it out of the fit's training time too
     warm = torch.nn.Linear(2, 2)
     warm(torch.zeros(1, 2)).sum().backward()
     torch.optim.Adam(warm.parameters(), foreach=True).step()
@@ -368,9 +368,9 @@ def report(table: pd.DataFrame, *, command: str, code: str, load_start, elapsed:
         f"Training steps against the bare network: seconds in cellflow's training loop (`training.train`, wall "
         f"and CPU time of the process) / steps, and a bare `TimeMLP` of the same widths ({big.hidden}) doing "
         f"forward, backward and an Adam step on one random batch of {big.batch} (256 pairs x 4 intervals), "
-        f"{BARE_STEPS} steps with the fit's threads, after the fit. Both are timed after torch's first optimiser "
-        "step in the process, which imports torch's compiler stack once (about 0.2 s): the bare loop's warm-up "
-        "steps leave it out, and one Adam step on a tiny layer before the fit does the same for the fit. The "
+        f"{BARE_STEPS} steps with the fit's threads, after the fit. Both are timed after the first torch "
+        "optimiser built in the process, which imports torch's compiler stack once (`torch._dynamo`, about 1 s): "
+        "one Adam step on a tiny layer before the fit pays it for both. The "
         "fit's step also draws the pairs, converts them to the clock's units, averages the weights (EMA) and, "
         "every 100 steps, runs the check of `n_steps=\"auto\"`; the objective's and the clock's setup before the "
         "loop count as preparation.",
