@@ -22,7 +22,8 @@ from scipy import stats
 
 from . import keys
 from ._checks import choice, integer, number
-from .analysis import _fitted, neighbour_weights, trajectories
+from .analysis import _fitted, neighbour_weights
+from .trajectories import trajectories
 from .model import CellFlow
 from .readers import parse_times
 

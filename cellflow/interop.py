@@ -5,7 +5,8 @@ from __future__ import annotations
 import pandas as pd
 from anndata import AnnData
 
-from .analysis import _Fitted, _fitted, transitions
+from .analysis import _Fitted, _fitted
+from .transitions import transitions
 from .model import CellFlow
 
 

@@ -12,12 +12,14 @@ from anndata import AnnData
 from . import benchmark, distributed, keys
 from ._checks import number
 from ._utils import copy_option
-from .analysis import _fitted, _stored_model, ancestors, fate, transitions, trajectories
+from .analysis import _fitted, _stored_model, ancestors, fate
 from .genes import fate_drivers, gene_trends
 from .interop import cellrank_couplings
 from .mapping import pull, push, transfer_labels
 from .model import CellFlow
 from .readers import TimeCourse, read_time_course
+from .trajectories import trajectories
+from .transitions import transitions
 
 __all__ = [
     "ancestors", "cellrank_couplings", "fate", "fate_drivers", "fit", "gene_trends", "interpolate", "leave_one_out",

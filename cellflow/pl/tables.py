@@ -48,7 +48,7 @@ def transitions(
     Parameters
     ----------
     transitions_or_adata
-        A :class:`cellflow.analysis.Transitions` (from :func:`cellflow.tl.transitions`), or the
+        A :class:`cellflow.transitions.Transitions` (from :func:`cellflow.tl.transitions`), or the
         AnnData of a fit, for which it is computed between ``t1`` and ``t2``.
     t1, t2, groupby, key, n_neighbors
         Passed to :func:`cellflow.tl.transitions` with an AnnData; ignored with a Transitions.
@@ -67,8 +67,8 @@ def transitions(
     show, save
         Show the figure; save it to this path.
     """
-    from ..analysis import Transitions
-    from ..analysis import transitions as compute
+    from ..transitions import Transitions
+    from ..transitions import transitions as compute
 
     if normalize not in _NORMALIZED:
         raise ValueError(f"normalize={normalize!r} is not one of 'forward', 'backward' or None")
@@ -156,7 +156,7 @@ def sankey(
     """
     import matplotlib.patches as mpatches
 
-    from ..analysis import transitions as compute
+    from ..transitions import transitions as compute
 
     style.check_legend_loc(legend_loc)
     times = [float(t) for t in np.atleast_1d(np.asarray(times, dtype=float))]
