@@ -248,6 +248,7 @@ def _move(adata, source, from_time, to_time, later, key, key_added, n_neighbors,
 
 
 # -- public functions --------------------------------------------------------------------------
+@copy_option
 def push(
     adata: AnnData,
     source,

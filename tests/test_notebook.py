@@ -153,7 +153,21 @@ def test_copy_needs_a_bool_and_an_anndata_in_memory(tmp_path):
     backed.file.close()
 
 
-@pytest.mark.parametrize("tool", [cf.tl.fit, cf.tl.fate, cf.tl.ancestors, cf.pp.numeric_time, cf.pp.score_growth])
+@pytest.mark.parametrize("tool, args, key", [
+    (cf.tl.push, (("side", "left"), 0, 1), "cellflow_push"),
+    (cf.tl.pull, (("side", "left"), 1, 0), "cellflow_pull"),
+    (cf.tl.transfer_labels, ("side", 1, 0), "side_transferred"),
+])
+def test_mapping_with_copy(fitted, tool, args, key):
+    adata = fitted.copy()
+    out = tool(adata, *args, copy=True, progress=False)
+    assert isinstance(out, ad.AnnData) and key in out.obs and key not in adata.obs
+    tool(adata, *args, progress=False)
+    pd.testing.assert_series_equal(out.obs[key], adata.obs[key])
+
+
+@pytest.mark.parametrize("tool", [cf.tl.fit, cf.tl.fate, cf.tl.ancestors, cf.tl.push, cf.tl.pull,
+                                  cf.tl.transfer_labels, cf.pp.numeric_time, cf.pp.score_growth])
 def test_writers_declare_copy(tool):
     parameter = inspect.signature(tool).parameters["copy"]
     assert parameter.default is False and parameter.kind is parameter.KEYWORD_ONLY
