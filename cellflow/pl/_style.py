@@ -109,7 +109,8 @@ def is_categorical(values: pd.Series) -> bool:
     return values.dtype == bool or not pd.api.types.is_numeric_dtype(values)
 
 
-def _scanpy_default(n: int) -> list:
+def default_colours(n: int) -> list:
+    """``n`` colours as scanpy picks them when nothing is given: matplotlib's cycle, then scanpy's palettes."""
     from matplotlib import rcParams
     from scanpy.plotting import palettes
 
@@ -120,7 +121,8 @@ def _scanpy_default(n: int) -> list:
     return [NA_COLOUR] * n
 
 
-def _from_palette(palette, categories, name: str) -> list:
+def palette_colours(palette, categories, name: str) -> list:
+    """A colour per category from ``palette``: a colormap name, a list of colours (cycled) or a dict."""
     from matplotlib import colormaps
     from matplotlib.colors import is_color_like
 
@@ -167,7 +169,7 @@ def category_colours(
     categories = list(values.categories)
     stored = adata.uns.get(f"{name}_colors") if adata is not None else None
     if palette is not None:
-        colours = _from_palette(palette, categories, name)
+        colours = palette_colours(palette, categories, name)
     elif stored is not None and len(stored) >= len(categories) and all(is_color_like(c) for c in stored):
         colours = list(stored[: len(categories)])
     elif name == time_key or values.ordered:
@@ -176,7 +178,7 @@ def category_colours(
         ramp = colormaps[SEQUENTIAL](np.linspace(0.0, 0.9, max(len(categories), 2)))
         colours = [ramp[r] for r in rank]
     else:
-        colours = _scanpy_default(len(categories))
+        colours = default_colours(len(categories))
     return {c: to_hex(colour, keep_alpha=True) for c, colour in zip(categories, colours)}
 
 

@@ -69,18 +69,27 @@ def _projected_velocity(adata: AnnData, use_rep: str, velocity: np.ndarray, poin
     itself the same way cancels the offset of the placement. Directions come out right; speeds
     come out shorter, since averaging over neighbours shortens the steps.
     """
-    from ..analysis import neighbour_weights
     from ..readers import get_representation
 
     rep = get_representation(adata, use_rep).astype(float)
-    index, weight = neighbour_weights(rep, rep, n_neighbors + 1)
+    here, index = _placed(rep, rep, points, n_neighbors + 1)
     gap = np.median(np.linalg.norm(rep[index[:, 1]] - rep, axis=1))
     speed = np.median(np.linalg.norm(velocity, axis=1))
     h = 0.5 * gap / speed if speed > 0 and gap > 0 else 1.0
-    here = (weight[:, :, None] * points[index]).sum(axis=1)
-    index, weight = neighbour_weights(rep + h * velocity, rep, n_neighbors + 1)
-    ahead = (weight[:, :, None] * points[index]).sum(axis=1)
+    ahead, _ = _placed(rep + h * velocity, rep, points, n_neighbors + 1)
     return (ahead - here) / h
+
+
+def _placed(positions: np.ndarray, rep: np.ndarray, embedding: np.ndarray, n_neighbors: int):
+    """Points of the fitted representation placed on an embedding, and their nearest cells.
+
+    A point goes to the mean embedding position of its ``n_neighbors`` nearest cells of ``rep``,
+    with the weights of :func:`cellflow.analysis.neighbour_weights`.
+    """
+    from ..analysis import neighbour_weights
+
+    index, weight = neighbour_weights(positions, rep, n_neighbors)
+    return (weight[:, :, None] * embedding[index]).sum(axis=1), index
 
 
 def _time_map(adata: AnnData, key: str):
@@ -273,7 +282,6 @@ def interpolation(
     import matplotlib.pyplot as plt
     from matplotlib.legend import Legend
 
-    from ..analysis import neighbour_weights
     from ..readers import get_representation, parse_times
 
     style.check_legend_loc(legend_loc)
@@ -296,8 +304,7 @@ def interpolation(
         positions = np.asarray(pred.obsm[pred_key])
         if in_rep:
             return positions[:, dims]
-        index, weight = neighbour_weights(positions, rep, n_neighbors)
-        return (weight[:, :, None] * measured[index]).sum(axis=1)
+        return _placed(positions, rep, measured, n_neighbors)[0]
 
     fig, ax = style.axes(ax)
     size = style.default_size(len(measured)) if size is None else size

@@ -2,34 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from typing import Sequence
 
 import pandas as pd
 
 from . import _style as style
 
 _COLUMNS = ("gene", "time", "mean", "std")
-
-
-def _colours(genes: list[str], palette) -> list:
-    """One colour per gene: from a colormap name, a list, a mapping gene -> colour, or matplotlib's cycle."""
-    import matplotlib.pyplot as plt
-
-    if palette is None:
-        cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-        return [cycle[i % len(cycle)] for i in range(len(genes))]
-    if isinstance(palette, str):
-        cmap = plt.get_cmap(palette)
-        return [cmap(i / max(len(genes) - 1, 1)) for i in range(len(genes))]
-    if isinstance(palette, Mapping):
-        missing = [g for g in genes if g not in palette]
-        if missing:
-            raise KeyError(f"palette has no colour for the genes {missing[:5]}; give a colour for every gene drawn")
-        return [palette[g] for g in genes]
-    palette = list(palette)
-    if not palette:
-        raise ValueError("palette is empty: pass colours, a colormap name or a mapping gene -> colour")
-    return [palette[i % len(palette)] for i in range(len(genes))]
 
 
 def gene_trends(
@@ -56,7 +35,7 @@ def gene_trends(
     title
         Default: which cells were followed (``trends_frame.attrs["cells"]``).
     palette
-        Colours: a colormap name, a list, or a mapping gene -> colour; default matplotlib's cycle.
+        Colours: a colormap name, a list, or a mapping gene -> colour; default as scanpy (matplotlib's cycle).
     show, save
         Show the figure; save it to this path.
 
@@ -74,7 +53,8 @@ def gene_trends(
     if missing:
         raise KeyError(f"genes {missing[:5]} are not in the trends table (genes: {present[:10]})")
     fig, ax = style.axes(ax)
-    for gene, colour in zip(genes, _colours(genes, palette)):
+    for gene, colour in zip(genes, style.palette_colours(palette, genes, "genes") if palette is not None
+                                   else style.default_colours(len(genes))):
         rows = trends_frame[trends_frame["gene"].astype(str) == gene].sort_values("time")
         time, mean, std = (rows[c].to_numpy(dtype=float) for c in ("time", "mean", "std"))
         ax.plot(time, mean, color=colour, label=gene, linewidth=1.5)
