@@ -7,6 +7,8 @@ import math
 from numbers import Integral, Real
 from typing import Iterable
 
+import numpy as np
+
 
 def integer(name: str, value, minimum: int = 1, maximum: int | None = None, hint: str = "") -> int:
     """``value`` as an int in ``[minimum, maximum]``, else a ``ValueError`` naming ``name``."""
@@ -51,3 +53,10 @@ def choice(name: str, value, options: Iterable[str]) -> str:
     if not isinstance(value, str) or value not in options:
         raise ValueError(f"{name}={value!r} is unknown; choose one of {options}")
     return value
+
+
+def flag(name: str, value) -> bool:
+    """``value`` if it is ``True`` or ``False`` (NumPy's booleans too), else a ``ValueError``."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"{name}={value!r} must be True or False")
+    return bool(value)

@@ -340,7 +340,9 @@ def train(
     lr_schedule: str = "constant",
     ema_decay: float | None = 0.999,
     stopping: EarlyStopping | None = None,
+    rollout=None,
     progress: bool | None = None,
+    description: str = "training",
 ) -> tuple[nn.Module, dict]:
     """Fit ``net(x, t)`` to the targets of ``objective`` by Adam on the squared error.
 
@@ -374,14 +376,20 @@ def train(
         the decay is ``min(ema_decay, (1 + step) / (10 + step))`` so the first weights do not linger.
     stopping
         Stop early by a score of the network (:class:`EarlyStopping`); ``None`` runs every step.
+    rollout
+        A :class:`cellflow.rollout.RolloutLoss`: each step's loss becomes ``rollout(net, loss)``,
+        flow matching plus the rollout term, each over its value when the stage started.
     progress
         Show a progress bar: ``True`` or ``False``; ``None`` (default) shows it unless
         ``scanpy.settings.verbosity`` is 0 (:func:`cellflow._utils.show_progress`).
+    description
+        The progress bar's label.
 
     Returns
     -------
     The trained field (the averaged copy when ``ema_decay`` is set) and its history: ``loss``
-    of every step run and, with ``stopping``, ``stopping_score`` at each check with the checks'
+    of every step run (with ``rollout``, the rollout term's own value at each step as
+    ``rollout``) and, with ``stopping``, ``stopping_score`` at each check with the checks'
     ``stopping_step``.
     """
     choice("lr_schedule", lr_schedule, LR_SCHEDULES)
@@ -394,13 +402,17 @@ def train(
     trained = list(net.parameters())
     averaged = list(average.parameters()) if average is not None else None
     history = torch.empty(n_steps, device=next(net.parameters()).device)
+    rollout_history = np.full(n_steps, np.nan)
     checks, best, reference, best_state, waited = [], np.inf, np.inf, None, 0
-    bar = progress_bar(n_steps, "training", progress)
+    bar = progress_bar(n_steps, description, progress)
     step = 0
     for step in range(n_steps):
         for group in optimiser.param_groups:
             group["lr"] = learning_rate(step, n_steps, lr, lr_schedule)
         loss = _squared_error(model, clock.to_network(objective.draw()))
+        if rollout is not None:
+            loss = rollout(model, loss)
+            rollout_history[step] = rollout.last
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         optimiser.step()
@@ -428,6 +440,8 @@ def train(
     if best_state is not None:
         result.load_state_dict(best_state)
     log = {"loss": history[: step + 1].cpu().numpy()}
+    if rollout is not None:
+        log["rollout"] = rollout_history[: step + 1]
     if checks:
         log["stopping_step"], log["stopping_score"] = (np.array(c) for c in zip(*checks))
     return result, log

@@ -1,0 +1,147 @@
+"""Rollout fitting: the flow's own trajectories are made to reproduce the measured populations.
+
+Flow matching fits the field where the training paths pass and leaves it free elsewhere, so
+cells pushed across several intervals may drift away from the data (each interval's map
+enlarges a small offset a little, and the enlargements compound). Rollout fitting adds a
+term that integrates the field itself and compares where it carries cells with where the
+cells were measured:
+
+- a *global* rollout: cells of the first time point carried through every later time point;
+- *one-interval* rollouts: cells of every time point carried to the next one, so that no
+  interval is left unchecked and the one-interval map keeps its accuracy.
+
+Both are integrated together, one interval after the other, with a fixed number of midpoint
+steps per interval (the solver is differentiable, so the loss reaches the network's weights
+through every step). The discrepancy is the debiased Sinkhorn divergence (``geomloss``)
+between the rolled-out cells, weighted by their mass, and a fresh sample of the measured ones;
+for fields with growth a term on the log of the relative population size is added. The term is
+measured against flow matching's own loss, both divided by their values when the stage starts,
+so that neither dominates whatever the data's units.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import torch
+from geomloss import SamplesLoss
+
+from .integration import integrate
+
+ROLLOUT_CELLS = 128  # cells per time point in each rollout of a training step
+ROLLOUT_SOLVER_STEPS = 4  # midpoint steps per interval (two network passes each)
+ROLLOUT_BLUR = 0.05  # Sinkhorn blur, in units of the data's overall standard deviation
+CHECK_ROLLOUT_CELLS = 256  # cells per time point kept out of the rollout's training, for stopping
+
+
+class RolloutLoss:
+    """The rollout term of a training step, and the score that decides when the stage stops.
+
+    Parameters
+    ----------
+    field
+        ``field(z, t, net) -> (velocity (n, d), growth (n, 1) or None)`` per unit of real time, at
+        internal positions ``z`` and real times ``t`` (float64).
+    populations
+        Cells of each time point (tensors on the training device, internal units).
+    masses
+        Mass of each time point's cells (arrays), or ``None`` for unit masses.
+    times
+        Real time of each population.
+    growth
+        The field has growth: rolled-out cells carry a log-mass, the discrepancy weighs them by
+        it, and the relative population size is fitted too.
+    rng
+        NumPy generator: which cells are kept out for the stopping score, and each step's sample.
+    n_cells, solver_steps, blur
+        Cells per time point and rollout, midpoint steps per interval, Sinkhorn blur.
+    """
+
+    def __init__(self, field: Callable, populations, masses, times, growth: bool, rng: np.random.Generator, *,
+                 n_cells: int = ROLLOUT_CELLS, solver_steps: int = ROLLOUT_SOLVER_STEPS, blur: float = ROLLOUT_BLUR):
+        self.field, self.growth, self.rng = field, growth, rng
+        self.n_cells, self.solver_steps = int(n_cells), int(solver_steps)
+        self.device, self.dtype = populations[0].device, populations[0].dtype
+        self.times = torch.as_tensor(np.asarray(times, dtype=np.float64), device=self.device)
+        masses = masses or [np.ones(len(z)) for z in populations]
+        self.divergence = SamplesLoss("sinkhorn", p=2, blur=blur, debias=True, backend="tensorized")
+        # relative population size of each time point against the first (what growth must reproduce)
+        totals = np.array([float(np.sum(m)) for m in masses])
+        self.log_size = torch.as_tensor(np.log(totals / totals[0]), device=self.device, dtype=self.dtype)
+        # cells kept out of the rollout's training: the stopping score is measured on them alone
+        self.train_cells, self.train_mass, check = [], [], []
+        for z, m in zip(populations, masses):
+            m = np.asarray(m, dtype=np.float64)
+            order = rng.permutation(len(z))
+            kept, rest = (order[: len(z) // 4], order[len(z) // 4:]) if len(z) >= 8 else (order, order)
+            self.train_cells.append(z.index_select(0, torch.as_tensor(rest, device=self.device)))
+            self.train_mass.append(m[rest] / m[rest].sum())
+            # a fixed draw of the kept cells, as many per time point, so that every check scores the same cells
+            pick = kept[rng.choice(len(kept), CHECK_ROLLOUT_CELLS, p=m[kept] / m[kept].sum())]
+            check.append(z.index_select(0, torch.as_tensor(pick, device=self.device)))
+        self.check_cells = torch.stack(check)
+        self.scale = 1.0  # the term's value when the stage starts (set by :meth:`start`)
+        self.matching_scale = 1.0  # flow matching's loss when the stage starts
+        self.last = float("nan")
+
+    def _sample(self) -> torch.Tensor:
+        """``n_cells`` training cells per time point, drawn with replacement in proportion to their
+        mass: ``(K + 1, n_cells, d)``, so that every divergence of a step is solved in one batch."""
+        return torch.stack([z.index_select(0, torch.as_tensor(self.rng.choice(len(z), self.n_cells, p=m),
+                                                              device=self.device))
+                            for z, m in zip(self.train_cells, self.train_mass)])
+
+    def discrepancy(self, net, cells: torch.Tensor) -> torch.Tensor:
+        """Mean over intervals of the global and one-interval rollouts' divergences (plus the size term).
+
+        ``cells``: ``(K + 1, n, d)`` equally weighted cells of each time point.
+        """
+        n_intervals, n = len(cells) - 1, cells.shape[1]
+        zero = torch.zeros(n, 1, device=self.device, dtype=self.dtype)
+        carried = torch.cat([cells[0], zero], 1)
+        ends = []
+        for k in range(n_intervals):
+            t0, span = self.times[k], self.times[k + 1] - self.times[k]
+
+            def along_fraction(current, s, t0=t0, span=span):  # d(z, log m)/ds on this interval
+                v, g = self.field(current[:, :-1], (t0 + s.to(t0.dtype) * span).expand(len(current)), net)
+                rate = torch.cat([v, g if g is not None else torch.zeros_like(v[:, :1])], dim=1)
+                return rate * span.to(rate.dtype)
+
+            state = torch.cat([carried, torch.cat([cells[k], zero], 1)])
+            end = integrate(along_fraction, state, torch.tensor([0.0, 1.0]), method="midpoint",
+                            step_size=1.0 / self.solver_steps)[-1]
+            carried = end[:n]
+            ends.append(end.view(2, n, -1))  # the global rollout, then the one-interval one
+        ends = torch.stack(ends)  # (K, 2, n, d + 1)
+        log_mass = ends[..., -1]
+        mass = torch.exp(log_mass - log_mass.detach().amax(dim=-1, keepdim=True))
+        targets = cells[1:, None].expand(-1, 2, -1, -1)
+        uniform = torch.full((n_intervals * 2, n), 1.0 / n, device=self.device, dtype=self.dtype)
+        divergences = self.divergence((mass / mass.sum(-1, keepdim=True)).reshape(-1, n),
+                                      ends[..., :-1].reshape(-1, n, cells.shape[-1]),
+                                      uniform, targets.reshape(-1, n, cells.shape[-1]))
+        total = divergences.sum()
+        if self.growth:  # log of the relative size reached, against the measured one
+            reached = torch.logsumexp(log_mass, dim=-1) - np.log(n)  # (K, 2)
+            measured = torch.stack([self.log_size[1:] - self.log_size[0], self.log_size[1:] - self.log_size[:-1]], 1)
+            total = total + ((reached - measured) ** 2).sum()
+        return total / (2 * n_intervals)
+
+    def start(self, net, matching_loss: float) -> None:
+        """Fix the two scales the stage's loss is measured in, from the network it starts with."""
+        with torch.no_grad():
+            self.scale = max(float(self.discrepancy(net, self._sample()).detach()), 1e-12)
+        self.matching_scale = max(float(matching_loss), 1e-12)
+
+    def __call__(self, net, matching_loss: torch.Tensor) -> torch.Tensor:
+        """Flow matching's loss plus the rollout term on a fresh sample, each over its starting value."""
+        rollout = self.discrepancy(net, self._sample())
+        self.last = float(rollout.detach())
+        return matching_loss / self.matching_scale + rollout / self.scale
+
+    def check_score(self, net) -> float:
+        """The rollout discrepancy on the cells kept out of training (lower is better)."""
+        with torch.no_grad():
+            return float(self.discrepancy(net, self.check_cells).detach())
