@@ -20,11 +20,12 @@ import numpy as np
 import pandas as pd
 from anndata import AnnData
 
-from . import keys
+from . import chain, keys
 from ._checks import integer, number
 from ._utils import copy_option, progress_bar
 from .model import CellFlow
 from .readers import TimeCourse, read_time_course
+from .support import Support, warn_off_data
 
 _CHUNK = 8192  # cells pushed and matched together; bounds memory and paces the progress bar
 
@@ -44,6 +45,11 @@ class _Fitted:
     def rep(self) -> np.ndarray:
         """The representation of every cell in the AnnData's row order (built on first use only)."""
         return _representation(self.course, self.n_obs)
+
+    @functools.cached_property
+    def support(self) -> Support:
+        """The measured populations, for telling pushed cells on the data from those off it."""
+        return Support(self.course.populations, self.course.times)
 
 
 def _representation(course: TimeCourse, n_obs: int) -> np.ndarray:
@@ -142,10 +148,11 @@ def _push_and_match(
     step_size: float | None,
     progress: bool,
     desc: str,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Push ``sources`` (rows of the representation) and match them with ``reference`` rows."""
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Push ``sources`` (rows of the representation) and match them with ``reference`` rows: the
+    neighbours' indices and weights, each pushed cell's mass and whether it is off the data."""
     ref_points = fitted.rep[reference]
-    indices, weights, masses = [], [], []
+    indices, weights, masses, off = [], [], [], []
     bar = progress_bar(len(sources), desc, progress)
     for start in range(0, len(sources), _CHUNK):
         rows = sources[start : start + _CHUNK]
@@ -156,9 +163,10 @@ def _push_and_match(
         indices.append(index)
         weights.append(weight)
         masses.append(mass)
+        off.append(fitted.support.off_data(pushed, t_to))
         bar.update(len(rows))
     bar.close()
-    return np.concatenate(indices), np.concatenate(weights), np.concatenate(masses)
+    return np.concatenate(indices), np.concatenate(weights), np.concatenate(masses), np.concatenate(off)
 
 
 def _soft_labels(index: np.ndarray, weights: np.ndarray, codes: np.ndarray, n_groups: int) -> np.ndarray:
@@ -181,9 +189,15 @@ def _checked_times(earlier, later, earlier_name: str, later_name: str, other: st
 
 
 def _label_probabilities(
-    adata, fitted, groupby, t_start, t_end, n_neighbors, solver, step_size, progress, desc
-) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """Rows of the cells of ``t_start`` and their probability of each group of ``t_end`` (the names)."""
+    adata, fitted, groupby, t_start, t_end, n_neighbors, solver, step_size, progress, desc, across=None
+) -> tuple[np.ndarray, np.ndarray, list[str], dict]:
+    """Rows of the cells of ``t_start``, their probability of each group of ``t_end``, the group names,
+    and a record of how they were found: ``across``, ``off_data_share`` and ``disagreement``.
+
+    With ``across`` (``"chain"`` or ``"flow"``) and measured times between the two, both answers of
+    :mod:`cellflow.chain` are computed, ``across`` is returned and ``disagreement`` is the mean
+    total-variation distance between them; otherwise (or within one interval) the flow's answer.
+    """
     course = fitted.course
     sources = course.indices[course.index_of(t_start)]
     targets = course.indices[course.index_of(t_end)]
@@ -191,32 +205,47 @@ def _label_probabilities(
     labelled = codes >= 0
     if not labelled.any():
         raise ValueError(f"no cell at time {t_end:g} has a label in obs[{groupby!r}]; label them first")
-    index, weights, _ = _push_and_match(
+    index, weights, _, off = _push_and_match(
         fitted, sources, t_start, t_end, targets[labelled], n_neighbors, solver, step_size, progress, desc
     )
-    return sources, _soft_labels(index, weights, codes[labelled], len(groups)), groups
+    probs = _soft_labels(index, weights, codes[labelled], len(groups))
+    record = {"across": across or "flow", "off_data_share": float(off.mean()), "disagreement": 0.0}
+    if across is not None and chain.spans_several(course, t_start, t_end):
+        chained, chain_off = chain.chained_labels(
+            fitted, course.index_of(t_start), course.index_of(t_end), targets[labelled], codes[labelled], len(groups),
+            n_neighbors, solver, step_size, progress,
+        )
+        record["disagreement"] = chain.mean_total_variation(probs, chained)
+        if across == "chain":
+            probs, record["off_data_share"] = chained, chain_off
+    return sources, probs, groups, record
 
 
 def _group_probabilities(
-    adata, key, key_added, overwrite, model, groupby, t_start, t_end, n_neighbors, solver, step_size, progress, desc
+    adata, key, key_added, overwrite, model, groupby, t_start, t_end, n_neighbors, solver, step_size, progress, desc,
+    across,
 ) -> pd.DataFrame:
     """Per cell of ``t_start``, the probability of each group of ``t_end``, written to ``obsm[key_added]``,
     the most likely group to ``obs[f"{key_added}_label"]`` and the two times (``from_time``: the cells',
-    ``to_time``: the groups') with ``groupby`` to ``uns[f"{key_added}_params"]``."""
+    ``to_time``: the groups') with ``groupby`` and the record of :func:`_label_probabilities` to
+    ``uns[f"{key_added}_params"]``."""
     n_neighbors = integer("n_neighbors", n_neighbors)
+    across = chain.checked_across(across)
     fitted = _fitted(adata, key, model)
     written = [f"obsm/{key_added}", f"obs/{key_added}_label", f"uns/{key_added}_params"]
     keys.claim(adata, key, written, overwrite)
-    sources, probs, groups = _label_probabilities(
-        adata, fitted, groupby, t_start, t_end, n_neighbors, solver, step_size, progress, desc
+    sources, probs, groups, record = _label_probabilities(
+        adata, fitted, groupby, t_start, t_end, n_neighbors, solver, step_size, progress, desc, across
     )
+    warn_off_data(record["off_data_share"], desc, stacklevel=4)
+    chain.warn_disagreement(desc, record["disagreement"], stacklevel=4)
     table = pd.DataFrame(np.nan, index=adata.obs_names.copy(), columns=pd.Index(groups, dtype=object))
     table.iloc[sources] = probs
     codes = np.full(adata.n_obs, -1)
     codes[sources] = probs.argmax(axis=1)
     adata.obsm[key_added] = table
     adata.obs[f"{key_added}_label"] = pd.Categorical.from_codes(codes, categories=groups)
-    adata.uns[f"{key_added}_params"] = {"from_time": t_start, "to_time": t_end, "groupby": groupby}
+    adata.uns[f"{key_added}_params"] = {"from_time": t_start, "to_time": t_end, "groupby": groupby, **record}
     keys.record(adata, key, written)
     return table
 
@@ -237,6 +266,7 @@ def fate(
     solver: str = "dopri5",
     step_size: float | None = None,
     progress: bool | None = None,
+    across: str = "chain",
 ) -> pd.DataFrame | AnnData:
     """Where each cell of ``from_time`` ends up at ``to_time``, as probabilities over groups.
 
@@ -276,6 +306,16 @@ def fate(
     progress
         Show a progress bar: ``True`` or ``False``; ``None`` (default) shows it unless
         ``scanpy.settings.verbosity`` is 0 (:func:`cellflow._utils.show_progress`).
+    across
+        With measured time points between the two: ``"chain"`` (default) composes the couplings of
+        the measured intervals, the flow used within each interval only (mass-weighted, so
+        descendants count as often as cells divide); ``"flow"`` integrates over the whole span
+        (see :mod:`cellflow.chain`). Within one interval both are the same. Across several both
+        are computed: ``uns[f"{key_added}_params"]`` records ``across``, ``disagreement`` (mean
+        total-variation distance between the two per-cell distributions; a
+        :class:`cellflow.chain.DisagreementWarning` above 0.1) and ``off_data_share``, the share
+        of pushed cells off the data (:mod:`cellflow.support`; a
+        :class:`cellflow.support.OffDataWarning` above 5%).
 
     Returns
     -------
@@ -288,7 +328,7 @@ def fate(
     from_time, to_time = _checked_times(from_time, to_time, "from_time", "to_time", "ancestors")
     return _group_probabilities(
         adata, key, key_added or f"{key}_fate", overwrite, model, groupby, from_time, to_time,
-        n_neighbors, solver, step_size, progress, "fate",
+        n_neighbors, solver, step_size, progress, "fate", across,
     )
 
 
@@ -307,6 +347,7 @@ def ancestors(
     solver: str = "dopri5",
     step_size: float | None = None,
     progress: bool | None = None,
+    across: str = "chain",
 ) -> pd.DataFrame | AnnData:
     """Where each cell of ``to_time`` came from at ``from_time``, as probabilities over groups.
 
@@ -322,6 +363,9 @@ def ancestors(
         probabilities, over the groups of ``from_time``.
     groupby, key, n_neighbors, overwrite, model, solver, step_size, copy, progress
         As for :func:`fate`.
+    across
+        As for :func:`fate`; the chain composes, from ``to_time`` back, each interval's neighbour
+        weights of cells pushed backward (each cell has one ancestor, so no mass).
     key_added
         ``obsm`` key to write; default ``"{key}_ancestors"``; the most likely group goes to
         ``obs[f"{key_added}_label"]`` (both recorded as for :func:`fate`).
@@ -335,5 +379,5 @@ def ancestors(
     from_time, to_time = _checked_times(from_time, to_time, "from_time", "to_time", "fate")
     return _group_probabilities(
         adata, key, key_added or f"{key}_ancestors", overwrite, model, groupby, to_time, from_time,
-        n_neighbors, solver, step_size, progress, "ancestors",
+        n_neighbors, solver, step_size, progress, "ancestors", across,
     )

@@ -23,7 +23,8 @@ from scipy import stats
 from . import keys
 from ._checks import choice, integer, number
 from .analysis import _fitted, neighbour_weights
-from .trajectories import trajectories
+from .support import warn_off_data
+from .trajectories import _follow
 from .model import CellFlow
 from .readers import parse_times
 
@@ -243,7 +244,9 @@ def gene_trends(
     and standard deviation over the followed cells; a reading is itself an average of
     neighbours, so ``std`` is the spread between paths, smaller than that between cells),
     ``mass`` (the summed weight of the followed cells) and ``measured`` (whether the time is a
-    measured time point). ``attrs["cells"]`` says which cells were followed.
+    measured time point). ``attrs["cells"]`` says which cells were followed, ``attrs["off_data_share"]``
+    the share of their pushed positions that left the data (:mod:`cellflow.support`; an
+    :class:`cellflow.support.OffDataWarning` above 5%).
     """
     expression = choice("expression", expression, ["neighbours", "pca"])
     n_neighbors = integer("n_neighbors", n_neighbors)
@@ -268,11 +271,13 @@ def gene_trends(
     else:
         reference = [_select(matrix, cells, columns) for cells in course.indices]
 
-    mass = np.zeros(grid.size)
+    mass, n_off, n_pushed = np.zeros(grid.size), 0, 0
     first, second = np.zeros((grid.size, len(names))), np.zeros((grid.size, len(names)))
     for start in range(0, rows.size, _CELLS_PER_CHUNK):
         chunk = slice(start, start + _CELLS_PER_CHUNK)
-        paths = trajectories(adata, rows[chunk], grid, key=key, model=fitted.model, solver=solver, step_size=step_size)
+        paths = _follow(adata, fitted, rows[chunk], grid, solver, step_size)
+        pushed = ~np.isclose(grid[:, None], paths.start_times[None, :])
+        n_off, n_pushed = n_off + int(paths.off_data[pushed].sum()), n_pushed + int(pushed.sum())
         weights = paths.masses * start_weights[chunk]
         if expression == "pca":
             readout = [p @ loadings.T + gene_means for p in paths.positions]
@@ -295,6 +300,8 @@ def gene_trends(
         }
     )
     frame.attrs["cells"] = label
+    frame.attrs["off_data_share"] = n_off / max(n_pushed, 1)
+    warn_off_data(frame.attrs["off_data_share"], "gene_trends")
     return frame
 
 

@@ -32,11 +32,12 @@ import numpy as np
 import pandas as pd
 from anndata import AnnData
 
-from . import keys
+from . import chain, keys
 from ._checks import integer, number
-from ._utils import copy_option, progress_bar
-from .analysis import _CHUNK, _fitted, _label_probabilities, _push_and_match, neighbour_weights
+from ._utils import copy_option
+from .analysis import _fitted, _label_probabilities
 from .model import CellFlow
+from .support import warn_off_data
 
 _UNREACHED_WARNING = 0.05  # share of pulled weight lost to unreached cells above which pull warns
 
@@ -68,6 +69,15 @@ class Moved:
         no earlier cell reaches (left out); otherwise 0.
     use_rep
         The representation of ``points``.
+    across
+        How several intervals were crossed, ``"chain"`` or ``"flow"`` (see :mod:`cellflow.chain`).
+    off_data_share
+        One per target time: the share of the cells pushed to it that left the data
+        (:mod:`cellflow.support`).
+    disagreement, total_ratio
+        One per target time across several intervals (0 and 1 within one): the total-variation
+        distance between the chain's and the flow's distributions (NaN at a time not measured)
+        and the ratio of the flow's total mass to the chain's.
     """
 
     from_time: float
@@ -80,6 +90,10 @@ class Moved:
     masses: np.ndarray
     unreached: np.ndarray
     use_rep: str
+    across: str = "flow"
+    off_data_share: np.ndarray | None = None
+    disagreement: np.ndarray | None = None
+    total_ratio: np.ndarray | None = None
 
     def __repr__(self) -> str:
         times = ", ".join(f"{t:g}" for t in self.times)
@@ -89,7 +103,7 @@ class Moved:
         """The population's trajectory: one row per target time with ``time``, ``measured``, its
         total ``mass`` and its mass-weighted mean position (one column per dimension)."""
         total = self.masses.sum(axis=1)
-        centre = np.einsum("tn,tnd->td", self.masses, self.points) / np.where(total > 0, total, np.nan)[:, None]
+        centre = np.einsum("tn,tnd->td", self.masses, np.nan_to_num(self.points)) / np.where(total > 0, total, np.nan)[:, None]
         basis = self.use_rep[2:] if self.use_rep.startswith("X_") else self.use_rep
         frame = pd.DataFrame({"time": self.times, "measured": self.measured, "mass": total})
         coords = pd.DataFrame(centre, columns=[f"{basis}{i + 1}" for i in range(centre.shape[1])])
@@ -169,36 +183,13 @@ def _source_weights(adata: AnnData, source, rows: np.ndarray, from_time: float) 
 
 
 # -- computation -------------------------------------------------------------------------------
-def _carry(fitted, rows, from_time, times, solver, step_size, progress, desc) -> tuple[np.ndarray, np.ndarray]:
-    """Positions ``(len(times), n, d)`` and masses ``(len(times), n)`` of the cells ``rows`` of
-    ``from_time`` integrated to ``times`` (in any order, all on one side of ``from_time``)."""
-    order = np.argsort(times if times[0] > from_time else -times)
-    points = np.empty((len(times), len(rows), fitted.rep.shape[1]))
-    masses = np.empty((len(times), len(rows)))
-    bar = progress_bar(len(rows), desc, progress)
-    for start in range(0, len(rows), _CHUNK):  # the chunks of _push_and_match: the same numbers
-        chunk = slice(start, start + _CHUNK)
-        path, mass = fitted.model.transport(
-            fitted.rep[rows[chunk]], np.r_[from_time, times[order]], method=solver, step_size=step_size
-        )
-        points[order, chunk], masses[order, chunk] = path[1:], mass[1:]
-        bar.update(len(rows[chunk]))
-    bar.close()
-    return points, masses
-
-
-def _spread(index: np.ndarray, amounts: np.ndarray, n: int) -> np.ndarray:
-    """Per reference cell, the sum of the ``amounts`` sent to it by ``index`` (both ``(m, k)``)."""
-    return np.bincount(index.ravel(), weights=amounts.ravel(), minlength=n)
-
-
 def _move(adata, source, from_time, to_time, later, key, key_added, n_neighbors, overwrite, model, solver,
-          step_size, progress) -> Moved:
+          step_size, progress, across) -> Moved:
     """Push (``later``) or pull the weights ``source`` of ``from_time`` to ``to_time``; see :func:`push`."""
     direction = "push" if later else "pull"
     from_time = number("from_time", from_time)
     times, single = _target_times(to_time, from_time, later, "pull" if later else "push")
-    n_neighbors = integer("n_neighbors", n_neighbors)
+    n_neighbors, across = integer("n_neighbors", n_neighbors), chain.checked_across(across)
     fitted = _fitted(adata, key, model)
     course = fitted.course
     rows = course.indices[course.index_of(from_time)]
@@ -209,41 +200,37 @@ def _move(adata, source, from_time, to_time, later, key, key_added, n_neighbors,
     written = [f"obs/{name}" for name in names.values()]
     keys.claim(adata, key, written, overwrite)
 
-    points, growth = _carry(fitted, rows, from_time, times, solver, step_size, progress, direction)
-    carriers = weights > 0
-    carried = weights[carriers] * growth[:, carriers]
+    settings = (fitted, rows, weights, times, measured, later, n_neighbors, solver, step_size, progress)
+    answers = {"flow": chain.flow_carry(*settings)}
+    several = [chain.spans_several(course, from_time, t) for t in times]
+    if any(several):
+        answers["chain"] = chain.chain_carry(*settings)
+    result = answers[across if any(several) else "flow"]
+    disagreement, total_ratio = chain.compare_carried(answers, weights, several, measured)
     mass = pd.DataFrame(index=adata.obs_names.copy())
-    unreached = np.zeros(len(times))
     for k in names:
-        targets = course.indices[course.index_of(times[k])]
-        if later:
-            index, near = neighbour_weights(points[k][carriers], fitted.rep[targets], n_neighbors)
-            received = _spread(index, near * carried[k][:, None], len(targets))
-        else:  # the forward coupling from the cells of times[k] to those of from_time, transposed
-            index, near, sent = _push_and_match(
-                fitted, targets, times[k], from_time, rows, n_neighbors, solver, step_size, progress, "coupling"
-            )
-            reach = _spread(index, near * sent[:, None], len(rows))
-            share = np.divide(weights, reach, out=np.zeros_like(weights), where=reach > 0)
-            received = (near * share[index]).sum(axis=1)
-            unreached[k] = weights[reach <= 0].sum() / weights.sum()
         column = np.full(adata.n_obs, np.nan)
-        column[targets] = received
+        column[course.indices[course.index_of(times[k])]] = result.received[k]
         mass[times[k]] = column
-    if unreached.max() > _UNREACHED_WARNING:
+    if result.unreached.max() > _UNREACHED_WARNING:
         warnings.warn(
-            f"pull: {unreached.max():.0%} of the weight sits on cells of from_time={from_time:g} that no cell of the "
-            "earlier time reaches, and is left out; raise n_neighbors to reach more of them",
+            f"pull: {result.unreached.max():.0%} of the weight sits on cells of from_time={from_time:g} that no cell "
+            "of the earlier time reaches, and is left out; raise n_neighbors to reach more of them",
             stacklevel=3,
         )
+    warn_off_data(float(result.off_data_share.max()), direction, stacklevel=3)
+    farthest = np.abs(np.log(total_ratio)).argmax()
+    chain.warn_disagreement(direction, np.nan_to_num(disagreement).max(), total_ratio[farthest], stacklevel=3)
     distribution = mass / mass.sum(axis=0)
+    carriers = weights > 0
     for k, name in names.items():
         adata.obs[name] = distribution[times[k]].to_numpy()
     keys.record(adata, key, written)
     return Moved(
         from_time=from_time, times=times, measured=measured, distribution=distribution, mass=mass,
-        cells=adata.obs_names[rows[carriers]].copy(), points=points[:, carriers], masses=carried,
-        unreached=unreached, use_rep=fitted.use_rep,
+        cells=adata.obs_names[rows[carriers]].copy(), points=result.points[:, carriers],
+        masses=weights[carriers] * result.masses[:, carriers], unreached=result.unreached, use_rep=fitted.use_rep,
+        across=across, off_data_share=result.off_data_share, disagreement=disagreement, total_ratio=total_ratio,
     )
 
 
@@ -263,6 +250,7 @@ def push(
     solver: str = "dopri5",
     step_size: float | None = None,
     progress: bool | None = None,
+    across: str = "chain",
 ) -> Moved | AnnData:
     """Carry a distribution over the cells of ``from_time`` forward through the flow.
 
@@ -295,8 +283,11 @@ def push(
         Real cells per pushed cell.
     overwrite
         Replace ``obs`` columns of those names that another tool (or another fit) wrote.
-    model, solver, step_size, progress
-        As for :func:`cellflow.tl.fate`.
+    model, solver, step_size, progress, across
+        As for :func:`cellflow.tl.fate`. Across measured times, ``"chain"`` carries the weights
+        interval by interval on the measured cells (:mod:`cellflow.chain`), so population sizes
+        are products of one-interval mass changes; ``points`` are then mass-weighted means of the
+        descendants' positions.
 
     Returns
     -------
@@ -307,7 +298,7 @@ def push(
     copy written into instead.
     """
     return _move(adata, source, from_time, to_time, True, key, key_added, n_neighbors, overwrite, model, solver,
-                 step_size, progress)
+                 step_size, progress, across)
 
 
 @copy_option
@@ -325,6 +316,7 @@ def pull(
     solver: str = "dopri5",
     step_size: float | None = None,
     progress: bool | None = None,
+    across: str = "chain",
 ) -> Moved | AnnData:
     """Carry a distribution over the cells of ``from_time`` backward: where it came from.
 
@@ -336,7 +328,7 @@ def pull(
 
     Parameters
     ----------
-    adata, source, key, n_neighbors, overwrite, model, solver, step_size, progress
+    adata, source, key, n_neighbors, overwrite, model, solver, step_size, progress, across
         As for :func:`push`.
     from_time
         A measured time point.
@@ -352,7 +344,7 @@ def pull(
     when above 5%). With ``copy=True``, the copy written into instead.
     """
     return _move(adata, source, from_time, to_time, False, key, key_added, n_neighbors, overwrite, model, solver,
-                 step_size, progress)
+                 step_size, progress, across)
 
 
 @copy_option
@@ -418,7 +410,7 @@ def transfer_labels(
     key_added = key_added or f"{label_key}_transferred"
     written = [f"obs/{key_added}", f"obs/{key_added}_probability"]
     keys.claim(adata, key, written, overwrite)
-    rows, probs, groups = _label_probabilities(
+    rows, probs, groups, _ = _label_probabilities(
         adata, fitted, label_key, to_time, from_time, n_neighbors, solver, step_size, progress, "transfer"
     )
     categories = labels.astype("category").cat.categories

@@ -18,6 +18,7 @@ from .interop import cellrank_couplings
 from .mapping import pull, push, transfer_labels
 from .model import CellFlow
 from .readers import TimeCourse, read_time_course
+from .support import off_data_share, warn_off_data
 from .trajectories import trajectories
 from .transitions import transitions
 
@@ -249,7 +250,9 @@ def interpolate(
     gene space in ``X`` where PCA loadings exist, ``obs["time"]``, ``obs["{key}_mass"]``
     (how many cells each row stands for: one at ``from_time``, changed by the growth field of
     unbalanced methods, so that its sum predicts the population size), ``obs["source_cell"]``
-    and ``uns["{key}_interpolation"]`` (the two times, ``key`` and ``stochastic``).
+    and ``uns["{key}_interpolation"]`` (the two times, ``key``, ``stochastic`` and ``off_data_share``,
+    the share of the predicted cells off the data of the nearest measured time, see
+    :mod:`cellflow.support`; an :class:`cellflow.support.OffDataWarning` above 5%).
     """
     from_time, to_time = number("from_time", from_time), number("to_time", to_time)
     fitted = _fitted(adata, key, model)
@@ -264,6 +267,8 @@ def interpolate(
         {"time": to_time, f"{key}_mass": mass, "source_cell": np.asarray(source)},
         index=[f"{name}@{to_time:g}" for name in source],
     )
+    off_data = off_data_share(positions, to_time, support=fitted.support)
+    warn_off_data(off_data, "interpolate")
     genes = _to_gene_space(positions, fitted.use_rep, loadings)
     if loadings is not None:
         genes += _gene_means(adata).astype(np.float32)
@@ -274,7 +279,7 @@ def interpolate(
     )
     out.obsm[fitted.use_rep if fitted.use_rep != "X" else "X_cellflow"] = positions.astype(np.float32)
     out.uns[f"{key}_interpolation"] = {"from_time": from_time, "to_time": to_time, "key": key,
-                                       "stochastic": bool(stochastic)}
+                                       "stochastic": bool(stochastic), "off_data_share": off_data}
     return out
 
 

@@ -11,6 +11,7 @@ from anndata import AnnData
 
 from .analysis import _fitted
 from .model import CellFlow
+from .support import warn_off_data
 
 
 @dataclass(repr=False)
@@ -32,6 +33,9 @@ class Trajectories:
         methods without growth).
     use_rep
         The representation of ``positions``.
+    off_data
+        ``(len(times), n_cells)``: whether each position left the data (:mod:`cellflow.support`;
+        False at each cell's own start time).
     """
 
     cells: pd.Index
@@ -40,6 +44,13 @@ class Trajectories:
     positions: np.ndarray
     masses: np.ndarray
     use_rep: str
+    off_data: np.ndarray | None = None
+
+    @property
+    def off_data_share(self) -> float:
+        """The share of the pushed positions (every time but each cell's own) that left the data."""
+        pushed = ~np.isclose(self.times[:, None], self.start_times[None, :])
+        return float(self.off_data[pushed].mean()) if pushed.any() else 0.0
 
     def __repr__(self) -> str:
         return f"Trajectories({len(self.cells)} cells x {len(self.times)} times in {self.use_rep!r})"
@@ -111,13 +122,21 @@ def trajectories(
     Returns
     -------
     A :class:`Trajectories` with positions ``(len(times), n_cells, d)`` and masses
-    ``(len(times), n_cells)``; :meth:`Trajectories.to_frame` gives a tidy table.
+    ``(len(times), n_cells)``; :meth:`Trajectories.to_frame` gives a tidy table, and
+    :attr:`Trajectories.off_data_share` the share of pushed positions that left the data (an
+    :class:`cellflow.support.OffDataWarning` above 5%).
     """
     grid = np.atleast_1d(np.asarray(times, dtype=float))
     if grid.ndim != 1 or grid.size == 0 or not np.isfinite(grid).all():
         raise ValueError(f"times must be a non-empty list of finite numbers, got {times!r}")
     fitted = _fitted(adata, key, model)
-    rows = _rows_of(adata, cells)
+    paths = _follow(adata, fitted, _rows_of(adata, cells), grid, solver, step_size)
+    warn_off_data(paths.off_data_share, "trajectories")
+    return paths
+
+
+def _follow(adata: AnnData, fitted, rows: np.ndarray, grid: np.ndarray, solver: str, step_size) -> Trajectories:
+    """The paths of the cells ``rows`` over ``grid`` (see :func:`trajectories`), without warning."""
     starts = fitted.course.obs_times[rows]
     positions = np.empty((grid.size, rows.size, fitted.rep.shape[1]))
     masses = np.ones((grid.size, rows.size))
@@ -138,6 +157,8 @@ def trajectories(
                 hits = np.flatnonzero(side & (grid == t))
                 positions[np.ix_(hits, members)] = p
                 masses[np.ix_(hits, members)] = m
+    off = np.array([fitted.support.off_data(p, t) for t, p in zip(grid, positions)]).reshape(masses.shape)
+    off &= ~np.isclose(grid[:, None], starts[None, :])
     return Trajectories(
         cells=adata.obs_names[rows].copy(),
         start_times=starts.astype(float),
@@ -145,4 +166,5 @@ def trajectories(
         positions=positions,
         masses=masses,
         use_rep=fitted.use_rep,
+        off_data=off,
     )

@@ -14,9 +14,11 @@ import pandas as pd
 import scipy.sparse as sp
 from anndata import AnnData
 
+from . import chain
 from ._checks import integer
 from .analysis import _checked_times, _fitted, _group_codes, _push_and_match
 from .model import CellFlow
+from .support import warn_off_data
 
 
 @dataclass(repr=False)
@@ -42,6 +44,14 @@ class Transitions:
         summing to the cell's pushed mass, and ``uns["{key}_coupling"]`` the two times, ``key`` and
         ``n_neighbors``. CellRank takes it as it is:
         ``RealTimeKernel(adata, time_key=..., couplings={(t1, t2): transitions.coupling})``.
+    across
+        How measured times between ``t1`` and ``t2`` were crossed: ``"chain"`` (the coupling is the
+        product of the interval couplings) or ``"flow"`` (see :mod:`cellflow.chain`).
+    off_data_share
+        The share of the pushed cells behind the coupling that left the data (:mod:`cellflow.support`).
+    disagreement
+        Across several intervals, the mean total-variation distance between the chain's and the
+        flow's per-cell distributions over the groups of ``t2``; 0 within one interval.
     """
 
     t1: float
@@ -52,6 +62,9 @@ class Transitions:
     column_normalised: pd.DataFrame
     coupling: AnnData
     groupby_target: str | None = None
+    across: str = "flow"
+    off_data_share: float = 0.0
+    disagreement: float = 0.0
 
     def __repr__(self) -> str:
         by = repr(self.groupby)
@@ -115,6 +128,7 @@ def transitions(
     solver: str = "dopri5",
     step_size: float | None = None,
     progress: bool | None = None,
+    across: str = "chain",
 ) -> Transitions:
     """Transitions between the groups of two time points, and a sparse cell-to-cell coupling.
 
@@ -143,6 +157,11 @@ def transitions(
         ``row_normalised`` reads "where they go, among the kept target cells".
     key, n_neighbors, model, solver, step_size, progress
         As for :func:`fate`.
+    across
+        As for :func:`fate`: with ``"chain"`` (default) and measured times between ``t1`` and
+        ``t2`` the coupling is the product of the couplings of the measured intervals (mass
+        multiplies along it), with ``"flow"`` the cells are pushed over the whole span. Both
+        are computed across several intervals and compared (``disagreement``).
 
     Returns
     -------
@@ -150,7 +169,7 @@ def transitions(
     ``column_normalised`` (where cells come from) and ``coupling``.
     """
     t1, t2 = _checked_times(t1, t2, "t1", "t2", "transitions with the times swapped")
-    n_neighbors = integer("n_neighbors", n_neighbors)
+    n_neighbors, across = integer("n_neighbors", n_neighbors), chain.checked_across(across)
     groupby_target = groupby if groupby_target is None else groupby_target
     fitted = _fitted(adata, key, model)
     course = fitted.course
@@ -165,7 +184,7 @@ def transitions(
         )
     src_kept = _in_subset(adata, source_subset, "source_subset", groupby, sources, src_codes, src_groups, t1)
     tgt_kept = _in_subset(adata, target_subset, "target_subset", groupby_target, targets, tgt_codes, tgt_groups, t2)
-    index, weights, mass = _push_and_match(
+    index, weights, mass, off = _push_and_match(
         fitted, sources, t1, t2, targets, n_neighbors, solver, step_size, progress, "transitions"
     )
     rows = np.repeat(np.arange(len(sources)), index.shape[1])
@@ -173,6 +192,18 @@ def transitions(
         ((weights * mass[:, None]).ravel(), (rows, index.ravel())), shape=(len(sources), len(targets))
     )
     matrix.sum_duplicates()
+    off_data_share, disagreement = float(off.mean()), 0.0
+    if chain.spans_several(course, t1, t2):
+        chained, chain_off = chain.chained_coupling(
+            fitted, course.index_of(t1), course.index_of(t2), n_neighbors, solver, step_size, progress
+        )
+        fates = [np.asarray((m @ _onehot(tgt_codes, len(tgt_groups))).todense()) for m in (matrix, chained)]
+        with np.errstate(invalid="ignore", divide="ignore"):  # cells whose mass reaches no labelled cell: NaN, left out
+            disagreement = chain.mean_total_variation(*[f / f.sum(axis=1, keepdims=True) for f in fates])
+        if across == "chain":
+            matrix, off_data_share = chained, chain_off
+    warn_off_data(off_data_share, "transitions")
+    chain.warn_disagreement("transitions", disagreement)
     matrix, sources, src_codes = matrix[src_kept], sources[src_kept], src_codes[src_kept]
     tgt_codes = np.where(tgt_kept, tgt_codes, -1)
     counts = pd.DataFrame(
@@ -186,7 +217,7 @@ def transitions(
     obs = adata.obs.iloc[sources][keep].copy()
     var = adata.obs.iloc[targets][keep].copy()
     coupling = AnnData(X=matrix, obs=obs, var=var)
-    coupling.uns[f"{key}_coupling"] = {"t1": t1, "t2": t2, "key": key, "n_neighbors": n_neighbors}
+    coupling.uns[f"{key}_coupling"] = {"t1": t1, "t2": t2, "key": key, "n_neighbors": n_neighbors, "across": across}
     return Transitions(
         t1=t1,
         t2=t2,
@@ -196,4 +227,7 @@ def transitions(
         column_normalised=_normalise(counts, axis=0),
         coupling=coupling,
         groupby_target=groupby_target,
+        across=across,
+        off_data_share=off_data_share,
+        disagreement=disagreement,
     )

@@ -118,6 +118,7 @@ def sankey(
     *,
     key: str = "cellflow",
     n_neighbors: int = 15,
+    across: str = "chain",
     palette=None,
     legend_loc: str | None = "right margin",
     title: str | None = None,
@@ -142,8 +143,9 @@ def sankey(
         Two or more measured times, increasing.
     groupby
         ``obs`` column of the groups.
-    key, n_neighbors
-        Passed to :func:`cellflow.tl.transitions`.
+    key, n_neighbors, across
+        Passed to :func:`cellflow.tl.transitions` (which warns when its pushed cells left the data,
+        or, between times with measured ones between them, when the chain and the flow disagree).
     palette
         Group colours (as for :func:`cellflow.pl.velocity`; default ``uns[f"{groupby}_colors"]``).
     legend_loc
@@ -164,7 +166,7 @@ def sankey(
         raise ValueError(f"times={times} must be two or more measured times, increasing")
     if groupby not in adata.obs:
         raise KeyError(f"groupby={groupby!r} is not a column of adata.obs; name the column of the cell groups")
-    steps = [compute(adata, a, b, groupby, key=key, n_neighbors=n_neighbors, progress=False)
+    steps = [compute(adata, a, b, groupby, key=key, n_neighbors=n_neighbors, progress=False, across=across)
              for a, b in zip(times, times[1:])]
     shares = [step.counts / max(float(step.counts.to_numpy().sum()), 1e-300) for step in steps]
     time_key = style.fit_time_key(adata, key)
