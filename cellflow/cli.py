@@ -126,7 +126,8 @@ def _fit(args) -> None:
         print(f"read {adata.n_obs} cells x {adata.n_vars} genes; fitting {args.method} ({args.steps} steps)",
               flush=True)
     tl.fit(adata, time_key=args.time_key, use_rep=args.use_rep, method=args.method, seed=args.seed,
-           n_steps=args.steps, field=args.field, reflow=args.reflow, device=args.device, key_added=args.key_added)
+           n_steps=args.steps, field=args.field, reflow=args.reflow, rollout=args.rollout, device=args.device,
+           key_added=args.key_added)
     if main:
         adata.write_h5ad(args.out)
         print(f"wrote {Path(args.out).resolve()}")
@@ -160,7 +161,7 @@ def _benchmark(args) -> None:
         print(f"read {adata.n_obs} cells; leave-one-out with {args.method}, seeds {args.seeds}", flush=True)
     table = tl.leave_one_out(adata, time_key=args.time_key, use_rep=args.use_rep, method=args.method,
                              seeds=args.seeds, n_steps=args.steps, field=args.field, reflow=args.reflow,
-                             progress=main)
+                             rollout=args.rollout, progress=main)
     if not main:
         return
     if args.out:
@@ -173,6 +174,7 @@ def _benchmark(args) -> None:
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``cellflow`` command."""
     from .methods import METHODS
+    from .model import ROLLOUT_DEFAULT
     from .networks import FIELDS
 
     method_help = f"one of {', '.join(METHODS)} (default: otcfm; wfr learns growth too)"
@@ -202,6 +204,9 @@ def build_parser() -> argparse.ArgumentParser:
                          help="velocity network: 'direct', or 'gradient' of a learned potential (default: direct)")
         sub.add_argument("--reflow", type=_whole_number("--reflow", 0), default=0,
                          help="rounds of rectified flow after the fit, balanced methods only (default: 0)")
+        sub.add_argument("--rollout", action=argparse.BooleanOptionalAction, default=ROLLOUT_DEFAULT,
+                         help="rollout fitting after flow matching, so that pushes across many intervals stay on "
+                              f"the data (default: {'on' if ROLLOUT_DEFAULT else 'off'})")
 
     fit = commands.add_parser("fit", help="learn velocity; write it into a copy of the .h5ad")
     common(fit)

@@ -28,9 +28,10 @@ MAX_WIDTH = 65536  # widest hidden layer accepted (a guard against typos and tam
 MAX_LOG_GROWTH = 50.0  # largest |prior growth rate x interval| accepted (a factor e^50 per interval)
 MAX_AUTO_STEPS = 4000  # the most steps n_steps="auto" takes
 EVALUATION_CHUNK = 65536  # cells evaluated together when writing velocity and growth
-MAX_ROLLOUT_STEPS = 1000  # the most steps of rollout fitting
-ROLLOUT_CHECK_EVERY = 25  # steps between two stopping checks of rollout fitting
-ROLLOUT_LR_FACTOR = 0.1  # rollout fitting's learning rate, relative to flow matching's
+ROLLOUT_DEFAULT = False  # rollout fitting unless asked otherwise
+MAX_ROLLOUT_STEPS = 500  # the most steps of rollout fitting
+ROLLOUT_CHECK_EVERY = 10  # steps between two stopping checks of rollout fitting
+ROLLOUT_LR_FACTOR = 0.3  # rollout fitting's learning rate, relative to flow matching's
 
 
 def _pooled_moments(populations) -> tuple[np.ndarray, float]:
@@ -129,6 +130,17 @@ class CellFlow:
         cell with the end of its own trajectory at the next time point and trains again on
         straight lines between the two, which straightens the flow so that few solver steps
         suffice. Balanced methods only.
+    rollout
+        Rollout fitting after flow matching (:mod:`cellflow.rollout`): training goes on with a
+        second term that carries cells of the first time point through every later time point,
+        and cells of each time point to the next, along the flow itself (a differentiable solver,
+        :data:`cellflow.rollout.ROLLOUT_SOLVER_STEPS` midpoint steps per interval) and measures
+        how far they land from the measured cells there (Sinkhorn divergence, mass-weighted, with
+        the population size for methods with growth). It keeps pushes across many intervals on
+        the data, at a bounded cost: it stops on cells kept out of this stage and keeps the flow
+        matching network when it cannot improve on it. ``history`` records ``rollout_loss``,
+        ``rollout_discrepancy``, ``rollout_score`` at each check (``rollout_step``),
+        ``rollout_initial_score``, ``rollout_kept`` and ``rollout_seconds``.
     hidden
         Hidden layer widths of the velocity network (and of the growth network); ``"auto"``
         sizes them from the representation's dimension (:func:`default_hidden`).
@@ -179,7 +191,7 @@ class CellFlow:
         block_order: str = "random",
         field: str = "direct",
         reflow: int = 0,
-        rollout: bool = False,
+        rollout: bool = ROLLOUT_DEFAULT,
         seed: int = 0,
         device: str = "auto",
     ):
@@ -415,7 +427,7 @@ class CellFlow:
         """Rollout fitting after flow matching (see ``rollout`` and :mod:`cellflow.rollout`).
 
         Training goes on from the fitted weights with flow matching's loss plus the rollout term,
-        at a tenth of the learning rate, for at most :data:`MAX_ROLLOUT_STEPS` steps; every
+        at :data:`ROLLOUT_LR_FACTOR` times the learning rate, for at most :data:`MAX_ROLLOUT_STEPS` steps; every
         :data:`ROLLOUT_CHECK_EVERY` steps the rollout discrepancy of cells kept out of this stage is
         measured, the stage stops as flow matching does (4 checks without a 1% gain) and keeps the
         best check's network, or the network it started from when no check beat it.
@@ -424,9 +436,9 @@ class CellFlow:
         term = RolloutLoss(lambda z, t, net: self._field(z, t, "after", net), internal, course.weights,
                            course.times, self.has_growth, rng)
         net = self.net.requires_grad_(True)
-        initial = float(distributed.mean(term.check_score(net)))
         before = copy.deepcopy(net.state_dict())
         term.start(net, matching_loss=float(np.mean(self.history["loss"][-100:])))
+        initial = float(distributed.mean(term.check_score(net)))
         stopping = EarlyStopping(term.check_score, scale=initial, check_every=ROLLOUT_CHECK_EVERY)
         net, log = train(net, objective, self.clock, n_steps=MAX_ROLLOUT_STEPS, lr=p["lr"] * ROLLOUT_LR_FACTOR,
                          lr_schedule="constant", ema_decay=p["ema_decay"] or None, stopping=stopping,

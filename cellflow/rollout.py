@@ -14,9 +14,12 @@ Both are integrated together, one interval after the other, with a fixed number 
 steps per interval (the solver is differentiable, so the loss reaches the network's weights
 through every step). The discrepancy is the debiased Sinkhorn divergence (``geomloss``)
 between the rolled-out cells, weighted by their mass, and a fresh sample of the measured ones;
-for fields with growth a term on the log of the relative population size is added. The term is
-measured against flow matching's own loss, both divided by their values when the stage starts,
-so that neither dominates whatever the data's units.
+for fields with growth the squared error of the log of the population size reached is added.
+Every divergence is divided by its own value when the stage starts, so that the one-interval
+rollouts, whose divergences start small, weigh as much as the global ones, whose divergences
+start large (an improvement far out cannot be bought with a loss of one-interval accuracy);
+flow matching's loss, which the stage keeps, is likewise divided by its value at the start. The
+scales come from the data, so the loss is the same whatever the data's units.
 """
 
 from __future__ import annotations
@@ -32,6 +35,8 @@ from .integration import integrate
 ROLLOUT_CELLS = 128  # cells per time point in each rollout of a training step
 ROLLOUT_SOLVER_STEPS = 4  # midpoint steps per interval (two network passes each)
 ROLLOUT_BLUR = 0.05  # Sinkhorn blur, in units of the data's overall standard deviation
+START_SAMPLES = 4  # training samples whose divergences, averaged, are the scales of the loss
+SIZE_TOLERANCE = float(np.log(1.1))  # a 10% miss of a population's size weighs as a divergence at its start
 CHECK_ROLLOUT_CELLS = 256  # cells per time point kept out of the rollout's training, for stopping
 
 
@@ -81,7 +86,7 @@ class RolloutLoss:
             pick = kept[rng.choice(len(kept), CHECK_ROLLOUT_CELLS, p=m[kept] / m[kept].sum())]
             check.append(z.index_select(0, torch.as_tensor(pick, device=self.device)))
         self.check_cells = torch.stack(check)
-        self.scale = 1.0  # the term's value when the stage starts (set by :meth:`start`)
+        self.scales = self.check_scales = None  # each divergence's starting value (set by :meth:`start`)
         self.matching_scale = 1.0  # flow matching's loss when the stage starts
         self.last = float("nan")
 
@@ -92,10 +97,11 @@ class RolloutLoss:
                                                               device=self.device))
                             for z, m in zip(self.train_cells, self.train_mass)])
 
-    def discrepancy(self, net, cells: torch.Tensor) -> torch.Tensor:
-        """Mean over intervals of the global and one-interval rollouts' divergences (plus the size term).
+    def terms(self, net, cells: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Divergences of the rollouts, and for growth the squared errors of their log population size.
 
-        ``cells``: ``(K + 1, n, d)`` equally weighted cells of each time point.
+        ``cells``: ``(K + 1, n, d)`` equally weighted cells of each time point. Both results are
+        ``(K, 2)``: per interval's end, the global rollout's term, then the one-interval one's.
         """
         n_intervals, n = len(cells) - 1, cells.shape[1]
         zero = torch.zeros(n, 1, device=self.device, dtype=self.dtype)
@@ -117,31 +123,39 @@ class RolloutLoss:
         ends = torch.stack(ends)  # (K, 2, n, d + 1)
         log_mass = ends[..., -1]
         mass = torch.exp(log_mass - log_mass.detach().amax(dim=-1, keepdim=True))
-        targets = cells[1:, None].expand(-1, 2, -1, -1)
+        d = cells.shape[-1]
         uniform = torch.full((n_intervals * 2, n), 1.0 / n, device=self.device, dtype=self.dtype)
-        divergences = self.divergence((mass / mass.sum(-1, keepdim=True)).reshape(-1, n),
-                                      ends[..., :-1].reshape(-1, n, cells.shape[-1]),
-                                      uniform, targets.reshape(-1, n, cells.shape[-1]))
-        total = divergences.sum()
-        if self.growth:  # log of the relative size reached, against the measured one
-            reached = torch.logsumexp(log_mass, dim=-1) - np.log(n)  # (K, 2)
-            measured = torch.stack([self.log_size[1:] - self.log_size[0], self.log_size[1:] - self.log_size[:-1]], 1)
-            total = total + ((reached - measured) ** 2).sum()
-        return total / (2 * n_intervals)
+        divergences = self.divergence((mass / mass.sum(-1, keepdim=True)).reshape(-1, n), ends[..., :-1].reshape(-1, n, d),
+                                      uniform, cells[1:, None].expand(-1, 2, -1, -1).reshape(-1, n, d))
+        if not self.growth:
+            return divergences.view(n_intervals, 2), None
+        reached = torch.logsumexp(log_mass, dim=-1) - np.log(n)  # (K, 2) log of the relative size reached
+        measured = torch.stack([self.log_size[1:] - self.log_size[0], self.log_size[1:] - self.log_size[:-1]], 1)
+        return divergences.view(n_intervals, 2), (reached - measured) ** 2
+
+    def _combined(self, terms, scales) -> torch.Tensor:
+        """Mean of each divergence over its scale, plus the size errors in units of :data:`SIZE_TOLERANCE`."""
+        divergences, sizes = terms
+        value = (divergences / scales).mean()
+        return value if sizes is None else value + (sizes / SIZE_TOLERANCE**2).mean()
 
     def start(self, net, matching_loss: float) -> None:
-        """Fix the two scales the stage's loss is measured in, from the network it starts with."""
+        """Fix the scales the stage's loss is measured in, from the network it starts with: each
+        divergence's starting value (over a few training samples, and on the cells kept out)."""
         with torch.no_grad():
-            self.scale = max(float(self.discrepancy(net, self._sample()).detach()), 1e-12)
+            draws = [self.terms(net, self._sample())[0] for _ in range(START_SAMPLES)]
+            self.scales = torch.stack(draws).mean(0).clamp_min(1e-8)
+            self.check_scales = self.terms(net, self.check_cells)[0].clamp_min(1e-8)
         self.matching_scale = max(float(matching_loss), 1e-12)
 
     def __call__(self, net, matching_loss: torch.Tensor) -> torch.Tensor:
-        """Flow matching's loss plus the rollout term on a fresh sample, each over its starting value."""
-        rollout = self.discrepancy(net, self._sample())
+        """Flow matching's loss over its starting value, plus the rollout term on a fresh sample."""
+        rollout = self._combined(self.terms(net, self._sample()), self.scales)
         self.last = float(rollout.detach())
-        return matching_loss / self.matching_scale + rollout / self.scale
+        return matching_loss / self.matching_scale + rollout
 
     def check_score(self, net) -> float:
-        """The rollout discrepancy on the cells kept out of training (lower is better)."""
+        """The rollout term on the cells kept out of training (lower is better; one when the stage starts
+        without growth)."""
         with torch.no_grad():
-            return float(self.discrepancy(net, self.check_cells).detach())
+            return float(self._combined(self.terms(net, self.check_cells), self.check_scales).detach())

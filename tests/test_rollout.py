@@ -1,0 +1,56 @@
+"""Rollout fitting: the loss against analytic cases, and pushes across five intervals that stay on the truth."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import cellflow as cf
+from cellflow.model import CellFlow
+from cellflow.readers import read_time_course
+from cellflow.rollout import RolloutLoss
+
+
+def _translation(shift: torch.Tensor, growth: float | None = None):
+    """A field ``(z, t, net) -> (v, g)`` of constant velocity ``shift`` and constant growth rate."""
+    def field(z, t, net):
+        v = shift.expand(len(z), -1)
+        return v, None if growth is None else torch.full((len(z), 1), growth)
+    return field
+
+
+def test_rollout_discrepancy_vanishes_when_the_flow_carries_each_population_onto_the_next():
+    rng = np.random.default_rng(0)
+    cloud = torch.as_tensor(rng.normal(size=(64, 3)), dtype=torch.float32)
+    shift = torch.tensor([1.0, -0.5, 0.25])
+    times = [0.0, 1.0, 3.0, 4.0]  # uneven intervals: the velocity is per unit of real time
+    populations = [cloud + shift * t for t in times]
+    term = RolloutLoss(_translation(shift), populations, None, times, growth=False, rng=rng)
+    divergences, sizes = term.terms(None, torch.stack(populations))
+    assert sizes is None and divergences.shape == (3, 2)
+    assert float(divergences.abs().max()) == pytest.approx(0.0, abs=1e-4)
+    # a field that moves too slowly leaves every rollout short of the next population
+    slow = RolloutLoss(_translation(0.5 * shift), populations, None, times, growth=False, rng=rng)
+    assert float(slow.terms(None, torch.stack(populations))[0].min()) > 0.05
+
+
+def test_rollout_size_term_measures_the_log_of_the_relative_population_size():
+    rng = np.random.default_rng(1)
+    cloud = torch.as_tensor(rng.normal(size=(32, 2)), dtype=torch.float32)
+    times = [0.0, 1.0, 2.0]
+    populations = [cloud] * 3
+    doubling = [np.ones(32) * 2.0**k for k in range(3)]  # the population doubles each interval
+    exact = RolloutLoss(_translation(torch.zeros(2), np.log(2.0)), populations, doubling, times, True, rng)
+    divergences, sizes = exact.terms(None, torch.stack(populations))
+    assert float(divergences.abs().max()) == pytest.approx(0.0, abs=1e-4)
+    assert float(sizes.abs().max()) == pytest.approx(0.0, abs=1e-8)
+    # no growth: the global rollout misses log 2, then 2 log 2; each one-interval rollout misses log 2
+    still = RolloutLoss(_translation(torch.zeros(2), 0.0), populations, doubling, times, True, rng)
+    expected = np.log(2.0) ** 2 * np.array([[1.0, 1.0], [4.0, 1.0]])
+    np.testing.assert_allclose(still.terms(None, torch.stack(populations))[1].numpy(), expected, rtol=1e-5)
+
+
+def test_rollout_must_be_true_or_false():
+    with pytest.raises(ValueError, match="rollout='yes' must be True or False"):
+        CellFlow("otcfm", rollout="yes")
