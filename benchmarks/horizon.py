@@ -68,7 +68,7 @@ ROLLOUT_SUPPORTED = "rollout" in inspect.signature(cellflow.CellFlow).parameters
 RATIO_TARGET = 1.3  # W1 from the first time point at most this times the one-interval W1 (issue 21)
 NORM_TARGET = 1.25  # no pushed cell beyond this times the largest norm in the data (issue 21)
 MAX_CELLS = 2000  # cells per time point pushed and scored
-QUICK_STEPS, QUICK_MAX_CELLS = 60, 200
+QUICK_STEPS, QUICK_MAX_CELLS = 40, 200
 RESULTS = ROOT / "benchmarks" / "results" / "horizon"
 SECTION = "horizon"  # <!-- horizon:start --> ... <!-- horizon:end --> in BENCHMARKS.md
 KEY = ["dataset", "protocol", "method", "rollout", "seed"]
@@ -88,8 +88,8 @@ def label(method: str) -> str:
 def load(name: str) -> tuple[TimeCourse, int | None, str]:
     """The time course of ``name``, the PCA size to fit per protocol (``None``: used as it is) and a note."""
     if name == QUICK_DATASET:
-        adata = cellflow.datasets.simulate(n_cells=120, times=(0.0, 1.0, 2.0, 3.0), n_genes=5, seed=0)
-        return read_time_course(adata, "time", "X_pca"), None, "cellflow.datasets.simulate, 120 cells, 2-d latent states"
+        adata = cellflow.datasets.simulate(n_cells=80, times=(0.0, 1.0, 2.0, 3.0), n_genes=5, seed=0)
+        return read_time_course(adata, "time", "X_pca"), None, "cellflow.datasets.simulate, 80 cells at time 0, its 2-d latent states"
     if name == "simulation_gene":
         return (read_time_course(cellflow.datasets.simulation_gene(), "time", "X_pca"), None,
                 "the two simulated gene coordinates of the DeepRUOT file, used as they are")
