@@ -123,10 +123,15 @@ def horizon(model, course: TimeCourse, *, max_cells: int = DEFAULT_MAX_CELLS, se
 
     Values are ``inf`` where a push diverged (positions or masses not finite).
     """
-    from .benchmark import mass_error  # here: the benchmark imports the model, whose fit records these signals
-
     _check(model, course, max_cells)
     samples = _subsamples(course, max_cells, seed)
+    return _table(model, course, samples, _interval_pushes(model, course, samples, None, seed))
+
+
+def _table(model, course: TimeCourse, samples, pushes) -> pd.DataFrame:
+    """The rows of :func:`horizon` from the subsamples and the one-interval pushes of :func:`_interval_pushes`."""
+    from .benchmark import mass_error  # here: the benchmark imports the model, whose fit records these signals
+
     pooled = np.concatenate([np.asarray(x, dtype=np.float64) for x in course.populations])
     centre = pooled.mean(axis=0)
     data_norm = float(np.linalg.norm(pooled - centre, axis=1).max()) or 1.0
@@ -134,13 +139,11 @@ def horizon(model, course: TimeCourse, *, max_cells: int = DEFAULT_MAX_CELLS, se
     start, start_masses = samples[0]
     positions, masses = model.transport(start, course.times)
     rows = []
-    for k in range(1, len(course.times)):
+    for k, (one_step, one_step_masses, _) in zip(range(1, len(course.times)), pushes):
         observed, observed_masses = samples[k]
         pushed_masses = masses[k] * start_masses
-        source, source_masses = samples[k - 1]
-        one_step, one_step_masses = model.transport(source, course.times[k - 1 : k + 1])
         w1_first = _w1(positions[k], pushed_masses, observed, observed_masses)
-        w1_previous = _w1(one_step[-1], one_step_masses[-1] * source_masses, observed, observed_masses)
+        w1_previous = _w1(one_step, one_step_masses * samples[k - 1][1], observed, observed_masses)
         mass_ratio = pushed_masses.sum() / start_masses.sum()
         truth = (_measured_mass(course, 0), _measured_mass(course, k))
         rows.append(dict(
@@ -192,44 +195,60 @@ def interval_gain(model, course: TimeCourse, *, offset: float = DEFAULT_OFFSET, 
     One gain per interval, ``len(course.times) - 1`` values; ``inf`` where a push diverged.
     """
     _check(model, course, max_cells)
-    if not float(offset) > 0:
-        raise ValueError(f"offset={offset!r} must be positive (a fraction of the nearest-neighbour distance)")
     samples = _subsamples(course, max_cells, seed)
+    return np.array([gain for _, _, gain in _interval_pushes(model, course, samples, offset, seed)])
+
+
+def _interval_pushes(model, course: TimeCourse, samples, offset: float | None, seed: int) -> list[tuple]:
+    """For each interval ``[t_{k-1}, t_k]``: the positions and masses of the subsampled cells of
+    ``t_{k-1}`` pushed over it and, with ``offset``, the gain of its map (else ``None``), the moved
+    copies pushed in the same solver call as the cells."""
+    if offset is not None and not float(offset) > 0:
+        raise ValueError(f"offset={offset!r} must be positive (a fraction of the nearest-neighbour distance)")
     directions_rng = np.random.default_rng(np.random.SeedSequence(seed).spawn(len(course.times) + 1)[-1])
-    gains = []
-    for k in range(len(course.times) - 1):
-        cells = samples[k][0]
-        distance = _median_neighbour_distance(cells)
-        if not distance > 0:
-            raise ValueError(f"the cells of time {course.times[k]:g} all coincide with a neighbour, so the offset "
-                             "has no scale; remove duplicated cells")
-        directions = directions_rng.normal(size=cells.shape)
-        directions /= np.linalg.norm(directions, axis=1, keepdims=True)
-        moved = cells + float(offset) * distance * directions
-        ends = model.transport(np.concatenate([cells, moved]), course.times[k : k + 2])[0][-1]
-        if not np.isfinite(ends).all():
-            gains.append(float("inf"))
-            continue
-        separation = np.linalg.norm(ends[: len(cells)] - ends[len(cells) :], axis=1)
-        gains.append(float(np.median(separation)) / (float(offset) * distance))
-    return np.array(gains)
+    pushes = []
+    for k in range(1, len(course.times)):
+        cells = samples[k - 1][0]
+        batch, length = cells, None
+        if offset is not None:
+            distance = _median_neighbour_distance(cells)
+            if not distance > 0:
+                raise ValueError(f"the cells of time {course.times[k - 1]:g} all coincide with a neighbour, so the "
+                                 "offset has no scale; remove duplicated cells")
+            directions = directions_rng.normal(size=cells.shape)
+            directions /= np.linalg.norm(directions, axis=1, keepdims=True)
+            length = float(offset) * distance
+            batch = np.concatenate([cells, cells + length * directions])
+        positions, masses = model.transport(batch, course.times[k - 1 : k + 1])
+        ends, n = positions[-1], len(cells)
+        gain = None
+        if offset is not None:
+            separation = np.linalg.norm(ends[:n] - ends[n:], axis=1)
+            gain = float(np.median(separation)) / length if np.isfinite(ends).all() else float("inf")
+        pushes.append((ends[:n], masses[-1][:n], gain))
+    return pushes
 
 
-def horizon_history(model, course: TimeCourse, *, max_cells: int = DEFAULT_MAX_CELLS, seed: int = 0
-                    ) -> dict[str, np.ndarray]:
+def horizon_history(model, course: TimeCourse, *, offset: float = DEFAULT_OFFSET, max_cells: int = DEFAULT_MAX_CELLS,
+                    seed: int = 0) -> dict[str, np.ndarray]:
     """The trust signals of a fit, as ``model.history`` stores them (the keys of :data:`HISTORY_KEYS`).
 
     ``horizon_times`` are the time points after the first; ``horizon_w1_first``,
     ``horizon_w1_previous``, ``horizon_mass_error`` and ``horizon_norm_ratio`` the columns of
     :func:`horizon` at those times, and ``interval_gain`` the gain of each interval
-    (:func:`interval_gain`), one per time point after the first as well.
+    (:func:`interval_gain`), one per time point after the first as well. The values are those of
+    the two functions with the same arguments (up to the solver's tolerance), at one solver call
+    per interval less: the one-interval pushes and the moved cells share it.
     """
-    table = horizon(model, course, max_cells=max_cells, seed=seed)
+    _check(model, course, max_cells)
+    samples = _subsamples(course, max_cells, seed)
+    pushes = _interval_pushes(model, course, samples, offset, seed)
+    table = _table(model, course, samples, pushes)
     return {
         "horizon_times": table.time.to_numpy(),
         "horizon_w1_first": table.w1_first.to_numpy(),
         "horizon_w1_previous": table.w1_previous.to_numpy(),
         "horizon_mass_error": table.mass_error.to_numpy(),
         "horizon_norm_ratio": table.norm_ratio.to_numpy(),
-        "interval_gain": interval_gain(model, course, max_cells=max_cells, seed=seed),
+        "interval_gain": np.array([gain for _, _, gain in pushes]),
     }

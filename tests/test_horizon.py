@@ -138,6 +138,11 @@ def test_history_has_exactly_the_keys_fit_stores():
     assert tuple(history) == HISTORY_KEYS
     assert all(isinstance(v, np.ndarray) and v.shape == (3,) for v in history.values())
     assert history["horizon_times"].tolist() == course.times[1:].tolist()
+    model = Expansion(0.4)
+    history, table = horizon_history(model, course, seed=3), horizon(model, course, seed=3)
+    assert np.array_equal(history["horizon_w1_previous"], table.w1_previous.to_numpy())
+    assert np.array_equal(history["horizon_norm_ratio"], table.norm_ratio.to_numpy())
+    assert np.array_equal(history["interval_gain"], interval_gain(model, course, seed=3))
 
 
 def test_horizon_rejects_a_course_beyond_the_fitted_times():
@@ -146,6 +151,8 @@ def test_horizon_rejects_a_course_beyond_the_fitted_times():
     model.times = course.times[:-1]
     with pytest.raises(ValueError, match="beyond the model's fitted range"):
         horizon(model, course)
+    with pytest.raises(ValueError, match="offset"):
+        interval_gain(Drift([0.0, 0.0]), course, offset=0)
     with pytest.raises(TypeError, match="transport"):
         interval_gain(object(), course)
 
