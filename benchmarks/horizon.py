@@ -89,7 +89,8 @@ def load(name: str) -> tuple[TimeCourse, int | None, str]:
     """The time course of ``name``, the PCA size to fit per protocol (``None``: used as it is) and a note."""
     if name == QUICK_DATASET:
         adata = cellflow.datasets.simulate(n_cells=80, times=(0.0, 1.0, 2.0, 3.0), n_genes=5, seed=0)
-        return read_time_course(adata, "time", "X_pca"), None, "cellflow.datasets.simulate, 80 cells at time 0, its 2-d latent states"
+        note = "cellflow.datasets.simulate, 80 cells at time 0, its 2-d latent states"
+        return read_time_course(adata, "time", "X_pca"), None, note
     if name == "simulation_gene":
         return (read_time_course(cellflow.datasets.simulation_gene(), "time", "X_pca"), None,
                 "the two simulated gene coordinates of the DeepRUOT file, used as they are")
@@ -221,7 +222,8 @@ def per_time_table(rows: pd.DataFrame) -> list[str]:
     times = sorted(rows.time.unique())
     lines = ["| method | rollout | " + " | ".join(f"{t:g}" for t in times) + " |",
              "|---|---|" + "---:|" * len(times)]
-    for (method, rollout), group in rows.groupby(["method", "rollout"], sort=False):
+    fits = rows.groupby(["method", "rollout"])
+    for (method, rollout), group in sorted(fits, key=lambda item: (METHODS.index(item[0][0]), item[0][1])):
         at = group.groupby("time")[["w1_first", "w1_previous"]].mean()
         cells = [f"{_number(at.w1_first[t])} / {_number(at.w1_previous[t])}" if t in at.index else "-" for t in times]
         lines.append(f"| {label(method)} | {rollout} | " + " | ".join(cells) + " |")
@@ -229,9 +231,12 @@ def per_time_table(rows: pd.DataFrame) -> list[str]:
 
 
 def write_report(path: Path, folder: Path, rows: pd.DataFrame, datasets, steps) -> str:
+    """Write the horizon section of ``path`` from the cached ``rows``: every dataset they hold, and the
+    runs of ``datasets`` still missing."""
     summary = summarise(rows)
     log = (folder / "runs.log").read_text().strip().splitlines() if (folder / "runs.log").exists() else []
-    shown = folder.relative_to(ROOT) if folder.is_relative_to(ROOT) else folder
+    cache = folder.relative_to(ROOT) if folder.is_relative_to(ROOT) else folder
+    shown = [name for name in (*DATASETS, QUICK_DATASET) if name in set(rows.dataset)]
     out = [
         "## Horizon: pushes from the first time point against one-interval pushes",
         "",
@@ -262,11 +267,11 @@ def write_report(path: Path, folder: Path, rows: pd.DataFrame, datasets, steps) 
         "Representations:",
         "",
         *[f"- {name}: {note}" + (f"; its PCA ({n_pcs} components) fitted on the training time points of each "
-                                 "protocol" if n_pcs else "") for name, (_, n_pcs, note) in map(lambda d: (d, load(d)), datasets)],
+                                 "protocol" if n_pcs else "") for name, (_, n_pcs, note) in zip(shown, map(load, shown))],
         "",
         "### Runs",
         "",
-        f"Rows are cached per (dataset, protocol, method, rollout, seed) under `{shown}/` (not committed); "
+        f"Rows are cached per (dataset, protocol, method, rollout, seed) under `{cache}/` (not committed); "
         "invocations that produced them:",
         "",
         "```",
@@ -278,7 +283,7 @@ def write_report(path: Path, folder: Path, rows: pd.DataFrame, datasets, steps) 
         out += [f"### Summary, {protocol.replace('_', '-')}", ""]
         out += summary_table(summary, protocol) if (summary.protocol == protocol).any() else ["Not run yet."]
         out.append("")
-    for name in datasets:
+    for name in shown:
         out += [f"### {name}", ""]
         for protocol in PROTOCOLS:
             part = rows[(rows.dataset == name) & (rows.protocol == protocol)]
@@ -290,7 +295,7 @@ def write_report(path: Path, folder: Path, rows: pd.DataFrame, datasets, steps) 
                         *per_time_table(part), ""]
             else:
                 out += [f"{heading}: not run yet.", ""]
-    missing = [f"{d} {p} {m}" for d in datasets for p in PROTOCOLS for m in METHODS
+    missing = [f"{d} {p} {m}" for d in dict.fromkeys([*shown, *datasets]) for p in PROTOCOLS for m in METHODS
                if not ((rows.dataset == d) & (rows.protocol == p) & (rows.method == m)).any()]
     out += ["### Runs missing", "", *([f"- {line}" for line in missing] or ["- none"]), ""]
     text = "\n".join(out)
@@ -319,7 +324,8 @@ def parse_args(argv=None):
     p.add_argument("--results", type=Path, default=RESULTS, help="folder of the cached rows")
     p.add_argument("--write", action="store_true", help="regenerate the horizon section of --out from every cached row")
     p.add_argument("--no-run", action="store_true", help="fit nothing: with --write, only rewrite the section")
-    p.add_argument("--out", type=Path, default=ROOT / "BENCHMARKS.md", help="report file whose section --write rewrites")
+    p.add_argument("--out", type=Path, default=ROOT / "BENCHMARKS.md",
+                   help="report file whose section --write rewrites")
     args = p.parse_args(argv)
     if args.quick:
         args.datasets, args.steps, args.max_cells = [QUICK_DATASET], QUICK_STEPS, QUICK_MAX_CELLS
@@ -377,7 +383,8 @@ def main(argv=None) -> int:
                     append_rows(folder, rows)
                     last = rows.iloc[-1]
                     print(f"  {name} {protocol} {method:15s} rollout {rollout} seed {seed}: at {last.time:g} W1 first "
-                          f"{last.w1_first:.4g}, one-interval {last.w1_previous:.4g}; max ratio {rows.ratio.max():.3g}, "
+                          f"{last.w1_first:.4g}, one-interval {last.w1_previous:.4g}; "
+                          f"max ratio {rows.ratio.max():.3g}, "
                           f"max norm ratio {rows.norm_ratio.max():.3g}; {n_steps} steps, fit {fit_seconds:.1f} s",
                           flush=True)
     if args.write:
