@@ -266,8 +266,10 @@ def write_report(path: Path, folder: Path, rows: pd.DataFrame, datasets, steps) 
         "",
         "Representations:",
         "",
-        *[f"- {name}: {note}" + (f"; its PCA ({n_pcs} components) fitted on the training time points of each "
-                                 "protocol" if n_pcs else "") for name, (_, n_pcs, note) in zip(shown, map(load, shown))],
+        *[f"- {name}: {load(name)[2]}" for name in shown],
+        "",
+        "(A fold here is the training time points of a protocol: all of them in-sample, all but the held-out one",
+        "held-out.)",
         "",
         "### Runs",
         "",

@@ -25,7 +25,8 @@ def _history(model_or_adata, key: str) -> Mapping:
     elif isinstance(model_or_adata, AnnData):
         history, whose = keys.fit_state(model_or_adata, key).get("history", {}), f"the model of adata.uns[{key!r}]"
     else:
-        raise TypeError(f"pass a fitted cellflow.CellFlow or the AnnData of a fit, not a {type(model_or_adata).__name__}")
+        raise TypeError("pass a fitted cellflow.CellFlow or the AnnData of a fit, not a "
+                        f"{type(model_or_adata).__name__}")
     missing = [name for name in HISTORY_KEYS if name not in history]
     if missing:
         raise KeyError(f"{whose} has no horizon in its history (missing {', '.join(missing)}): it was fitted by a "
