@@ -9,9 +9,10 @@ Each returns its axes unless the figure is shown.
 from .embedding import growth, interpolation, velocity
 from .fates import fate
 from .genes import gene_trends
+from .horizon import horizon
 from .tables import loss, sankey, transitions
 
-__all__ = ["fate", "gene_trends", "growth", "interpolation", "loss", "sankey", "transitions", "velocity"]
+__all__ = ["fate", "gene_trends", "growth", "horizon", "interpolation", "loss", "sankey", "transitions", "velocity"]
 
 
 def __dir__():
