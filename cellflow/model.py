@@ -14,6 +14,7 @@ from ._utils import compute_threads, resolve_device, seed_everything, show_progr
 from .clock import Clock
 from .couplings import BLOCK_ORDERS
 from .delta import cross_validated_delta
+from .horizon import horizon_history
 from .entropy import default_entropy_rate
 from .integration import check_solver, integrate
 from .methods import resolve_method
@@ -246,8 +247,18 @@ class CellFlow:
             times = ", ".join(shown if len(shown) <= 8 else [*shown[:3], "...", *shown[-2:]])
             steps = self.history["loss"].size if "loss" in self.history else 0
             reflow = f", then {p['reflow']} round{'s' * (p['reflow'] > 1)} of reflow" if p["reflow"] else ""
+            rollout = f", rollout fitting {self.history['rollout_loss'].size} steps" if "rollout_loss" in self.history else ""
             lines.append(f"    trained on {self.times.size} time points ({times}) in {self.center.size} dimensions, "
-                         f"{steps} steps{reflow}")
+                         f"{steps} steps{reflow}{rollout}")
+            if "horizon_w1_first" in self.history:
+                h = self.history
+                worst = int(np.argmax(h["horizon_w1_first"] / h["horizon_w1_previous"]))
+                ratio = h["horizon_w1_first"][worst] / h["horizon_w1_previous"][worst]
+                lines.append(f"    horizon: cells of {self.times[0]:g} pushed to {h['horizon_times'][worst]:g} land at W1 "
+                             f"{h['horizon_w1_first'][worst]:.3g}, {ratio:.2f}x the one-interval W1 (the worst time)")
+                lines.append(f"    pushed cells reach {h['horizon_norm_ratio'].max():.2f}x the data's largest norm; "
+                             f"interval gain {h['interval_gain'].min():.2f}-{h['interval_gain'].max():.2f} "
+                             "(cellflow.pl.horizon)")
         return "\n".join(lines)
 
     @property
@@ -420,6 +431,9 @@ class CellFlow:
             if p["rollout"]:
                 self._fit_rollouts(internal, course, objective, rng, progress)
         self.history["fit_seconds"] = np.array(time.perf_counter() - start)
+        start = time.perf_counter()
+        self.history.update(horizon_history(self, course))
+        self.history["trust_seconds"] = np.array(time.perf_counter() - start)
         return self
 
     # -- rollout fitting -----------------------------------------------------------------

@@ -179,17 +179,24 @@ def test_plot_draws_both_w1_curves_the_band_and_the_gains():
     plt.close("all")
 
 
-def test_plot_reads_the_model_stored_in_an_anndata_and_says_when_it_has_no_horizon(tmp_path):
+def test_every_fit_records_its_horizon_and_the_plot_reads_it_from_the_anndata(tmp_path):
     adata = cf.datasets.simulate(n_cells=40, times=(0.0, 1.0, 2.0), n_genes=3, seed=0)
     model = cf.tl.fit(adata, use_rep="X_pca", n_steps=5, hidden=(16,), progress=False)
+    course = cf.read_time_course(adata, "time", "X_pca")
+    recorded = {key: adata.uns["cellflow"]["history"][key] for key in HISTORY_KEYS}
+    for key, value in horizon_history(model, course).items():  # the fit's own trust signals, stored in uns
+        np.testing.assert_allclose(recorded[key], value, rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(model.history[key], value, rtol=1e-4, atol=1e-6)
+    assert "horizon:" in repr(model) and "interval gain" in repr(model)
+    top, _ = cf.pl.horizon(adata, show=False, save=str(tmp_path / "horizon.png"), title="fit")
+    assert top.get_title() == "fit" and (tmp_path / "horizon.png").exists()
+    for key in HISTORY_KEYS:  # a model saved by a cellflow that recorded no horizon
+        del adata.uns["cellflow"]["history"][key], model.history[key]
     with pytest.raises(KeyError, match="refit"):
         cf.pl.horizon(adata, show=False)
     with pytest.raises(KeyError, match="refit"):
         cf.pl.horizon(model, show=False)
-    course = cf.read_time_course(adata, "time", "X_pca")
-    adata.uns["cellflow"]["history"].update(horizon_history(model, course))
-    top, _ = cf.pl.horizon(adata, show=False, save=str(tmp_path / "horizon.png"), title="fit")
-    assert top.get_title() == "fit" and (tmp_path / "horizon.png").exists()
+    plt.close("all")
 
 
 def _benchmark_script():
