@@ -21,7 +21,7 @@ from .methods import resolve_method
 from .networks import FIELDS, Fields, TimeMLP, field_output, velocity_network
 from .readers import TimeCourse
 from .paths import LinearPath
-from .rollout import RolloutLoss
+from .rollout import ROLLOUT_SOLVER_STEPS, RolloutLoss
 from .training import (CHECK_CELLS, LR_SCHEDULES, OBJECTIVES, EarlyStopping, EndpointObjective, train,
                        transport_stopping)
 
@@ -32,7 +32,7 @@ EVALUATION_CHUNK = 65536  # cells evaluated together when writing velocity and g
 ROLLOUT_DEFAULT = False  # rollout fitting unless asked otherwise
 MAX_ROLLOUT_STEPS = 500  # the most steps of rollout fitting
 ROLLOUT_CHECK_EVERY = 10  # steps between two stopping checks of rollout fitting
-ROLLOUT_LR_FACTOR = 0.3  # rollout fitting's learning rate, relative to flow matching's
+ROLLOUT_LR_FACTOR = 0.1  # rollout fitting's learning rate, relative to flow matching's
 
 
 def _pooled_moments(populations) -> tuple[np.ndarray, float]:
@@ -441,7 +441,10 @@ class CellFlow:
         """Rollout fitting after flow matching (see ``rollout`` and :mod:`cellflow.rollout`).
 
         Training goes on from the fitted weights with flow matching's loss plus the rollout term,
-        at :data:`ROLLOUT_LR_FACTOR` times the learning rate, for at most :data:`MAX_ROLLOUT_STEPS` steps; every
+        at :data:`ROLLOUT_LR_FACTOR` times the learning rate. Its cost is bounded by flow matching's:
+        a step integrates every interval (``2 x ROLLOUT_SOLVER_STEPS`` network passes each), and the
+        stage takes at most as many passes as flow matching took steps (at least
+        :data:`ROLLOUT_CHECK_EVERY` steps, at most :data:`MAX_ROLLOUT_STEPS`); every
         :data:`ROLLOUT_CHECK_EVERY` steps the rollout discrepancy of cells kept out of this stage is
         measured, the stage stops as flow matching does (4 checks without a 1% gain) and keeps the
         best check's network, or the network it started from when no check beat it.
@@ -454,7 +457,10 @@ class CellFlow:
         term.start(net, matching_loss=float(np.mean(self.history["loss"][-100:])))
         initial = float(distributed.mean(term.check_score(net)))
         stopping = EarlyStopping(term.check_score, scale=initial, check_every=ROLLOUT_CHECK_EVERY)
-        net, log = train(net, objective, self.clock, n_steps=MAX_ROLLOUT_STEPS, lr=p["lr"] * ROLLOUT_LR_FACTOR,
+        # as many network passes as flow matching took, at most: each step integrates every interval
+        passes = 2 * (len(internal) - 1) * ROLLOUT_SOLVER_STEPS
+        n_steps = max(ROLLOUT_CHECK_EVERY, min(MAX_ROLLOUT_STEPS, int(self.history["loss"].size) // passes))
+        net, log = train(net, objective, self.clock, n_steps=n_steps, lr=p["lr"] * ROLLOUT_LR_FACTOR,
                          lr_schedule="constant", ema_decay=p["ema_decay"] or None, stopping=stopping,
                          rollout=term, progress=progress, description="rollout fitting")
         improved = bool(log["stopping_score"].min() < initial)

@@ -144,8 +144,8 @@ class RolloutLoss:
         divergence's starting value (over a few training samples, and on the cells kept out)."""
         with torch.no_grad():
             draws = [self.terms(net, self._sample())[0] for _ in range(START_SAMPLES)]
-            self.scales = torch.stack(draws).mean(0).clamp_min(1e-8)
-            self.check_scales = self.terms(net, self.check_cells)[0].clamp_min(1e-8)
+            self.scales = torch.stack(draws).mean(0).detach().clamp_min(1e-8)  # geomloss may keep a graph
+            self.check_scales = self.terms(net, self.check_cells)[0].detach().clamp_min(1e-8)
         self.matching_scale = max(float(matching_loss), 1e-12)
 
     def __call__(self, net, matching_loss: torch.Tensor) -> torch.Tensor:
