@@ -92,7 +92,7 @@ def horizon(
         fig = axes[0].figure
     top, bottom = axes
     top.fill_between(times, previous, RATIO_BAND * previous, color="tab:blue", alpha=0.15, linewidth=0,
-                     label=f"one interval to {RATIO_BAND:g}x")
+                     label=f"1 to {RATIO_BAND:g}x the one-interval W1")
     top.plot(times, previous, "o-", color="tab:blue", label="pushed from the time point before")
     top.plot(times, first, "o-", color="tab:red", label="pushed from the first time point")
     top.set_ylabel("W1 to the measured cells")
