@@ -6,7 +6,6 @@ import hashlib
 import os
 import re
 import shutil
-import time
 from pathlib import Path
 
 import numpy as np
@@ -263,12 +262,6 @@ def test_simulate_determinism():
     np.testing.assert_array_equal(a.obs["time"], b.obs["time"])
     assert not np.array_equal(a.varm["PCs"], c.varm["PCs"])
     assert a.shape != c.shape or not np.array_equal(a.X, c.X)
-
-
-def test_simulate_fast():
-    start = time.perf_counter()
-    datasets.simulate()
-    assert time.perf_counter() - start < 5.0
 
 
 @pytest.mark.parametrize(
