@@ -35,6 +35,7 @@ from .paths import ConditionalPath, PathSample, _ends, _with_linear_mass
 
 REFERENCE_CELLS = 256  # most cells of each of an interval's two time points that build its metric
 PHI_STEPS = 400  # Adam steps that fit the path correction phi (every interval in each step)
+PHI_STAGES = 4  # metrics of shrinking kernel widths phi is fitted under, PHI_STEPS / PHI_STAGES steps each
 PHI_PAIRS = 128  # coupled pairs per interval in each of those steps
 PHI_WIDTH = 128  # hidden units of each of phi's three layers
 PHI_LR = 1e-3  # Adam learning rate of phi
@@ -145,16 +146,20 @@ class RBFMetric:
         Floor added to ``h``: a step off the cells costs up to ``1 / eps`` times a step on them.
     seed
         Seed of the k-means initialisation.
+    width_scale
+        Factor on every ``lambda_k`` (the weights are fitted for the scaled bumps); wider bumps
+        give a smoother metric (see :class:`MetricPath` on how it is used).
     """
 
-    def __init__(self, reference: torch.Tensor, n_centres: int | None = None, eps: float = 1e-2, seed: int = 0):
+    def __init__(self, reference: torch.Tensor, n_centres: int | None = None, eps: float = 1e-2, seed: int = 0,
+                 width_scale: float = 1.0):
         from sklearn.cluster import KMeans
 
         if reference.ndim != 2 or len(reference) < 2:
             raise ValueError(f"the RBF metric needs at least two reference cells as an (m, d) array, got shape "
                              f"{tuple(reference.shape)}")
-        if not eps > 0:
-            raise ValueError(f"RBF metric: eps={eps} must be positive")
+        if not eps > 0 or not width_scale > 0:
+            raise ValueError(f"RBF metric: eps={eps} and width_scale={width_scale} must both be positive")
         m = len(reference)
         n_centres = int(np.ceil(np.sqrt(m))) if n_centres is None else int(n_centres)
         if not 1 <= n_centres <= m:
@@ -165,6 +170,7 @@ class RBFMetric:
         widths = np.array([np.sqrt(((cells[labels == k] - centres[k]) ** 2).sum(axis=1).mean())
                            for k in range(n_centres)])
         widths[widths <= 0] = np.median(widths[widths > 0]) if (widths > 0).any() else 1.0
+        widths = widths * width_scale
         bumps = np.exp(-((cells[:, None] - centres[None]) ** 2).sum(axis=2) / (2 * widths**2))
         weights, _ = nnls(bumps, np.ones(m))
         like = dict(dtype=reference.dtype, device=reference.device)
@@ -262,40 +268,68 @@ class MetricPath(ConditionalPath):
         self.correction: PathCorrection | None = None
 
     def calibrate(self, populations, times, samplers) -> None:
-        """Build each interval's metric from its two time points and fit ``phi`` to its least energy."""
+        """Build each interval's metrics from its two time points and fit ``phi`` to their least energy."""
         start = time.perf_counter()
-        metrics = []
-        for k in range(len(samplers)):
-            reference = torch.cat([z[torch.randperm(len(z), device=z.device)[:REFERENCE_CELLS]]
-                                   for z in populations[k : k + 2]])
-            metrics.append(LANDMetric(reference) if self.metric == "land"
-                           else RBFMetric(reference, seed=int(torch.randint(2**31 - 1, (1,)))))
         like = populations[0]
         self.correction = PathCorrection(like.shape[1], len(samplers)).to(device=like.device, dtype=like.dtype)
         parameters = list(self.correction.parameters())
         if distributed.active():  # every process fits the same phi: rank 0's start, gradients averaged
             for p in parameters:
                 torch.distributed.broadcast(p.data, 0)
-        with torch.no_grad():
-            straight = self._energies(populations, samplers, metrics, ENERGY_PAIRS).clamp(min=torch.finfo(like.dtype).tiny)
+        stages = self._metric_stages(populations, samplers)
         optimiser = torch.optim.Adam(parameters, lr=PHI_LR)
-        for _ in range(PHI_STEPS):
-            optimiser.zero_grad(set_to_none=True)
-            relative = self._energies(populations, samplers, metrics, PHI_PAIRS) / straight
-            relative.sum().backward()
-            if distributed.active():
-                for p in parameters:
-                    torch.distributed.all_reduce(p.grad)
-                    p.grad /= distributed.part()[1]
-            optimiser.step()
+        for metrics in stages:
+            with torch.no_grad():
+                straight = self._energies(populations, samplers, metrics, ENERGY_PAIRS)
+            straight = straight.clamp(min=torch.finfo(like.dtype).tiny)
+            for _ in range(PHI_STEPS // PHI_STAGES):
+                optimiser.zero_grad(set_to_none=True)
+                relative = self._energies(populations, samplers, metrics, PHI_PAIRS) / straight
+                relative.sum().backward()
+                if distributed.active():
+                    for p in parameters:
+                        torch.distributed.all_reduce(p.grad)
+                        p.grad /= distributed.part()[1]
+                optimiser.step()
         self.correction.requires_grad_(False)
         with torch.no_grad():
-            fitted = self._energies(populations, samplers, metrics, ENERGY_PAIRS)
+            fitted = self._energies(populations, samplers, stages[-1], ENERGY_PAIRS)
         self.calibration = {
             "metric_straight_energy": distributed.mean(straight.cpu().numpy()),
             "metric_fitted_energy": distributed.mean(fitted.cpu().numpy()),
             "metric_seconds": np.array(time.perf_counter() - start),
         }
+
+    def _metric_stages(self, populations, samplers) -> list[list]:
+        """Per stage, every interval's metric, the kernels shrinking geometrically to the metric's own.
+
+        Where the kernels are narrow, a straight line that passes farther than a few widths from
+        every cell sees a flat metric and no pull toward the cells: the fit would stay there.
+        The first stage therefore widens each interval's kernels to half the median length of
+        its coupled pairs (the distance from a straight line's midpoint to its ends), and every
+        later stage narrows them by the same factor, down to the metric's own widths in the last.
+        """
+        stages = [[] for _ in range(PHI_STAGES)]
+        for k, sampler in enumerate(samplers):
+            reference = torch.cat([z[torch.randperm(len(z), device=z.device)[:REFERENCE_CELLS]]
+                                   for z in populations[k : k + 2]])
+            x0, x1 = _pair_cells(sampler, populations, k, ENERGY_PAIRS)
+            reach = 0.5 * float(torch.linalg.vector_norm(x1 - x0, dim=1).median())
+            if self.metric == "land":
+                own = LANDMetric(reference)
+                build = (lambda factor, reference=reference, gamma=own.gamma: LANDMetric(reference, gamma=gamma * factor))
+                width = own.gamma
+            else:
+                seed = int(torch.randint(2**31 - 1, (1,)))
+                own = RBFMetric(reference, seed=seed)
+                build = (lambda factor, reference=reference, seed=seed: RBFMetric(reference, seed=seed,
+                                                                                 width_scale=factor))
+                width = float(own.widths.median())
+            widest = max(1.0, reach / width)
+            for j in range(PHI_STAGES - 1):
+                stages[j].append(build(widest ** (1 - j / (PHI_STAGES - 1))))
+            stages[-1].append(own)
+        return stages
 
     def _energies(self, populations, samplers, metrics, n: int) -> torch.Tensor:
         """Mean kinetic energy of every interval, ``(K,)``, over ``n`` coupled pairs each at uniform ``s``."""
