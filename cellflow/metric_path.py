@@ -35,7 +35,7 @@ from .paths import ConditionalPath, PathSample, _ends, _with_linear_mass
 
 REFERENCE_CELLS = 256  # most cells of each of an interval's two time points that build its metric
 PHI_STEPS = 400  # Adam steps that fit the path correction phi (every interval in each step)
-PHI_STAGES = 4  # metrics of shrinking kernel widths phi is fitted under, PHI_STEPS / PHI_STAGES steps each
+PHI_STAGES = 4  # metrics of shrinking kernel widths phi is fitted under: half the steps in the last, the rest shared
 PHI_PAIRS = 128  # coupled pairs per interval in each of those steps
 PHI_WIDTH = 128  # hidden units of each of phi's three layers
 PHI_LR = 1e-3  # Adam learning rate of phi
@@ -192,7 +192,8 @@ METRICS = {"land": LANDMetric, "rbf": RBFMetric}
 class PathCorrection(nn.Module):
     """``phi(x0, x1, s)`` of every interval: one small tanh network, with a learned bias per interval.
 
-    Its last layer starts at zero, so the untrained correction is the straight line. The
+    Its last layer starts at zero, so the untrained correction is the straight line; ``bent``
+    (one per interval, 1 or 0) switches the correction off where it does not pay. The
     derivative ``d phi / ds`` is carried forward through the layers beside the values
     (forward-mode differentiation written out: each affine layer maps it by its weights,
     each ``tanh`` multiplies it by ``1 - tanh^2``), so one pass gives both, batched, and
@@ -208,6 +209,7 @@ class PathCorrection(nn.Module):
                                    nn.Linear(PHI_WIDTH, n_dims)])
         nn.init.zeros_(self.rest[-1].weight)
         nn.init.zeros_(self.rest[-1].bias)
+        self.register_buffer("bent", torch.ones(n_intervals))  # 0 where an interval keeps its straight lines
 
     def correction(self, x0, x1, s, segment):
         """``phi`` and ``d phi / ds`` at ``s`` ``(n, 1)`` for the intervals ``segment`` ``(n,)``, ``(n, d)`` each."""
@@ -217,7 +219,8 @@ class PathCorrection(nn.Module):
             squashed = torch.tanh(value)
             rate = (1 - squashed.square()) * rate
             value, rate = layer(squashed), rate @ layer.weight.T
-        return value, rate
+        gate = self.bent[segment][:, None]
+        return gate * value, gate * rate
 
     def curve(self, x0, x1, s, segment):
         """Position ``x_s`` and velocity ``d x_s / ds`` of the bent path, ``(n, d)`` each."""
@@ -245,8 +248,13 @@ class MetricPath(ConditionalPath):
     for all intervals, :class:`PathCorrection`) by :data:`PHI_STEPS` Adam steps on
     :data:`PHI_PAIRS` pairs per interval drawn from the coupling, each at a uniform ``s``,
     minimising the sum over intervals of the expected energy ``sum_d G_dd(x_s) u_d^2``, each
-    relative to the interval's straight-line energy. Masses, where the coupling carries them,
-    change linearly along the path (as on the straight line).
+    relative to the interval's straight-line energy. The fit runs under :data:`PHI_STAGES`
+    metrics whose kernels shrink to the metric's own (see :meth:`_metric_stages`), the last
+    with half the steps; an interval whose bent paths end with more energy under its own
+    metric than its straight lines keeps the straight lines (``metric_bent`` 0 in
+    :attr:`calibration`, beside each interval's straight and fitted energies and the seconds
+    spent). Masses, where the coupling carries them, change linearly along the path (as on
+    the straight line).
 
     Parameters
     ----------
@@ -278,11 +286,12 @@ class MetricPath(ConditionalPath):
                 torch.distributed.broadcast(p.data, 0)
         stages = self._metric_stages(populations, samplers)
         optimiser = torch.optim.Adam(parameters, lr=PHI_LR)
-        for metrics in stages:
+        earlier_steps = PHI_STEPS // (2 * (PHI_STAGES - 1))
+        for stage, metrics in enumerate(stages):
             with torch.no_grad():
-                straight = self._energies(populations, samplers, metrics, ENERGY_PAIRS)
+                straight = self._energies(populations, samplers, metrics, ENERGY_PAIRS, bent=False)
             straight = straight.clamp(min=torch.finfo(like.dtype).tiny)
-            for _ in range(PHI_STEPS // PHI_STAGES):
+            for _ in range(earlier_steps if stage < PHI_STAGES - 1 else PHI_STEPS - stage * earlier_steps):
                 optimiser.zero_grad(set_to_none=True)
                 relative = self._energies(populations, samplers, metrics, PHI_PAIRS) / straight
                 relative.sum().backward()
@@ -294,9 +303,13 @@ class MetricPath(ConditionalPath):
         self.correction.requires_grad_(False)
         with torch.no_grad():
             fitted = self._energies(populations, samplers, stages[-1], ENERGY_PAIRS)
+        # the coarse stages may leave an interval's paths worse than straight under its own metric
+        bent = torch.as_tensor(distributed.mean((fitted < straight).to(like.dtype).cpu().numpy()) > 0.5)
+        self.correction.bent.copy_(bent.to(self.correction.bent))
         self.calibration = {
             "metric_straight_energy": distributed.mean(straight.cpu().numpy()),
             "metric_fitted_energy": distributed.mean(fitted.cpu().numpy()),
+            "metric_bent": bent.numpy().astype(np.float64),
             "metric_seconds": np.array(time.perf_counter() - start),
         }
 
@@ -331,13 +344,14 @@ class MetricPath(ConditionalPath):
             stages[-1].append(own)
         return stages
 
-    def _energies(self, populations, samplers, metrics, n: int) -> torch.Tensor:
-        """Mean kinetic energy of every interval, ``(K,)``, over ``n`` coupled pairs each at uniform ``s``."""
+    def _energies(self, populations, samplers, metrics, n: int, bent: bool = True) -> torch.Tensor:
+        """Mean kinetic energy of every interval, ``(K,)``, over ``n`` coupled pairs each at uniform ``s``,
+        on the bent paths or (``bent=False``) on the straight lines."""
         ends = [_pair_cells(sampler, populations, k, n) for k, sampler in enumerate(samplers)]
         x0, x1 = torch.cat([pair[0] for pair in ends]), torch.cat([pair[1] for pair in ends])
         s = torch.rand(len(x0), 1, device=x0.device, dtype=x0.dtype)
         segment = torch.arange(len(samplers), device=x0.device).repeat_interleave(n)
-        x, u = self.correction.curve(x0, x1, s, segment)
+        x, u = self.correction.curve(x0, x1, s, segment) if bent else ((1 - s) * x0 + s * x1, x1 - x0)
         return torch.stack([(metric(x_k) * u_k.square()).sum(dim=1).mean()
                             for metric, x_k, u_k in zip(metrics, x.split(n), u.split(n))])
 
