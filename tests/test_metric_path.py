@@ -131,3 +131,16 @@ def test_mfm_fits_with_balanced_and_mass_carrying_couplings(small_course, coupli
     back = cf.io.load_model(cf.io.save_model(model, tmp_path / "mfm"))  # no phi needed to restore the field
     np.testing.assert_array_equal(back.velocity(x, course.times[0]), model.velocity(x, course.times[0]))
     assert back.params == model.params
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_metric_path_calibrates_and_samples_on_the_cells_device():
+    rng = np.random.default_rng(3)
+    populations = [torch.tensor(rng.normal(k, 1, (40, 2)), dtype=torch.float32, device="cuda") for k in range(3)]
+    samplers = [PlanSampler(sp.identity(40) / 40, device="cuda") for _ in range(2)]
+    for metric in ("land", "rbf"):
+        path = MetricPath(sigma=0.1, metric=metric)
+        path.calibrate(populations, [0.0, 1.0, 2.0], samplers)
+        x0, x1 = populations[0], populations[1]
+        point = path.pair(x0, x1, torch.rand(40, 1, device="cuda"), path.noise(x0))
+        assert point.x.device.type == point.u.device.type == "cuda" and torch.isfinite(point.u).all()
