@@ -40,6 +40,7 @@ PHI_PAIRS = 128  # coupled pairs per interval in each of those steps
 PHI_WIDTH = 128  # hidden units of each of phi's three layers
 PHI_LR = 1e-3  # Adam learning rate of phi
 KERNEL_FLOOR_EXPONENT = 30.0  # largest exponent of the Gaussian kernels (see gaussian_kernel)
+LAND_CEILING = 1.0  # the path's LAND metric: support beyond the median cell's costs no less
 ENERGY_PAIRS = 2048  # pairs per interval on which the straight and the fitted energies are reported
 
 
@@ -96,21 +97,27 @@ class LANDMetric:
     h_scale
         Unit of ``h``; ``None``: the median over reference cells of ``mean_d h_d(x_i)``, so that
         ``rho`` is relative to the spread on the data (``h_scale=1`` gives the formula on raw ``h``).
+    ceiling
+        Largest value of ``h / h_scale`` (``None``: no limit). With ``ceiling=1`` every point as
+        well supported as the median cell costs the same: the metric keeps paths on the data
+        without drawing them further into its densest parts.
     """
 
     def __init__(self, reference: torch.Tensor, gamma: float | None = None, rho: float = 1e-3,
-                 alpha: float = 2.0, h_scale: float | None = None):
+                 alpha: float = 2.0, h_scale: float | None = None, ceiling: float | None = None):
         if reference.ndim != 2 or len(reference) < 2:
             raise ValueError(f"the LAND metric needs at least two reference cells as an (m, d) array, got shape "
                              f"{tuple(reference.shape)}")
         for name, value in (("gamma", gamma), ("h_scale", h_scale)):
             if value is not None and not value > 0:
                 raise ValueError(f"LAND metric: {name}={value} must be positive (or None to derive it from the cells)")
-        if not rho > 0 or not alpha > 0:
-            raise ValueError(f"LAND metric: rho={rho} and alpha={alpha} must both be positive")
+        if not rho > 0 or not alpha > 0 or not (ceiling is None or ceiling > 0):
+            raise ValueError(f"LAND metric: rho={rho}, alpha={alpha} and ceiling={ceiling} must be positive "
+                             "(ceiling may be None: no limit)")
         self.reference = reference
         self.gamma = neighbour_distance(reference, reference.shape[1] + 1) if gamma is None else float(gamma)
         self.rho, self.alpha = float(rho), float(alpha)
+        self.ceiling = None if ceiling is None else float(ceiling)
         self.h_scale = float(self.spread(reference).mean(dim=1).median()) if h_scale is None else float(h_scale)
 
     def spread(self, x: torch.Tensor) -> torch.Tensor:
@@ -123,7 +130,10 @@ class LANDMetric:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """The diagonal of ``G(x)``, ``(n, d)``."""
-        return (self.spread(x) / self.h_scale + self.rho) ** (-self.alpha)
+        support = self.spread(x) / self.h_scale
+        if self.ceiling is not None:
+            support = support.clamp(max=self.ceiling)
+        return (support + self.rho) ** (-self.alpha)
 
 
 class RBFMetric:
@@ -329,8 +339,9 @@ class MetricPath(ConditionalPath):
             x0, x1 = _pair_cells(sampler, populations, k, ENERGY_PAIRS)
             reach = 0.5 * float(torch.linalg.vector_norm(x1 - x0, dim=1).median())
             if self.metric == "land":
-                own = LANDMetric(reference)
-                build = (lambda factor, reference=reference, gamma=own.gamma: LANDMetric(reference, gamma=gamma * factor))
+                own = LANDMetric(reference, ceiling=LAND_CEILING)
+                build = (lambda factor, reference=reference, gamma=own.gamma:
+                         LANDMetric(reference, gamma=gamma * factor, ceiling=LAND_CEILING))
                 width = own.gamma
             else:
                 seed = int(torch.randint(2**31 - 1, (1,)))

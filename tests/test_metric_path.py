@@ -24,6 +24,10 @@ def test_land_metric_matches_its_formula():
     metric = LANDMetric(torch.tensor(reference), gamma=gamma, rho=rho, alpha=alpha, h_scale=1.0)
     np.testing.assert_allclose(metric.spread(torch.tensor(x)).numpy(), by_hand, rtol=1e-10)
     np.testing.assert_allclose(metric(torch.tensor(x)).numpy(), (by_hand + rho) ** -alpha, rtol=1e-10)
+    ceiling = float(np.median(by_hand))  # with a ceiling, support beyond it costs no less
+    capped = LANDMetric(torch.tensor(reference), gamma=gamma, rho=rho, alpha=alpha, h_scale=1.0, ceiling=ceiling)
+    np.testing.assert_allclose(capped(torch.tensor(x)).numpy(), (np.minimum(by_hand, ceiling) + rho) ** -alpha,
+                               rtol=1e-10)
     # by default h is measured in units of its median on the reference cells, and gamma comes from the cells
     default = LANDMetric(torch.tensor(reference), rho=rho, alpha=alpha)
     on_cells = LANDMetric(torch.tensor(reference), gamma=default.gamma, h_scale=1.0).spread(torch.tensor(reference))
