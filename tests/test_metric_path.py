@@ -116,7 +116,7 @@ def test_metric_path_refuses_bad_settings_and_an_uncalibrated_sample():
 
 @pytest.fixture(scope="module")
 def small_course():
-    adata = cf.datasets.simulate(n_cells=60, seed=0)
+    adata = cf.datasets.simulate(n_cells=60, times=(0.0, 1.0, 2.0), seed=0)
     return adata, cf.read_time_course(adata, "time", "X_pca")
 
 
