@@ -77,6 +77,7 @@ METHODS = {
     "mmfm": Method("exact", "hermite", "chains"),
     "ecfm": Method("exact", "entropy", "pairs"),
     "mmfm_potential": Method("potential", "hermite", "chains"),
+    "mfm": Method("exact", "metric", "pairs"),
 }
 
 

@@ -86,12 +86,15 @@ class CellFlow:
         ``"ecfm"`` (entropy-controlled: exact OT, straight lines with the least noise that keeps
         the entropy of the cells on them from falling faster than ``entropy_rate``) or
         ``"mmfm_potential"`` (as ``"mmfm"``, with chains drawn from the entropic OT potentials of
-        each interval, extended to every cell by their c-transform; :mod:`cellflow.potentials`).
+        each interval, extended to every cell by their c-transform; :mod:`cellflow.potentials`) or
+        ``"mfm"`` (metric flow matching: exact OT, paths bent toward the cells of the interval's two
+        time points, of least kinetic energy under a LAND metric; :mod:`cellflow.metric_path`).
     coupling, path, objective
         Replace a piece of the method: coupling ``"independent"``, ``"exact"``, ``"entropic"``,
         ``"wfr"``, ``"potential"`` or ``"potential_map"``; path ``"linear"``, ``"brownian"``,
-        ``"vp"``, ``"wfr"``, ``"hermite"``, ``"spline"`` (natural cubic spline) or ``"entropy"``
-        (entropy-controlled); objective ``"pairs"`` or ``"chains"`` (a curve through every time
+        ``"vp"``, ``"wfr"``, ``"hermite"``, ``"spline"`` (natural cubic spline), ``"entropy"``
+        (entropy-controlled), ``"metric"`` or ``"metric_rbf"`` (bent toward the data under the LAND
+        or the RBF metric; :class:`cellflow.metric_path.MetricPath`); objective ``"pairs"`` or ``"chains"`` (a curve through every time
         point needs chains; a pair path on chains is applied piecewise to each chain's own
         segment). A growth field is learned whenever the coupling carries mass
         or the path makes growth (``"wfr"``).

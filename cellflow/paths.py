@@ -452,6 +452,8 @@ class EntropyControlledPath(BrownianBridgePath):
         return dataclasses.replace(super().sample(points, segment, s, eps, m0, m1), score=None, noise_scale=None)
 
 
+from .metric_path import MetricPath, RBFMetricPath  # noqa: E402  (built on the classes above)
+
 PATHS = {
     "linear": LinearPath,
     "brownian": BrownianBridgePath,
@@ -460,4 +462,6 @@ PATHS = {
     "spline": CubicSplinePath,
     "hermite": MonotoneHermitePath,
     "entropy": EntropyControlledPath,
+    "metric": MetricPath,
+    "metric_rbf": RBFMetricPath,
 }
