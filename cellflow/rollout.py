@@ -125,8 +125,11 @@ class RolloutLoss:
         mass = torch.exp(log_mass - log_mass.detach().amax(dim=-1, keepdim=True))
         d = cells.shape[-1]
         uniform = torch.full((n_intervals * 2, n), 1.0 / n, device=self.device, dtype=self.dtype)
-        divergences = self.divergence((mass / mass.sum(-1, keepdim=True)).reshape(-1, n), ends[..., :-1].reshape(-1, n, d),
-                                      uniform, cells[1:, None].expand(-1, 2, -1, -1).reshape(-1, n, d))
+        # geomloss flattens its inputs with view(): every tensor it gets is made contiguous
+        weights = (mass / mass.sum(-1, keepdim=True)).reshape(-1, n).contiguous()
+        moved = ends[..., :-1].reshape(-1, n, d).contiguous()
+        targets = cells[1:, None].expand(-1, 2, -1, -1).reshape(-1, n, d).contiguous()
+        divergences = self.divergence(weights, moved, uniform, targets)
         if not self.growth:
             return divergences.view(n_intervals, 2), None
         reached = torch.logsumexp(log_mass, dim=-1) - np.log(n)  # (K, 2) log of the relative size reached

@@ -78,3 +78,10 @@ def test_rollout_fitting_brings_a_five_interval_push_closer_to_the_truth_than_fl
     assert bool(history["rollout_kept"]) and history["rollout_score"].min() < history["rollout_initial_score"]
     assert history["rollout_loss"].size <= 2000 // (2 * 5 * 4)  # no more network passes than flow matching's
     assert history["horizon_w1_first"][-1] < alone.history["horizon_w1_first"][-1]
+
+
+def test_rollout_fitting_runs_on_two_time_points_with_growth():
+    adata = cf.datasets.simulate(n_cells=60, times=(0, 1), growth_scale=0.5, n_genes=5, seed=0)
+    model = CellFlow("wfr", rollout=True, n_steps=100, hidden=(16,)).fit(
+        read_time_course(adata, time_key="time", use_rep="X_pca"), progress=False)
+    assert model.history["rollout_loss"].size >= 10 and np.isfinite(model.history["rollout_discrepancy"]).all()
