@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as sp
 
-from . import analysis  # its shared pieces; analysis imports this module in turn
+from .fitted import _Fitted, _push_and_match, _soft_labels, neighbour_weights
 from ._utils import progress_bar
 
 ACROSS = ("chain", "flow")
@@ -88,7 +88,7 @@ def _matrix(index: np.ndarray, values: np.ndarray, n_cols: int) -> sp.csr_matrix
     return matrix
 
 
-def interval_step(fitted: analysis._Fitted, k: int, j: int, n_neighbors: int, solver, step_size, progress,
+def interval_step(fitted: _Fitted, k: int, j: int, n_neighbors: int, solver, step_size, progress,
                   with_mass: bool = True, reference: np.ndarray | None = None):
     """The coupling of one measured interval: cells of time point ``k`` pushed to the adjacent one ``j``.
 
@@ -97,14 +97,14 @@ def interval_step(fitted: analysis._Fitted, k: int, j: int, n_neighbors: int, so
     """
     course = fitted.course
     targets = course.indices[j] if reference is None else reference
-    index, weights, mass, off = analysis._push_and_match(
+    index, weights, mass, off = _push_and_match(
         fitted, course.indices[k], course.times[k], course.times[j], targets, n_neighbors, solver, step_size,
         progress, "interval",
     )
     return _matrix(index, weights * mass[:, None] if with_mass else weights, len(targets)), off
 
 
-def chained_coupling(fitted: analysis._Fitted, a: int, b: int, n_neighbors: int, solver, step_size, progress):
+def chained_coupling(fitted: _Fitted, a: int, b: int, n_neighbors: int, solver, step_size, progress):
     """``T_a T_{a+1} ... T_{b-1}`` (``a < b``, time point indices) and the off-data share of its pushes."""
     product, offs = None, []
     for k in range(a, b):
@@ -114,7 +114,7 @@ def chained_coupling(fitted: analysis._Fitted, a: int, b: int, n_neighbors: int,
     return product, float(np.concatenate(offs).mean())
 
 
-def chained_labels(fitted: analysis._Fitted, start: int, end: int, reference: np.ndarray, codes: np.ndarray,
+def chained_labels(fitted: _Fitted, start: int, end: int, reference: np.ndarray, codes: np.ndarray,
                    n_groups: int, n_neighbors: int, solver, step_size, progress) -> tuple[np.ndarray, float]:
     """Per cell of time point ``start``, the probability of each group of ``end`` through the chain.
 
@@ -126,11 +126,11 @@ def chained_labels(fitted: analysis._Fitted, start: int, end: int, reference: np
     forward = end > start
     step = 1 if forward else -1
     course = fitted.course
-    index, weights, mass, off = analysis._push_and_match(
+    index, weights, mass, off = _push_and_match(
         fitted, course.indices[end - step], course.times[end - step], course.times[end], reference, n_neighbors,
         solver, step_size, progress, "chain",
     )
-    carried = analysis._soft_labels(index, weights, codes, n_groups) * (mass[:, None] if forward else 1.0)
+    carried = _soft_labels(index, weights, codes, n_groups) * (mass[:, None] if forward else 1.0)
     offs = [off]
     for k in range(end - step, start, -step):
         matrix, off = interval_step(fitted, k - step, k, n_neighbors, solver, step_size, progress, with_mass=forward)
@@ -152,7 +152,7 @@ class Carried:
     off_data_share: np.ndarray  # per target time
 
 
-def carry(fitted: analysis._Fitted, rows, from_time, times, solver, step_size, progress,
+def carry(fitted: _Fitted, rows, from_time, times, solver, step_size, progress,
           desc) -> tuple[np.ndarray, np.ndarray]:
     """Positions ``(len(times), n, d)`` and masses ``(len(times), n)`` of the cells ``rows`` of
     ``from_time`` integrated to ``times`` (in any order, all on one side of ``from_time``)."""
@@ -186,7 +186,7 @@ def _pull_step(fitted, earlier: int, later: int, n_neighbors, solver, step_size,
     return sp.diags(inverse) @ weights.T.tocsr(), reach <= 0
 
 
-def flow_carry(fitted: analysis._Fitted, rows, weights, times, measured, later, n_neighbors, solver, step_size,
+def flow_carry(fitted: _Fitted, rows, weights, times, measured, later, n_neighbors, solver, step_size,
                progress) -> Carried:
     """Push (``later``) or pull the weights on the cells ``rows`` by integrating over the whole span."""
     course = fitted.course
@@ -199,10 +199,10 @@ def flow_carry(fitted: analysis._Fitted, rows, weights, times, measured, later, 
     for k in np.flatnonzero(measured):
         targets = course.indices[course.index_of(times[k])]
         if later:
-            index, near = analysis.neighbour_weights(points[k][carriers], fitted.rep[targets], n_neighbors)
+            index, near = neighbour_weights(points[k][carriers], fitted.rep[targets], n_neighbors)
             received[k] = _spread(index, near * (weights[carriers] * growth[k, carriers])[:, None], len(targets))
         else:  # the forward coupling from the cells of times[k] to those of from_time, transposed
-            index, near, sent, _ = analysis._push_and_match(
+            index, near, sent, _ = _push_and_match(
                 fitted, targets, times[k], from_time, rows, n_neighbors, solver, step_size, progress, "coupling"
             )
             reach = _spread(index, near * sent[:, None], len(rows))
@@ -227,7 +227,7 @@ def compare_carried(answers: dict, weights, several, measured) -> tuple[np.ndarr
     return disagreement, total_ratio
 
 
-def chain_carry(fitted: analysis._Fitted, rows, weights, times, measured, later, n_neighbors, solver, step_size,
+def chain_carry(fitted: _Fitted, rows, weights, times, measured, later, n_neighbors, solver, step_size,
                 progress) -> Carried:
     """Push (``later``) or pull the weights on the cells ``rows`` through the chain of interval couplings.
 

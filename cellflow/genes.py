@@ -22,7 +22,7 @@ from scipy import stats
 
 from . import keys
 from ._checks import choice, integer, number
-from .analysis import _fitted, neighbour_weights
+from .fitted import _fitted, neighbour_weights
 from .support import warn_off_data
 from .trajectories import _follow
 from .model import CellFlow

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 from anndata import AnnData
 
-from .analysis import _Fitted, _fitted
+from .fitted import _Fitted, _fitted
 from .transitions import transitions
 from .model import CellFlow
 

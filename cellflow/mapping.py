@@ -35,7 +35,8 @@ from anndata import AnnData
 from . import chain, keys
 from ._checks import integer, number
 from ._utils import copy_option
-from .analysis import _fitted, _label_probabilities
+from .analysis import _label_probabilities
+from .fitted import _fitted
 from .model import CellFlow
 from .support import warn_off_data
 

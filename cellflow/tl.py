@@ -12,7 +12,8 @@ from anndata import AnnData
 from . import benchmark, distributed, keys
 from ._checks import number
 from ._utils import copy_option
-from .analysis import _fitted, _stored_model, ancestors, fate
+from .analysis import ancestors, fate
+from .fitted import _fitted, _stored_model
 from .genes import fate_drivers, gene_trends
 from .interop import cellrank_couplings
 from .mapping import pull, push, transfer_labels

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 from anndata import AnnData
 
-from .analysis import _fitted
+from .fitted import _fitted
 from .model import CellFlow
 from .support import warn_off_data
 

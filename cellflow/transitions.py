@@ -16,7 +16,8 @@ from anndata import AnnData
 
 from . import chain
 from ._checks import integer
-from .analysis import _checked_times, _fitted, _group_codes, _push_and_match
+from .analysis import _checked_times
+from .fitted import _fitted, _group_codes, _push_and_match
 from .model import CellFlow
 from .support import warn_off_data
 

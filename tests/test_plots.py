@@ -12,7 +12,7 @@ import pytest  # noqa: E402
 from matplotlib.colors import to_rgb  # noqa: E402
 
 import cellflow as cf  # noqa: E402
-from cellflow.analysis import neighbour_weights  # noqa: E402
+from cellflow.fitted import neighbour_weights  # noqa: E402
 from cellflow.pl.embedding import _grid_flow  # noqa: E402
 from test_analysis import moscot_fit, one_thread  # noqa: E402,F401
 
@@ -202,7 +202,10 @@ def test_interpolation_sizes_cells_by_the_mass_of_its_own_key():
 def test_fate_titles_name_the_direction_of_time(moscot):
     adata = moscot.copy()
     table = cf.tl.fate(adata, 10, 11, progress=False)
-    assert adata.uns["cellflow_fate_params"] == {"from_time": 10.0, "to_time": 11.0, "groupby": "cell_type"}
+    params = adata.uns["cellflow_fate_params"]
+    assert {k: params[k] for k in ("from_time", "to_time", "groupby")} == {"from_time": 10.0, "to_time": 11.0,
+                                                                          "groupby": "cell_type"}
+    assert params["across"] == "chain" and 0.0 <= params["disagreement"] <= 1.0  # day 10.5 lies between
     axes = cf.pl.fate(adata, basis="umap", show=False)
     assert len(axes) == table.shape[1]
     assert [ax.get_title() for ax in axes] == [f"to {group}\nday 10 -> day 11" for group in table.columns]

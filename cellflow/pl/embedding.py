@@ -86,7 +86,7 @@ def _placed(positions: np.ndarray, rep: np.ndarray, embedding: np.ndarray, n_nei
     A point goes to the mean embedding position of its ``n_neighbors`` nearest cells of ``rep``,
     with the weights of :func:`cellflow.analysis.neighbour_weights`.
     """
-    from ..analysis import neighbour_weights
+    from ..fitted import neighbour_weights
 
     index, weight = neighbour_weights(positions, rep, n_neighbors)
     return (weight[:, :, None] * embedding[index]).sum(axis=1), index
