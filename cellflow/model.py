@@ -29,6 +29,7 @@ MAX_WIDTH = 65536  # widest hidden layer accepted (a guard against typos and tam
 MAX_LOG_GROWTH = 50.0  # largest |prior growth rate x interval| accepted (a factor e^50 per interval)
 MAX_AUTO_STEPS = 4000  # the most steps n_steps="auto" takes
 EVALUATION_CHUNK = 65536  # cells evaluated together when writing velocity and growth
+TRUST_CELLS = 500  # cells per time point that a fit's trust signals (cellflow.horizon) are measured on
 ROLLOUT_DEFAULT = False  # rollout fitting unless asked otherwise
 MAX_ROLLOUT_STEPS = 500  # the most steps of rollout fitting
 ROLLOUT_CHECK_EVERY = 10  # steps between two stopping checks of rollout fitting
@@ -435,7 +436,7 @@ class CellFlow:
                 self._fit_rollouts(internal, course, objective, rng, progress)
         self.history["fit_seconds"] = np.array(time.perf_counter() - start)
         start = time.perf_counter()
-        self.history.update(horizon_history(self, course))
+        self.history.update(horizon_history(self, course, max_cells=TRUST_CELLS))
         self.history["trust_seconds"] = np.array(time.perf_counter() - start)
         return self
 
