@@ -52,9 +52,8 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
 import cellflow  # noqa: E402
-from leave_one_out import (EMA, QUICK_DATASET, QUICK_STEPS, TORCHCFM, load_course, machine_lines,  # noqa: E402
-                           torchcfm_fitter)
-from sections import code_version, report_file, write_section  # noqa: E402
+from leave_one_out import EMA, TORCHCFM, load_course, machine_lines, torchcfm_fitter  # noqa: E402
+from sections import QUICK_DATASET, QUICK_STEPS, code_version, report_file, write_section  # noqa: E402
 from cellflow.benchmark import fold_pca  # noqa: E402
 from cellflow.horizon import horizon, interval_gain  # noqa: E402
 from cellflow.readers import TimeCourse, read_time_course  # noqa: E402

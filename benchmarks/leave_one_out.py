@@ -49,7 +49,8 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
 import cellflow  # noqa: E402
-from sections import code_version, report_file, write_section  # noqa: E402  (benchmarks/sections.py, shared by the benchmark scripts)
+# benchmarks/sections.py, shared by the benchmark scripts
+from sections import QUICK_DATASET, QUICK_STEPS, code_version, report_file, write_section  # noqa: E402
 from cellflow.benchmark import BASELINES, MMD_BANDWIDTHS, leave_one_out  # noqa: E402
 from cellflow.clock import Clock  # noqa: E402
 from cellflow.integration import integrate  # noqa: E402
@@ -60,8 +61,6 @@ from cellflow.readers import TimeCourse, read_time_course  # noqa: E402
 from cellflow.training import Batch, train  # noqa: E402
 
 DATASETS = ("emt", "kouno_thp1", "mouse_hematopoiesis", "moscot_temporal")
-QUICK_DATASET = "simulate"  # cellflow.datasets.simulate, small: the --quick runs of this script and horizon.py
-QUICK_STEPS = 40  # training steps of every fit of a --quick run
 N_PCS = 10  # components of each fold's PCA (datasets with genes)
 DEFAULT_METHOD = "otcfm"  # the default the target is judged on
 TORCHCFM = "torchcfm_otcfm"

@@ -32,9 +32,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 
 from cellflow import benchmark  # noqa: E402
-from leave_one_out import QUICK_DATASET, QUICK_STEPS  # noqa: E402
 from multimarginal import load_time_course  # noqa: E402
-from sections import RESULTS, code_version, report_file, write_section  # noqa: E402
+from sections import QUICK_DATASET, QUICK_STEPS, RESULTS, code_version, report_file, write_section  # noqa: E402
 
 SMALL_BLOCK = 256
 VARIANTS = {

@@ -9,6 +9,8 @@ from pathlib import Path
 BENCHMARKS = Path(__file__).resolve().parents[1] / "BENCHMARKS.md"
 RESULTS = BENCHMARKS.parent / "benchmarks" / "results"  # git-ignored: rows, figures and quick reports
 QUICK_REPORT = "BENCHMARKS_quick.md"  # the report of a --quick run, in its results folder
+QUICK_DATASET = "simulate"  # a small cellflow.datasets.simulate course (leave_one_out.load_course): --quick runs
+QUICK_STEPS = 40  # training steps of every fit of a --quick run
 
 
 def markers(name: str) -> tuple[str, str]:

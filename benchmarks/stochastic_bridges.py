@@ -38,8 +38,8 @@ import cellflow.model  # noqa: E402
 from cellflow import benchmark  # noqa: E402
 from cellflow.networks import TimeMLP  # noqa: E402
 from cellflow.training import train  # noqa: E402
-from leave_one_out import QUICK_DATASET, QUICK_STEPS, load_course  # noqa: E402
-from sections import RESULTS, code_version, report_file, write_section  # noqa: E402
+from leave_one_out import load_course  # noqa: E402
+from sections import QUICK_DATASET, QUICK_STEPS, RESULTS, code_version, report_file, write_section  # noqa: E402
 
 NOISE_SEEDS = (0, 1, 2)  # draws of the SDE per fit
 TIMED_STEPS = 200  # training steps timed with and without the score network

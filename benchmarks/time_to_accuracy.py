@@ -46,8 +46,8 @@ import cellflow  # noqa: E402
 import cellflow.benchmark as cf_benchmark  # noqa: E402
 import cellflow.model  # noqa: E402
 from cellflow._utils import compute_threads  # noqa: E402
-from leave_one_out import QUICK_DATASET, QUICK_STEPS, TorchCFMRunner, load_course  # noqa: E402
-from sections import RESULTS, code_version, report_file, write_section  # noqa: E402
+from leave_one_out import TorchCFMRunner, load_course  # noqa: E402
+from sections import QUICK_DATASET, QUICK_STEPS, RESULTS, code_version, report_file, write_section  # noqa: E402
 
 SECTION = "time_to_accuracy"
 TOLERANCE = 0.01  # cellflow must come within 1% of TorchCFM's final W1

@@ -43,9 +43,8 @@ sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]  # this checkout's cellflow
 
 import cellflow as cf  # noqa: E402
 from cellflow.benchmark import leave_one_out, mass_error, score  # noqa: E402
-from leave_one_out import QUICK_DATASET, QUICK_STEPS  # noqa: E402
 from multimarginal import load_time_course  # noqa: E402
-from sections import RESULTS, code_version, report_file, write_section  # noqa: E402
+from sections import QUICK_DATASET, QUICK_STEPS, RESULTS, code_version, report_file, write_section  # noqa: E402
 
 os.environ.setdefault("CELLFLOW_DATA_DIR", str(ROOT.parent / "shared" / "data"))
 METHODS = ("wfr", "otcfm")
