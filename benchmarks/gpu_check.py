@@ -30,9 +30,9 @@ is about 1/1000 of the typical cost of this 50-d data of rank 2, where Sinkhorn 
 the log domain and does not converge in its 5000 iterations (minutes per block); ``wfr`` takes
 on the large course the ``delta`` it cross-validated on the small one.
 
-``--quick`` (seconds, for tests; with ``--device cpu`` it needs no GPU) runs every part on a small
-course of 30 cells and a large one of 100 cells per time point, ``n_steps="auto"`` stopping at 40
-steps; its ``--write`` goes to ``BENCHMARKS_quick.md`` in ``benchmarks/results/`` unless ``--out``
+``--quick`` (seconds, for tests; with ``--device cpu`` it needs no GPU) runs every part for
+``otcfm`` and ``wfr`` (a method with growth) unless ``--methods`` says otherwise, on a small course of
+30 cells and a large one of 100 cells per time point, ``n_steps="auto"`` stopping at 40 steps; its ``--write`` goes to ``BENCHMARKS_quick.md`` in ``benchmarks/results/`` unless ``--out``
 says otherwise. With so few steps the same-seed W1 comparison may fail; the exit status then says
 so, as for any run.
 
@@ -70,6 +70,7 @@ N_GENES, TIMES, USE_REP = 50, (0.0, 1.0, 2.0, 3.0, 4.0), "X"
 SMALL_CELLS, HELD_OUT = 300, 2.0
 SCALE_CELLS, SCALE_BLOCK_SIZE = 40_000, 512
 QUICK_SMALL_CELLS, QUICK_SCALE_CELLS = 30, 100
+QUICK_METHODS = ("otcfm", "wfr")  # without and with growth
 FROM_TIME, TO_TIME = 0.0, 0.5
 STEP_LIMIT = 1000
 METHOD_SETTINGS = {"sbcfm": {"sigma": 0.5}}  # see the module's docstring
@@ -248,6 +249,8 @@ def parse_args(argv=None):
     p.add_argument("--write", action="store_true", help="write the gpu_check section of BENCHMARKS.md")
     p.add_argument("--cells-per-time", type=int, default=SCALE_CELLS, help="cells per time point of the large course")
     p.add_argument("--small-cells", type=int, default=SMALL_CELLS, help="cells at time 0 of the small course")
+    p.add_argument("--methods", nargs="+", choices=list(METHODS), default=None,
+                   help=f"methods checked (default every one; {' '.join(QUICK_METHODS)} with --quick)")
     p.add_argument("--step-limit", type=int, default=STEP_LIMIT, help="most steps n_steps='auto' takes")
     p.add_argument("--device", default="cuda", help=argparse.SUPPRESS)  # "cpu" runs the code paths without a GPU
     p.add_argument("--out", type=Path, default=None, help=argparse.SUPPRESS)  # another report file (tests)
@@ -259,6 +262,7 @@ def parse_args(argv=None):
         p.error("--write records a GPU run in BENCHMARKS.md; a --device cpu run writes only with --out or --quick")
     if args.quick:
         args.small_cells, args.cells_per_time, args.step_limit = QUICK_SMALL_CELLS, QUICK_SCALE_CELLS, QUICK_STEPS
+    args.methods = args.methods or list(QUICK_METHODS if args.quick else METHODS)
     args.out = report_file(args.out, args.quick)
     return args
 
@@ -283,16 +287,16 @@ def main(argv=None) -> int:
     log(f"{machine(device)}; {code}")
     cellflow.model.MAX_AUTO_STEPS = args.step_limit  # n_steps="auto" stops here at the latest
     warnings.filterwarnings("ignore", message=".*(did not converge|Numerical errors).*")  # POT, on wfr candidates
-    settings = {method: dict(METHOD_SETTINGS.get(method, {})) for method in METHODS}
+    settings = {method: dict(METHOD_SETTINGS.get(method, {})) for method in args.methods}
 
     small_data = cf.datasets.simulate(n_cells=args.small_cells, n_genes=N_GENES, times=TIMES, seed=0)
     course = cf.read_time_course(small_data, "time", USE_REP)
     log(f"small course: {small_data.n_obs} cells, counts {[len(x) for x in course.populations]}")
-    small = [check_small(method, course, device, settings[method], log) for method in METHODS]
+    small = [check_small(method, course, device, settings[method], log) for method in args.methods]
 
     large = cf.datasets.simulate(n_cells=args.cells_per_time, n_genes=N_GENES, times=TIMES, growth_scale=0.0, seed=0)
     log(f"large course: {large.n_obs:,} cells ({args.cells_per_time:,} per time point), {N_GENES}-d X")
-    scale = [run_scale(method, large, device, settings[method], log) for method in METHODS]
+    scale = [run_scale(method, large, device, settings[method], log) for method in args.methods]
 
     elapsed = time.perf_counter() - started
     failed = [r["method"] for r in small if not (r["equal"] and r["agree"])]

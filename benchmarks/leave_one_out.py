@@ -19,7 +19,8 @@ Runs are resumable and splittable: every (dataset, method, seed, held-out time) 
 CSV under ``benchmarks/results/leave_one_out/`` and is never recomputed; separate invocations
 (``--datasets``, ``--methods``, ``--seeds``) add to the same folder, and ``--write`` regenerates
 the ``leave_one_out`` section of ``BENCHMARKS.md`` from every cached row. ``--quick`` runs a small
-simulated course (``cellflow.datasets.simulate``) for a few steps, one seed (seconds, for tests), and
+simulated course (``cellflow.datasets.simulate``) for a few steps, one seed, ``otcfm``, ``wfr``, TorchCFM
+and the baselines unless ``--methods`` says otherwise (seconds, for tests), and
 its ``--write`` goes to ``BENCHMARKS_quick.md`` in the results folder unless ``--out`` says otherwise.
 Run ``python benchmarks/leave_one_out.py --help`` for the options.
 """
@@ -64,6 +65,7 @@ DATASETS = ("emt", "kouno_thp1", "mouse_hematopoiesis", "moscot_temporal")
 N_PCS = 10  # components of each fold's PCA (datasets with genes)
 DEFAULT_METHOD = "otcfm"  # the default the target is judged on
 TORCHCFM = "torchcfm_otcfm"
+QUICK_METHODS = (DEFAULT_METHOD, "wfr", TORCHCFM, "baselines")  # --quick: without and with growth, and the rivals
 BASELINE_PAIR = ("ot_map", "ot_draw")  # the one-point-per-cell baselines the default must beat
 _DEFAULTS = inspect.signature(cellflow.CellFlow).parameters
 EMA = _DEFAULTS["ema_decay"].default
@@ -473,7 +475,7 @@ def parse_args(argv=None):
     p.add_argument("--datasets", nargs="+", choices=[*DATASETS, QUICK_DATASET], default=list(DATASETS))
     p.add_argument("--methods", nargs="+", default=None,
                    help=f"methods to run: rows of cellflow.methods.METHODS ({', '.join(METHODS)}), {TORCHCFM}, "
-                        f"baselines (the exact-OT rows); default all of them")
+                        f"baselines (the exact-OT rows); default all of them ({' '.join(QUICK_METHODS)} with --quick)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--steps", default="auto", help="training steps of cellflow's fits ('auto': its default)")
     p.add_argument("--torchcfm-ema", type=float, default=EMA, help="EMA decay of the TorchCFM runner (0: none)")
@@ -484,7 +486,8 @@ def parse_args(argv=None):
                    help="regenerate the leave_one_out section of --out from every cached row")
     p.add_argument("--no-run", action="store_true", help="fit nothing: with --write, only rewrite the section")
     p.add_argument("--quick", action="store_true",
-                   help=f"a small simulated course ({QUICK_DATASET}), {QUICK_STEPS} steps, seed 0: seconds (for tests)")
+                   help=f"a small simulated course ({QUICK_DATASET}), {QUICK_STEPS} steps, seed 0, methods "
+                        f"{' '.join(QUICK_METHODS)} unless given: seconds (for tests)")
     p.add_argument("--out", type=Path, default=None,
                    help="report file whose section --write rewrites (default BENCHMARKS.md; with --quick "
                         "BENCHMARKS_quick.md in --results)")
@@ -493,7 +496,7 @@ def parse_args(argv=None):
         args.datasets, args.steps, args.seeds = [QUICK_DATASET], QUICK_STEPS, [0]
     args.out = report_file(args.out, args.quick, args.results)
     known = [*METHODS, TORCHCFM, "baselines"]
-    args.methods = args.methods or known
+    args.methods = args.methods or list(QUICK_METHODS if args.quick else known)
     unknown = [m for m in args.methods if m not in known]
     if unknown:
         p.error(f"--methods {unknown[0]!r} is not one of {', '.join(known)}")
