@@ -19,9 +19,9 @@ Runs are resumable and splittable: every (dataset, method, seed, held-out time) 
 CSV under ``benchmarks/results/leave_one_out/`` and is never recomputed; separate invocations
 (``--datasets``, ``--methods``, ``--seeds``) add to the same folder, and ``--write`` regenerates
 the ``leave_one_out`` section of ``BENCHMARKS.md`` from every cached row. ``--quick`` runs a small
-simulated course (``cellflow.datasets.simulate``) for a few steps, one seed, ``otcfm``, ``wfr``, TorchCFM
-and the baselines unless ``--methods`` says otherwise (seconds, for tests), and
-its ``--write`` goes to ``BENCHMARKS_quick.md`` in the results folder unless ``--out`` says otherwise.
+simulated course (``cellflow.datasets.simulate``) for a few steps, one seed, ``otcfm``, ``wfr``,
+TorchCFM and the baselines unless ``--methods`` says otherwise (seconds, for tests); its ``--write``
+goes to ``BENCHMARKS_quick.md`` in the results folder unless ``--out`` says otherwise.
 Run ``python benchmarks/leave_one_out.py --help`` for the options.
 """
 
