@@ -30,6 +30,12 @@ is about 1/1000 of the typical cost of this 50-d data of rank 2, where Sinkhorn 
 the log domain and does not converge in its 5000 iterations (minutes per block); ``wfr`` takes
 on the large course the ``delta`` it cross-validated on the small one.
 
+``--quick`` (seconds, for tests; with ``--device cpu`` it needs no GPU) runs every part for
+``otcfm`` and ``wfr`` (a method with growth) unless ``--methods`` says otherwise, on a small course of
+30 cells and a large one of 100 cells per time point, ``n_steps="auto"`` stopping at 40 steps; its ``--write`` goes to ``BENCHMARKS_quick.md`` in ``benchmarks/results/`` unless ``--out``
+says otherwise. With so few steps the same-seed W1 comparison may fail; the exit status then says
+so, as for any run.
+
 Exits with an error when there is no CUDA device, and with status 1 when a check fails.
 """
 
@@ -57,11 +63,14 @@ import cellflow as cf  # noqa: E402
 import cellflow.model  # noqa: E402
 from cellflow.benchmark import score  # noqa: E402
 from cellflow.methods import METHODS  # noqa: E402
+from sections import QUICK_STEPS, code_version, report_file, write_section  # noqa: E402  (benchmarks/sections.py)
 
 SECTION = "gpu_check"  # <!-- gpu_check:start --> ... <!-- gpu_check:end --> in BENCHMARKS.md
 N_GENES, TIMES, USE_REP = 50, (0.0, 1.0, 2.0, 3.0, 4.0), "X"
 SMALL_CELLS, HELD_OUT = 300, 2.0
 SCALE_CELLS, SCALE_BLOCK_SIZE = 40_000, 512
+QUICK_SMALL_CELLS, QUICK_SCALE_CELLS = 30, 100
+QUICK_METHODS = ("otcfm", "wfr")  # without and with growth
 FROM_TIME, TO_TIME = 0.0, 0.5
 STEP_LIMIT = 1000
 METHOD_SETTINGS = {"sbcfm": {"sigma": 0.5}}  # see the module's docstring
@@ -181,7 +190,7 @@ def machine(device: torch.device) -> str:
             f"Python {platform.python_version()}, torch {torch.__version__}, cellflow {cf.__version__}")
 
 
-def report(*, command, code, device, load, elapsed, small, scale, n_cells, step_limit) -> str:
+def report(*, command, code, device, load, elapsed, small, scale, n_cells, step_limit, n_small=SMALL_CELLS) -> str:
     """The markdown section."""
     def gb(value):
         return "-" if value is None else f"{value:.2f}"
@@ -211,7 +220,7 @@ def report(*, command, code, device, load, elapsed, small, scale, n_cells, step_
         "Write-back is `tl.fit` less `fit_seconds` (reading the course, the velocity of every cell, the keys); "
         f"interpolation pushes the {n_cells:,} cells of time 0 to 0.5 (dopri5).",
         "",
-        f"### CPU against GPU on a small course ({SMALL_CELLS} cells at time 0, time {HELD_OUT:g} held out)",
+        f"### CPU against GPU on a small course ({n_small} cells at time 0, time {HELD_OUT:g} held out)",
         "",
         f"*Same weights*: the CPU fit restored on the GPU (`CellFlow.from_dict(model.to_dict(), device=\"cuda\")`); "
         f"velocity (and growth) at every training cell and `push` from the first to the last time point "
@@ -239,12 +248,22 @@ def parse_args(argv=None):
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--write", action="store_true", help="write the gpu_check section of BENCHMARKS.md")
     p.add_argument("--cells-per-time", type=int, default=SCALE_CELLS, help="cells per time point of the large course")
+    p.add_argument("--small-cells", type=int, default=SMALL_CELLS, help="cells at time 0 of the small course")
+    p.add_argument("--methods", nargs="+", choices=list(METHODS), default=None,
+                   help=f"methods checked (default every one; {' '.join(QUICK_METHODS)} with --quick)")
     p.add_argument("--step-limit", type=int, default=STEP_LIMIT, help="most steps n_steps='auto' takes")
     p.add_argument("--device", default="cuda", help=argparse.SUPPRESS)  # "cpu" runs the code paths without a GPU
     p.add_argument("--out", type=Path, default=None, help=argparse.SUPPRESS)  # another report file (tests)
+    p.add_argument("--quick", action="store_true",
+                   help=f"{QUICK_SMALL_CELLS} and {QUICK_SCALE_CELLS} cells per time point, at most {QUICK_STEPS} "
+                        "steps; --write to benchmarks/results/BENCHMARKS_quick.md: seconds (for tests)")
     args = p.parse_args(argv)
-    if args.write and args.device != "cuda" and args.out is None:
-        p.error("--write records a GPU run in BENCHMARKS.md; a --device cpu run writes only with --out")
+    if args.write and args.device != "cuda" and args.out is None and not args.quick:
+        p.error("--write records a GPU run in BENCHMARKS.md; a --device cpu run writes only with --out or --quick")
+    if args.quick:
+        args.small_cells, args.cells_per_time, args.step_limit = QUICK_SMALL_CELLS, QUICK_SCALE_CELLS, QUICK_STEPS
+    args.methods = args.methods or list(QUICK_METHODS if args.quick else METHODS)
+    args.out = report_file(args.out, args.quick)
     return args
 
 
@@ -257,8 +276,6 @@ def main(argv=None) -> int:
               "CUDA build of torch (pip install torch --index-url https://download.pytorch.org/whl/cu124, "
               "then pip install -e .).", file=sys.stderr)
         return 2
-    from sections import code_version, write_section  # benchmarks/sections.py, shared by the benchmark scripts
-
     command = "python benchmarks/gpu_check.py" + "".join(" " + shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
     code = code_version()
     started = time.perf_counter()
@@ -270,16 +287,16 @@ def main(argv=None) -> int:
     log(f"{machine(device)}; {code}")
     cellflow.model.MAX_AUTO_STEPS = args.step_limit  # n_steps="auto" stops here at the latest
     warnings.filterwarnings("ignore", message=".*(did not converge|Numerical errors).*")  # POT, on wfr candidates
-    settings = {method: dict(METHOD_SETTINGS.get(method, {})) for method in METHODS}
+    settings = {method: dict(METHOD_SETTINGS.get(method, {})) for method in args.methods}
 
-    small_data = cf.datasets.simulate(n_cells=SMALL_CELLS, n_genes=N_GENES, times=TIMES, seed=0)
+    small_data = cf.datasets.simulate(n_cells=args.small_cells, n_genes=N_GENES, times=TIMES, seed=0)
     course = cf.read_time_course(small_data, "time", USE_REP)
     log(f"small course: {small_data.n_obs} cells, counts {[len(x) for x in course.populations]}")
-    small = [check_small(method, course, device, settings[method], log) for method in METHODS]
+    small = [check_small(method, course, device, settings[method], log) for method in args.methods]
 
     large = cf.datasets.simulate(n_cells=args.cells_per_time, n_genes=N_GENES, times=TIMES, growth_scale=0.0, seed=0)
     log(f"large course: {large.n_obs:,} cells ({args.cells_per_time:,} per time point), {N_GENES}-d X")
-    scale = [run_scale(method, large, device, settings[method], log) for method in METHODS]
+    scale = [run_scale(method, large, device, settings[method], log) for method in args.methods]
 
     elapsed = time.perf_counter() - started
     failed = [r["method"] for r in small if not (r["equal"] and r["agree"])]
@@ -288,12 +305,9 @@ def main(argv=None) -> int:
     if args.write:
         text = report(command=command, code=code, device=device, load=", ".join(f"{v:.2f}" for v in os.getloadavg()),
                       elapsed=elapsed, small=small, scale=scale, n_cells=args.cells_per_time,
-                      step_limit=args.step_limit)
-        if args.out is None:
-            write_section(SECTION, text)
-        else:
-            write_section(SECTION, text, args.out)
-        log(f"wrote the {SECTION} section of {args.out or 'BENCHMARKS.md'}")
+                      step_limit=args.step_limit, n_small=args.small_cells)
+        write_section(SECTION, text, args.out)
+        log(f"wrote the {SECTION} section of {args.out}")
     return 1 if failed else 0
 
 

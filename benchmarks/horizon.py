@@ -53,13 +53,12 @@ import torch  # noqa: E402
 
 import cellflow  # noqa: E402
 from leave_one_out import EMA, TORCHCFM, load_course, machine_lines, torchcfm_fitter  # noqa: E402
-from sections import code_version, write_section  # noqa: E402
+from sections import QUICK_DATASET, QUICK_STEPS, code_version, report_file, write_section  # noqa: E402
 from cellflow.benchmark import fold_pca  # noqa: E402
 from cellflow.horizon import horizon, interval_gain  # noqa: E402
 from cellflow.readers import TimeCourse, read_time_course  # noqa: E402
 
 DATASETS = ("kouno_thp1", "emt", "mouse_hematopoiesis", "simulation_gene", "moscot_temporal")
-QUICK_DATASET = "simulate"  # cellflow.datasets.simulate, small: the --quick run
 METHODS = ("otcfm", "mmfm", "wfr", TORCHCFM)
 DEFAULT_METHOD = "otcfm"  # TorchCFM trains for as many steps as this method took
 PROTOCOLS = ("in_sample", "held_out")
@@ -68,7 +67,7 @@ ROLLOUT_SUPPORTED = "rollout" in inspect.signature(cellflow.CellFlow).parameters
 RATIO_TARGET = 1.3  # W1 from the first time point at most this times the one-interval W1 (issue 21)
 NORM_TARGET = 1.25  # no pushed cell beyond this times the largest norm in the data (issue 21)
 MAX_CELLS = 2000  # cells per time point pushed and scored
-QUICK_STEPS, QUICK_MAX_CELLS = 40, 200
+QUICK_MAX_CELLS = 200
 RESULTS = ROOT / "benchmarks" / "results" / "horizon"
 SECTION = "horizon"  # <!-- horizon:start --> ... <!-- horizon:end --> in BENCHMARKS.md
 KEY = ["dataset", "protocol", "method", "rollout", "seed"]
@@ -87,10 +86,6 @@ def label(method: str) -> str:
 
 def load(name: str) -> tuple[TimeCourse, int | None, str]:
     """The time course of ``name``, the PCA size to fit per protocol (``None``: used as it is) and a note."""
-    if name == QUICK_DATASET:
-        adata = cellflow.datasets.simulate(n_cells=80, times=(0.0, 1.0, 2.0, 3.0), n_genes=5, seed=0)
-        note = "cellflow.datasets.simulate, 80 cells at time 0, its 2-d latent states"
-        return read_time_course(adata, "time", "X_pca"), None, note
     if name == "simulation_gene":
         return (read_time_course(cellflow.datasets.simulation_gene(), "time", "X_pca"), None,
                 "the two simulated gene coordinates of the DeepRUOT file, used as they are")
@@ -331,11 +326,13 @@ def parse_args(argv=None):
     p.add_argument("--results", type=Path, default=RESULTS, help="folder of the cached rows")
     p.add_argument("--write", action="store_true", help="regenerate the horizon section of --out from every cached row")
     p.add_argument("--no-run", action="store_true", help="fit nothing: with --write, only rewrite the section")
-    p.add_argument("--out", type=Path, default=ROOT / "BENCHMARKS.md",
-                   help="report file whose section --write rewrites")
+    p.add_argument("--out", type=Path, default=None,
+                   help="report file whose section --write rewrites (default BENCHMARKS.md; with --quick "
+                        "BENCHMARKS_quick.md in --results)")
     args = p.parse_args(argv)
     if args.quick:
         args.datasets, args.steps, args.max_cells = [QUICK_DATASET], QUICK_STEPS, QUICK_MAX_CELLS
+    args.out = report_file(args.out, args.quick, args.results)
     if args.rollout != "off" and not ROLLOUT_SUPPORTED:
         p.error(f"--rollout {args.rollout}: this cellflow's CellFlow has no rollout argument; use --rollout off")
     if args.steps != "auto":

@@ -18,8 +18,11 @@ fits its own PCA on its training time points only.
 Runs are resumable and splittable: every (dataset, method, seed, held-out time) is one row of a
 CSV under ``benchmarks/results/leave_one_out/`` and is never recomputed; separate invocations
 (``--datasets``, ``--methods``, ``--seeds``) add to the same folder, and ``--write`` regenerates
-the ``leave_one_out`` section of ``BENCHMARKS.md`` from every cached row. Run
-``python benchmarks/leave_one_out.py --help`` for the options.
+the ``leave_one_out`` section of ``BENCHMARKS.md`` from every cached row. ``--quick`` runs a small
+simulated course (``cellflow.datasets.simulate``) for a few steps, one seed, ``otcfm``, ``wfr``,
+TorchCFM and the baselines unless ``--methods`` says otherwise (seconds, for tests); its ``--write``
+goes to ``BENCHMARKS_quick.md`` in the results folder unless ``--out`` says otherwise.
+Run ``python benchmarks/leave_one_out.py --help`` for the options.
 """
 
 from __future__ import annotations
@@ -47,7 +50,8 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
 import cellflow  # noqa: E402
-from sections import code_version, write_section  # noqa: E402  (benchmarks/sections.py, shared by the benchmark scripts)
+# benchmarks/sections.py, shared by the benchmark scripts
+from sections import QUICK_DATASET, QUICK_STEPS, code_version, report_file, write_section  # noqa: E402
 from cellflow.benchmark import BASELINES, MMD_BANDWIDTHS, leave_one_out  # noqa: E402
 from cellflow.clock import Clock  # noqa: E402
 from cellflow.integration import integrate  # noqa: E402
@@ -61,6 +65,7 @@ DATASETS = ("emt", "kouno_thp1", "mouse_hematopoiesis", "moscot_temporal")
 N_PCS = 10  # components of each fold's PCA (datasets with genes)
 DEFAULT_METHOD = "otcfm"  # the default the target is judged on
 TORCHCFM = "torchcfm_otcfm"
+QUICK_METHODS = (DEFAULT_METHOD, "wfr", TORCHCFM, "baselines")  # --quick: without and with growth, and the rivals
 BASELINE_PAIR = ("ot_map", "ot_draw")  # the one-point-per-cell baselines the default must beat
 _DEFAULTS = inspect.signature(cellflow.CellFlow).parameters
 EMA = _DEFAULTS["ema_decay"].default
@@ -86,6 +91,10 @@ def label(method: str) -> str:
 
 def load_course(name: str) -> tuple[TimeCourse, int | None, str]:
     """The time course of ``name``, the PCA size of its folds (``None``: fixed embedding) and a note."""
+    if name == QUICK_DATASET:
+        adata = cellflow.datasets.simulate(n_cells=80, times=(0.0, 1.0, 2.0, 3.0), n_genes=5, seed=0)
+        note = "cellflow.datasets.simulate, 80 cells at time 0, its 2-d latent states"
+        return read_time_course(adata, "time", "X_pca"), None, note
     if name in ("emt", "mouse_hematopoiesis"):
         adata = getattr(cellflow.datasets, name)()
         note = (f"the published {adata.obsm['X_pca'].shape[1]}-d embedding of the DeepRUOT file, used as it is: "
@@ -307,10 +316,10 @@ def judge(summary: pd.DataFrame, dataset: str, method: str = DEFAULT_METHOD) -> 
                                  f"{ours.w1_mean:.4f}; " + "; ".join(parts) + ").")
 
 
-def method_row(summary: pd.DataFrame, method: str) -> str:
-    """One row of the per-method target table: the verdict of :func:`judge` on every dataset."""
+def method_row(summary: pd.DataFrame, method: str, datasets=DATASETS) -> str:
+    """One row of the per-method target table: the verdict of :func:`judge` on every one of ``datasets``."""
     marks = []
-    for dataset in DATASETS:
+    for dataset in datasets:
         met = judge(summary, dataset, method)[0] if dataset in summary.index.get_level_values(0) else None
         marks.append("-" if met is None else ("yes" if met else "no"))
     return f"| {method} | " + " | ".join(marks) + f" | {marks.count('yes')} |"
@@ -338,7 +347,8 @@ def machine_lines(device: str) -> list[str]:
     ]
 
 
-def write_report(path: Path, folder: Path, rows: pd.DataFrame, steps: str) -> str:
+def write_report(path: Path, folder: Path, rows: pd.DataFrame, steps: str, datasets=DATASETS) -> str:
+    """Rewrite the section of ``path`` from the cached ``rows`` of ``folder``, one part per dataset of ``datasets``."""
     summary = summarise(rows)
     log = (folder / "runs.log").read_text().strip().splitlines() if (folder / "runs.log").exists() else []
     methods = [m for m in [DEFAULT_METHOD, *BASELINE_PAIR, TORCHCFM, *METHODS, "ot_interpolation"]
@@ -373,7 +383,7 @@ def write_report(path: Path, folder: Path, rows: pd.DataFrame, steps: str) -> st
         "",
         "Representations:",
         "",
-        *[f"- {name}: {load_note(name)}" for name in DATASETS],
+        *[f"- {name}: {load_note(name)}" for name in datasets],
         "",
         "### Runs",
         "",
@@ -387,7 +397,7 @@ def write_report(path: Path, folder: Path, rows: pd.DataFrame, steps: str) -> st
         "",
     ]
     verdicts = []
-    for dataset in DATASETS:
+    for dataset in datasets:
         if dataset not in summary.index.get_level_values(0):
             out += [f"### {dataset}", "", "Not run yet.", ""]
             verdicts.append((dataset, None))
@@ -416,7 +426,7 @@ def write_report(path: Path, folder: Path, rows: pd.DataFrame, steps: str) -> st
         verdicts.append((dataset, met))
         out += ["", sentence, ""]
     missing = []
-    for d in DATASETS:
+    for d in datasets:
         expected = 3 * (len(load_course_times(d)) - 2)
         counts = {m: int(summary.loc[(d, m)].runs) if (d, m) in summary.index else 0
                   for m in [*METHODS, TORCHCFM, *BASELINES]}
@@ -426,13 +436,13 @@ def write_report(path: Path, folder: Path, rows: pd.DataFrame, steps: str) -> st
     met = [d for d, v in verdicts if v]
     out += ["### Target", "",
             f"cellflow `{DEFAULT_METHOD}` beats both one-point baselines and TorchCFM by more than the seed spread "
-            f"on {len(met)} of {len(DATASETS)} datasets ({', '.join(met) or 'none'}); the target asks for 3. "
+            f"on {len(met)} of {len(datasets)} datasets ({', '.join(met) or 'none'}); the target asks for 3. "
             + ("Met." if len(met) >= 3 else "Not met (yet)."), "",
             "Every cellflow method judged the same way (yes: beats both one-point baselines and TorchCFM by more "
             "than the seed spread on mean W1; no: does not; -: not run on every seed and held-out time):", "",
-            "| method | " + " | ".join(DATASETS) + " | datasets met |",
-            "|---|" + "---|" * len(DATASETS) + "---:|",
-            *[method_row(summary, m) for m in METHODS],
+            "| method | " + " | ".join(datasets) + " | datasets met |",
+            "|---|" + "---|" * len(datasets) + "---:|",
+            *[method_row(summary, m, datasets) for m in METHODS],
             "",
             "Runs missing (method runs cached / 3 seeds x inner times):", "",
             *([f"- {line}" for line in missing] or ["- none"]), ""]
@@ -462,10 +472,10 @@ def load_course_times(name: str) -> np.ndarray:
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--datasets", nargs="+", choices=DATASETS, default=list(DATASETS))
+    p.add_argument("--datasets", nargs="+", choices=[*DATASETS, QUICK_DATASET], default=list(DATASETS))
     p.add_argument("--methods", nargs="+", default=None,
                    help=f"methods to run: rows of cellflow.methods.METHODS ({', '.join(METHODS)}), {TORCHCFM}, "
-                        f"baselines (the exact-OT rows); default all of them")
+                        f"baselines (the exact-OT rows); default all of them ({' '.join(QUICK_METHODS)} with --quick)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--steps", default="auto", help="training steps of cellflow's fits ('auto': its default)")
     p.add_argument("--torchcfm-ema", type=float, default=EMA, help="EMA decay of the TorchCFM runner (0: none)")
@@ -475,10 +485,18 @@ def parse_args(argv=None):
     p.add_argument("--write", action="store_true",
                    help="regenerate the leave_one_out section of --out from every cached row")
     p.add_argument("--no-run", action="store_true", help="fit nothing: with --write, only rewrite the section")
-    p.add_argument("--out", type=Path, default=ROOT / "BENCHMARKS.md", help="report file whose section --write rewrites")
+    p.add_argument("--quick", action="store_true",
+                   help=f"a small simulated course ({QUICK_DATASET}), {QUICK_STEPS} steps, seed 0, methods "
+                        f"{' '.join(QUICK_METHODS)} unless given: seconds (for tests)")
+    p.add_argument("--out", type=Path, default=None,
+                   help="report file whose section --write rewrites (default BENCHMARKS.md; with --quick "
+                        "BENCHMARKS_quick.md in --results)")
     args = p.parse_args(argv)
+    if args.quick:
+        args.datasets, args.steps, args.seeds = [QUICK_DATASET], QUICK_STEPS, [0]
+    args.out = report_file(args.out, args.quick, args.results)
     known = [*METHODS, TORCHCFM, "baselines"]
-    args.methods = args.methods or known
+    args.methods = args.methods or list(QUICK_METHODS if args.quick else known)
     unknown = [m for m in args.methods if m not in known]
     if unknown:
         p.error(f"--methods {unknown[0]!r} is not one of {', '.join(known)}")
@@ -541,7 +559,7 @@ def main(argv=None) -> int:
         )
     if args.write:
         rows = read_cache(folder)
-        text = write_report(args.out, folder, rows, str(args.steps))
+        text = write_report(args.out, folder, rows, str(args.steps), args.datasets if args.quick else DATASETS)
         print("\n" + text)
         print(f"wrote the {SECTION} section of {args.out} from {len(rows)} cached rows")
     return 0

@@ -7,8 +7,11 @@ path, pairwise `otcfm`, and the exact-OT interpolation baseline, all in the same
 OT-CFM is in `benchmarks/leave_one_out.py`'s run on the same data and protocol.
 
 Run: ``python benchmarks/multimarginal.py [--steps 1000] [--seeds 0 1 2] [--datasets ...] [--threads 1]``;
-writes its section of BENCHMARKS.md. Every fit uses one torch thread by default, so that the run is
-not at the mercy of other jobs.
+writes its section of BENCHMARKS.md (or ``--out``) and the rows to ``multimarginal_<dataset>.csv`` in
+``--results`` (default ``benchmarks/results/``). Every fit uses one torch thread by default, so that
+the run is not at the mercy of other jobs. ``--quick`` runs the small simulated course of
+``leave_one_out.py`` for a few steps, seed 0 (seconds, for tests), and writes its section to
+``BENCHMARKS_quick.md`` in ``--results`` unless ``--out`` says otherwise.
 """
 
 from __future__ import annotations
@@ -20,7 +23,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import scanpy as sc
 import torch
@@ -30,7 +32,8 @@ sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]  # this checkout's cellflow
 
 import cellflow as cf  # noqa: E402
 from cellflow import benchmark  # noqa: E402
-from sections import code_version, write_section  # noqa: E402
+from leave_one_out import load_course  # noqa: E402
+from sections import QUICK_DATASET, QUICK_STEPS, RESULTS, code_version, report_file, write_section  # noqa: E402
 
 os.environ.setdefault("CELLFLOW_DATA_DIR", str(ROOT.parent / "shared" / "data"))
 VARIANTS = {
@@ -51,9 +54,16 @@ def load(name: str):
     return adata
 
 
+def load_time_course(name: str):
+    """The time course of ``name`` in ``obsm["X_pca"]``, or the simulated course of ``leave_one_out.py``."""
+    if name == QUICK_DATASET:
+        return load_course(name)[0]
+    return cf.read_time_course(load(name), "time", "X_pca")
+
+
 def run(name: str, steps: int, seeds) -> pd.DataFrame:
     """Leave-one-out rows for every variant and the baseline."""
-    course = cf.read_time_course(load(name), "time", "X_pca")
+    course = load_time_course(name)
     tables = []
     for label, variant in VARIANTS.items():
         options = dict(variant)
@@ -110,19 +120,25 @@ def main() -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--datasets", nargs="+", default=["kouno_thp1", "emt", "mouse_hematopoiesis", "moscot_temporal"])
     parser.add_argument("--threads", type=int, default=1, help="torch threads of every fit")
-    parser.add_argument("--out", type=Path, default=None, help="report whose section is written (default BENCHMARKS.md)")
+    parser.add_argument("--results", type=Path, default=RESULTS, help="folder of the rows (multimarginal_<dataset>.csv)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="report whose section is written (default BENCHMARKS.md; with --quick "
+                             "BENCHMARKS_quick.md in --results)")
+    parser.add_argument("--quick", action="store_true",
+                        help=f"the simulated course {QUICK_DATASET}, {QUICK_STEPS} steps, seed 0: seconds (for tests)")
     args = parser.parse_args()
+    if args.quick:
+        args.datasets, args.steps, args.seeds = [QUICK_DATASET], QUICK_STEPS, [0]
     torch.set_num_threads(args.threads)
     code = code_version()  # cellflow is imported once: the code that runs is the code at the start
     clock = time.perf_counter()
     results = {}
-    out = ROOT / "benchmarks" / "results"
-    out.mkdir(parents=True, exist_ok=True)
+    args.results.mkdir(parents=True, exist_ok=True)
     for name in args.datasets:
         results[name] = run(name, args.steps, args.seeds)
-        results[name].to_csv(out / f"multimarginal_{name}.csv", index=False)
+        results[name].to_csv(args.results / f"multimarginal_{name}.csv", index=False)
     text = section(results, args.steps, args.seeds, (time.perf_counter() - clock) / 60, args.threads, code)
-    write_section("multimarginal", text, *([args.out] if args.out else []))
+    write_section("multimarginal", text, report_file(args.out, args.quick, args.results))
     print(text)
     return 0
 

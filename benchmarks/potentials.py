@@ -9,7 +9,11 @@ potential couplings solve one subsample of 256 per side and place every other ce
 c-transform (the large-population rule of each). 3 seeds, every inner time point held out.
 
 Run: ``python benchmarks/potentials.py [--steps 1000] [--seeds 0 1 2] [--datasets emt] [--threads 1]``;
-writes its section of BENCHMARKS.md and ``benchmarks/results/potentials_<dataset>.csv``.
+writes its section of BENCHMARKS.md (or ``--out``) and ``potentials_<dataset>.csv`` in ``--results``
+(default ``benchmarks/results/``). ``--quick`` runs the small simulated course of ``leave_one_out.py``
+for a few steps, seed 0 (seconds, for tests; its populations are below ``block_size``, so the block
+rows repeat the others), and writes its section to ``BENCHMARKS_quick.md`` in ``--results`` unless
+``--out`` says otherwise.
 """
 
 from __future__ import annotations
@@ -27,10 +31,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 
-import cellflow as cf  # noqa: E402
 from cellflow import benchmark  # noqa: E402
-from multimarginal import load  # noqa: E402
-from sections import code_version, write_section  # noqa: E402
+from multimarginal import load_time_course  # noqa: E402
+from sections import QUICK_DATASET, QUICK_STEPS, RESULTS, code_version, report_file, write_section  # noqa: E402
 
 SMALL_BLOCK = 256
 VARIANTS = {
@@ -46,7 +49,7 @@ REFERENCE = "mmfm (exact plans, chained)"
 
 def run(name: str, steps: int, seeds) -> pd.DataFrame:
     """Leave-one-out rows for every variant and the exact-OT interpolation."""
-    course = cf.read_time_course(load(name), "time", "X_pca")
+    course = load_time_course(name)
     tables = []
     for label, variant in VARIANTS.items():
         options = dict(variant)
@@ -98,20 +101,27 @@ def main() -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--datasets", nargs="+", default=["emt"])
     parser.add_argument("--threads", type=int, default=1, help="torch threads of every fit")
+    parser.add_argument("--results", type=Path, default=RESULTS, help="folder of the rows (potentials_<dataset>.csv)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="report whose section is written (default BENCHMARKS.md; with --quick "
+                             "BENCHMARKS_quick.md in --results)")
+    parser.add_argument("--quick", action="store_true",
+                        help=f"the simulated course {QUICK_DATASET}, {QUICK_STEPS} steps, seed 0: seconds (for tests)")
     args = parser.parse_args()
+    if args.quick:
+        args.datasets, args.steps, args.seeds = [QUICK_DATASET], QUICK_STEPS, [0]
     torch.set_num_threads(args.threads)
     command = (f"python benchmarks/potentials.py --steps {args.steps} --seeds {' '.join(map(str, args.seeds))} "
                f"--datasets {' '.join(args.datasets)} --threads {args.threads}")
     code = code_version()
     clock = time.perf_counter()
-    out = ROOT / "benchmarks" / "results"
-    out.mkdir(parents=True, exist_ok=True)
+    args.results.mkdir(parents=True, exist_ok=True)
     results = {}
     for name in args.datasets:
         results[name] = run(name, args.steps, args.seeds)
-        results[name].to_csv(out / f"potentials_{name}.csv", index=False)
+        results[name].to_csv(args.results / f"potentials_{name}.csv", index=False)
     text = section(results, command, (time.perf_counter() - clock) / 60, args.threads, code)
-    write_section("potentials", text)
+    write_section("potentials", text, report_file(args.out, args.quick, args.results))
     print(text)
     return 0
 

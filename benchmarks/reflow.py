@@ -9,7 +9,10 @@ and after two rounds of :meth:`cellflow.CellFlow.rectify`. Data: a simulated gro
 gradient field (``field="gradient"``) with the direct one on emt: held-out W1 and seconds per step.
 
 Run: ``python benchmarks/reflow.py [--steps 1000] [--seeds 0] [--methods icfm otcfm] [--threads 1]``;
-writes its section of BENCHMARKS.md and the rows to ``benchmarks/results/reflow*.csv``.
+writes its section of BENCHMARKS.md (or ``--out``) and the rows to ``reflow.csv`` and
+``reflow_fields.csv`` in ``--results`` (default ``benchmarks/results/``). ``--quick`` runs both tables
+on the small simulated course of ``leave_one_out.py`` alone, ``otcfm`` only, for a few steps (seconds,
+for tests), and writes its rows to ``reflow_quick.csv`` and ``reflow_fields_quick.csv`` and its section to ``BENCHMARKS_quick.md`` in ``--results`` unless ``--out`` says otherwise.
 """
 
 from __future__ import annotations
@@ -28,15 +31,18 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]  # this checkout's cellflow, and sections.py
 
 import cellflow as cf  # noqa: E402
-from sections import code_version, write_section  # noqa: E402
+from leave_one_out import load_course  # noqa: E402
+from sections import QUICK_DATASET, QUICK_STEPS, RESULTS, code_version, report_file, write_section  # noqa: E402
 
 os.environ.setdefault("CELLFLOW_DATA_DIR", str(ROOT.parent / "shared" / "data"))
 EULER_STEPS = (1, 2, 4)
 ROUNDS = (0, 1, 2)
 
 
-def courses() -> dict:
-    """The time courses benchmarked, by name."""
+def courses(quick: bool = False) -> dict:
+    """The time courses benchmarked, by name (``quick``: the simulated course of ``leave_one_out.py`` alone)."""
+    if quick:
+        return {QUICK_DATASET: load_course(QUICK_DATASET)[0]}
     simulated = cf.datasets.simulate(n_cells=500, times=(0.0, 1.0, 2.0, 3.0, 4.0), growth_scale=0.0, seed=0)
     return {name: cf.read_time_course(adata, "time", "X_pca")
             for name, adata in (("simulated", simulated), ("emt", cf.datasets.emt()))}
@@ -75,8 +81,8 @@ def reflow_rows(name, course, methods, seeds, steps) -> list[dict]:
     return rows
 
 
-def field_rows(course, seeds, steps) -> list[dict]:
-    """Direct against gradient field (otcfm) on every held-out time of ``course``."""
+def field_rows(name, course, seeds, steps) -> list[dict]:
+    """Direct against gradient field (otcfm) on every held-out time of ``course`` (called ``name``)."""
     rows = []
     for k in range(1, len(course.times) - 1):
         training = course.without(k)
@@ -88,7 +94,7 @@ def field_rows(course, seeds, steps) -> list[dict]:
                 rows.append(dict(field=field, held_out_time=course.times[k], seed=seed,
                                  ms_per_step=1000 * training_seconds / steps,
                                  w1=cf.metrics.w1(model.push(before, course.times[k - 1], course.times[k]), held)))
-                print("emt", field, f"t={course.times[k]:g}", rows[-1], flush=True)
+                print(name, field, f"t={course.times[k]:g}", rows[-1], flush=True)
     return rows
 
 
@@ -120,7 +126,7 @@ def section(reflow: pd.DataFrame, fields: pd.DataFrame, args, minutes: float, co
                      f"{r.w1_euler2:.3f} | {r.w1_euler4:.3f} | {r.w1_adaptive:.3f} | {r.seconds:.0f} |")
     lines += [
         "",
-        f"Gradient field against the direct one on emt (otcfm, {args.steps} steps, every held-out time, "
+        f"Gradient field against the direct one on {args.field_dataset} (otcfm, {args.steps} steps, every held-out time, "
         "W1 of the adaptive push; milliseconds per training step without the coupling):",
         "",
         "| field | W1 | ms per step |",
@@ -137,21 +143,29 @@ def main() -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--methods", nargs="+", default=["icfm", "otcfm"])
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
-    parser.add_argument("--out", type=Path, default=None, help="report whose section is written (default BENCHMARKS.md)")
+    parser.add_argument("--results", type=Path, default=RESULTS, help="folder of the rows (reflow*.csv)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="report whose section is written (default BENCHMARKS.md; with --quick "
+                             "BENCHMARKS_quick.md in --results)")
+    parser.add_argument("--quick", action="store_true",
+                        help=f"the simulated course {QUICK_DATASET} alone, otcfm, {QUICK_STEPS} steps: seconds (for tests)")
     args = parser.parse_args()
+    if args.quick:
+        args.steps, args.methods = QUICK_STEPS, ["otcfm"]
+    args.field_dataset = QUICK_DATASET if args.quick else "emt"
     torch.set_num_threads(args.threads)
     code = code_version()
     clock = time.perf_counter()
-    data = courses()
+    data = courses(args.quick)
     reflow = pd.DataFrame([row for name, course in data.items()
                            for row in reflow_rows(name, course, args.methods, args.seeds, args.steps)])
-    fields = pd.DataFrame(field_rows(data["emt"], args.seeds, args.steps))
-    out = ROOT / "benchmarks" / "results"
-    out.mkdir(parents=True, exist_ok=True)
-    reflow.to_csv(out / "reflow.csv", index=False)
-    fields.to_csv(out / "reflow_fields.csv", index=False)
+    fields = pd.DataFrame(field_rows(args.field_dataset, data[args.field_dataset], args.seeds, args.steps))
+    args.results.mkdir(parents=True, exist_ok=True)
+    suffix = "_quick" if args.quick else ""
+    reflow.to_csv(args.results / f"reflow{suffix}.csv", index=False)
+    fields.to_csv(args.results / f"reflow_fields{suffix}.csv", index=False)
     text = section(reflow, fields, args, (time.perf_counter() - clock) / 60, code)
-    write_section("reflow", text, *([args.out] if args.out else []))
+    write_section("reflow", text, report_file(args.out, args.quick, args.results))
     print(text)
     return 0
 

@@ -20,9 +20,12 @@ What it runs, for each size ``n`` (cells per time point; default 2,000, 20,000 a
   widths doing forward + backward + Adam on a random batch of the same size (``batch_size`` x
   intervals), with the threads cellflow chose for the fit.
 
-Writes the ``scale`` section of ``BENCHMARKS.md`` and ``docs/scale.png`` (``--quick``: sizes
-2,000 and 20,000, report and figure under ``benchmarks/results/``), and the raw rows as
-``benchmarks/results/scale[_quick].csv``. Run ``python benchmarks/scale.py --help`` for the options.
+Writes the ``scale`` section of ``BENCHMARKS.md`` and ``docs/scale.png``, and the raw rows as
+``scale.csv`` in ``--results`` (default ``benchmarks/results/``). ``--quick`` (seconds, for tests)
+measures one size of 300 cells per time point, its fit and the bare network for a few steps, and
+writes ``scale_quick.csv``, ``scale_quick.png`` and its section in ``BENCHMARKS_quick.md``, all in
+``--results`` (the section in ``--out`` when given). Run ``python benchmarks/scale.py --help`` for
+the options.
 """
 
 from __future__ import annotations
@@ -49,9 +52,12 @@ for _path in (ROOT, ROOT / "benchmarks"):  # cellflow from a checkout, and the s
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+# benchmarks/sections.py, shared by the benchmark scripts; QUICK_STEPS: the fit's and the bare network's in --quick
+from sections import QUICK_STEPS, RESULTS, code_version, report_file, write_section  # noqa: E402
+
 SECTION = "scale"  # <!-- scale:start --> ... <!-- scale:end --> in BENCHMARKS.md
 SIZES = (2_000, 20_000, 200_000)
-QUICK_SIZES = (2_000, 20_000)
+QUICK_SIZES = (300,)
 TIMES = (0.0, 1.0, 2.0, 3.0, 4.0)
 N_GENES = 50
 TIME_KEY, USE_REP = "time", "X"
@@ -131,8 +137,9 @@ def generate(n_cells: int, path: Path) -> dict:
                 generate_rss_gb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / GB)
 
 
-def bare_step_seconds(dim: int, hidden, batch: int, threads: int) -> tuple[float, float]:
-    """Wall and CPU seconds per forward + backward + Adam step of a bare ``TimeMLP`` on one fixed random batch."""
+def bare_step_seconds(dim: int, hidden, batch: int, threads: int, n_steps: int = BARE_STEPS) -> tuple[float, float]:
+    """Wall and CPU seconds per forward + backward + Adam step of a bare ``TimeMLP`` on one fixed random batch,
+    over ``n_steps`` steps after ``BARE_WARMUP``."""
     import torch
 
     from cellflow.networks import TimeMLP
@@ -145,20 +152,23 @@ def bare_step_seconds(dim: int, hidden, batch: int, threads: int) -> tuple[float
         optimiser = torch.optim.Adam(net.parameters(), lr=1e-3, foreach=True)
         x, u = torch.randn(batch, dim, generator=generator), torch.randn(batch, dim, generator=generator)
         t = torch.rand(batch, generator=generator)
-        for step in range(BARE_WARMUP + BARE_STEPS):
+        for step in range(BARE_WARMUP + n_steps):
             if step == BARE_WARMUP:
                 start, start_cpu = time.perf_counter(), time.process_time()
             loss = ((net(x, t) - u) ** 2).sum(dim=1).mean()
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             optimiser.step()
-        return (time.perf_counter() - start) / BARE_STEPS, (time.process_time() - start_cpu) / BARE_STEPS
+        return (time.perf_counter() - start) / n_steps, (time.process_time() - start_cpu) / n_steps
     finally:
         torch.set_num_threads(before)
 
 
-def measure(path: Path) -> dict:
-    """The measured run on the course in ``path``: every stage's seconds and peak memory."""
+def measure(path: Path, quick: bool = False) -> dict:
+    """The measured run on the course in ``path``: every stage's seconds and peak memory.
+
+    ``quick`` fits and times the bare network for ``QUICK_STEPS`` steps (the default fit: ``n_steps="auto"``).
+    """
     memory = StageMemory("imports")
     import anndata
     import torch
@@ -196,7 +206,8 @@ def measure(path: Path) -> dict:
         del course
     with memory.during("write-back"):  # what tl.fit does outside CellFlow.fit (the hooks count the rest)
         start = time.perf_counter()
-        model = cf.tl.fit(adata, time_key=TIME_KEY, use_rep=USE_REP, progress=False)
+        model = cf.tl.fit(adata, time_key=TIME_KEY, use_rep=USE_REP, progress=False,
+                          n_steps=QUICK_STEPS if quick else "auto")
         tl_fit_seconds = time.perf_counter() - start
     fit_threads = threads[0]
     with memory.during("interpolation"):
@@ -209,7 +220,8 @@ def measure(path: Path) -> dict:
     coupling = float(history["coupling_seconds"])
     training = float(history["fit_seconds"]) - coupling
     batch = params["batch_size"] * (len(counts) - 1)
-    bare, bare_cpu = bare_step_seconds(N_GENES, params["hidden"], batch, fit_threads)
+    bare, bare_cpu = bare_step_seconds(N_GENES, params["hidden"], batch, fit_threads,
+                                       QUICK_STEPS if quick else BARE_STEPS)
     memory.enter("end")
     stage_seconds = {
         "read": read_seconds,
@@ -226,6 +238,7 @@ def measure(path: Path) -> dict:
         tl_fit_seconds=tl_fit_seconds, fit_seconds=float(history["fit_seconds"]),
         end_to_end_seconds=open_seconds + sum(stage_seconds.values()),
         steps=steps, step_ms=1e3 * seconds["training"] / steps, bare_step_ms=1e3 * bare,
+        bare_steps=QUICK_STEPS if quick else BARE_STEPS,
         step_ratio=seconds["training"] / steps / bare,
         step_cpu_ms=1e3 * cpu["training"] / steps, bare_step_cpu_ms=1e3 * bare_cpu,
         step_cpu_ratio=cpu["training"] / steps / bare_cpu,
@@ -237,14 +250,14 @@ def measure(path: Path) -> dict:
     )
 
 
-def run_size(n_cells: int, folder: Path, timeout: float) -> dict:
-    """Generate and measure one size, each in a subprocess of its own."""
+def run_size(n_cells: int, folder: Path, timeout: float, quick: bool = False) -> dict:
+    """Generate and measure one size, each in a subprocess of its own (``quick``: see :func:`measure`)."""
     path = folder / f"simulated_{n_cells}.h5ad"
     row = {}
     for role in ("generate", "measure"):
         out = folder / f"{role}_{n_cells}.json"
         command = [sys.executable, str(Path(__file__).resolve()), "--role", role, "--cells", str(n_cells),
-                   "--h5ad", str(path), "--json", str(out)]
+                   "--h5ad", str(path), "--json", str(out), *(["--quick"] if quick else [])]
         subprocess.run(command, check=True, timeout=timeout)
         row.update(json.loads(out.read_text()))
     path.unlink()
@@ -368,7 +381,7 @@ def report(table: pd.DataFrame, *, command: str, code: str, load_start, elapsed:
         f"Training steps against the bare network: seconds in cellflow's training loop (`training.train`, wall "
         f"and CPU time of the process) / steps, and a bare `TimeMLP` of the same widths ({big.hidden}) doing "
         f"forward, backward and an Adam step on one random batch of {big.batch} (256 pairs x 4 intervals), "
-        f"{BARE_STEPS} steps with the fit's threads, after the fit. Both are timed after the first torch "
+        f"{big.bare_steps} steps with the fit's threads, after the fit. Both are timed after the first torch "
         "optimiser built in the process, which imports torch's compiler stack once (`torch._dynamo`, about 1 s): "
         "one Adam step on a tiny layer before the fit pays it for both. The "
         "fit's step also draws the pairs, converts them to the clock's units, averages the weights (EMA) and, "
@@ -396,9 +409,16 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--sizes", type=int, nargs="+", default=None,
-                   help="cells per time point, one run each (default 2000 20000 200000; 2000 20000 with --quick)")
+                   help="cells per time point, one run each (default 2000 20000 200000; 300 with --quick)")
     p.add_argument("--quick", action="store_true",
-                   help="sizes 2000 and 20000; report and figure under benchmarks/results/, not BENCHMARKS.md")
+                   help=f"300 cells per time point, {QUICK_STEPS} steps of the fit and of the bare network; report, "
+                        "rows and figure in --results, not BENCHMARKS.md: seconds (for tests)")
+    p.add_argument("--results", type=Path, default=None,
+                   help="folder of the rows (scale[_quick].csv), and with --quick of the figure and report "
+                        "(default benchmarks/results)")
+    p.add_argument("--out", type=Path, default=None,
+                   help="report whose section is written (default BENCHMARKS.md; with --quick BENCHMARKS_quick.md "
+                        "in --results)")
     p.add_argument("--timeout", type=float, default=3600, help="seconds allowed to each subprocess")
     p.add_argument("--role", choices=("generate", "measure"), help=argparse.SUPPRESS)
     p.add_argument("--cells", type=int, help=argparse.SUPPRESS)
@@ -406,8 +426,10 @@ def parse_args(argv=None):
     p.add_argument("--json", type=Path, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     args.sizes = sorted(args.sizes or (QUICK_SIZES if args.quick else SIZES))
-    results = ROOT / "benchmarks" / "results"
-    args.out = results / "BENCHMARKS_quick.md" if args.quick else None
+    if args.role:  # a subprocess: its paths come from its own arguments
+        return args
+    results = args.results or RESULTS
+    args.out = report_file(args.out, args.quick, results)
     args.figure = results / "scale_quick.png" if args.quick else ROOT / "docs" / "scale.png"
     args.csv = results / ("scale_quick.csv" if args.quick else "scale.csv")
     return args
@@ -416,11 +438,9 @@ def parse_args(argv=None):
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.role:  # one subprocess of a run
-        row = generate(args.cells, args.h5ad) if args.role == "generate" else measure(args.h5ad)
+        row = generate(args.cells, args.h5ad) if args.role == "generate" else measure(args.h5ad, args.quick)
         args.json.write_text(json.dumps(row))
         return 0
-    from sections import code_version, write_section  # benchmarks/sections.py, shared by the benchmark scripts
-
     command = "python benchmarks/scale.py" + "".join(" " + shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
     code, load_start = code_version(), ", ".join(f"{v:.2f}" for v in os.getloadavg())
     print(f"$ {command}\ncode: {code}; load average at start: {load_start}", flush=True)
@@ -430,7 +450,7 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(prefix="cellflow_scale_") as folder:
         for n in args.sizes:
             print(f"\n== {n:,} cells per time point", flush=True)
-            row = run_size(n, Path(folder), args.timeout)
+            row = run_size(n, Path(folder), args.timeout, args.quick)
             rows.append(row)
             print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}), flush=True)
     table = pd.DataFrame(rows)
@@ -438,15 +458,12 @@ def main(argv=None) -> int:
     args.csv.parent.mkdir(parents=True, exist_ok=True)
     table.to_csv(args.csv, index=False)
     plot(table, args.figure)
-    figure = os.path.relpath(args.figure, (args.out or ROOT / "BENCHMARKS.md").parent)
+    figure = os.path.relpath(args.figure, args.out.parent)
     text = report(table, command=command, code=code, load_start=load_start,
                   elapsed=time.perf_counter() - started, figure=figure)
-    if args.out is None:
-        write_section(SECTION, text)
-    else:
-        write_section(SECTION, text, args.out)
+    write_section(SECTION, text, args.out)
     print("\n" + text)
-    print(f"\nwrote {args.out or 'BENCHMARKS.md'}, {args.figure} and {args.csv}")
+    print(f"\nwrote {args.out}, {args.figure} and {args.csv}")
     return 0
 
 

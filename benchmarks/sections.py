@@ -7,6 +7,10 @@ import subprocess
 from pathlib import Path
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "BENCHMARKS.md"
+RESULTS = BENCHMARKS.parent / "benchmarks" / "results"  # git-ignored: rows, figures and quick reports
+QUICK_REPORT = "BENCHMARKS_quick.md"  # the report of a --quick run, in its results folder
+QUICK_DATASET = "simulate"  # a small cellflow.datasets.simulate course (leave_one_out.load_course): --quick runs
+QUICK_STEPS = 40  # training steps of every fit of a --quick run
 
 
 def markers(name: str) -> tuple[str, str]:
@@ -21,7 +25,30 @@ def write_section(name: str, body: str, path: Path = BENCHMARKS) -> None:
     text = path.read_text() if path.exists() else "# Benchmarks\n"
     pattern = re.compile(re.escape(start) + ".*?" + re.escape(end), re.S)
     text = pattern.sub(lambda _: section, text) if pattern.search(text) else text.rstrip() + "\n\n" + section + "\n"
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
+
+
+def report_file(out: Path | None, quick: bool, results: Path = RESULTS) -> Path:
+    """The file whose sections a run rewrites.
+
+    Parameters
+    ----------
+    out
+        The file asked for on the command line (``--out``), used when given.
+    quick
+        A ``--quick`` run: without ``out`` it writes ``QUICK_REPORT`` in ``results``, never BENCHMARKS.md.
+    results
+        The run's results folder.
+
+    Returns
+    -------
+    Path
+        ``out``, else ``results / QUICK_REPORT`` for a quick run, else BENCHMARKS.md.
+    """
+    if out is not None:
+        return Path(out)
+    return Path(results) / QUICK_REPORT if quick else BENCHMARKS
 
 
 def code_version() -> str:

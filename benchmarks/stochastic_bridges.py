@@ -9,7 +9,11 @@ reference with one point per cell. The cost of the score network is the training
 of the same batches with and without it (the score targets dropped).
 
 Run: ``python benchmarks/stochastic_bridges.py [--seeds 0] [--threads 1]``; writes its section of
-BENCHMARKS.md (or ``--out``).
+BENCHMARKS.md (or ``--out``) and the W1 rows to ``stochastic_bridges.csv`` in ``--results`` (default
+``benchmarks/results/``). ``--quick`` runs the small simulated course of ``leave_one_out.py`` instead
+of emt, every fit and the timing for a few steps (seconds, for tests), writes its rows to
+``stochastic_bridges_quick.csv`` and its section to ``BENCHMARKS_quick.md`` in ``--results`` unless
+``--out`` says otherwise.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
+import pandas as pd
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,7 +38,8 @@ import cellflow.model  # noqa: E402
 from cellflow import benchmark  # noqa: E402
 from cellflow.networks import TimeMLP  # noqa: E402
 from cellflow.training import train  # noqa: E402
-from sections import code_version, write_section  # noqa: E402
+from leave_one_out import load_course  # noqa: E402
+from sections import QUICK_DATASET, QUICK_STEPS, RESULTS, code_version, report_file, write_section  # noqa: E402
 
 NOISE_SEEDS = (0, 1, 2)  # draws of the SDE per fit
 TIMED_STEPS = 200  # training steps timed with and without the score network
@@ -50,15 +55,26 @@ class _WithoutScore:
         return dataclasses.replace(self.objective.draw(), score=None, noise_scale=None)
 
 
-def _seconds_per_step(net, objective, clock) -> float:
+def _seconds_per_step(net, objective, clock, n_steps: int) -> float:
     start = time.perf_counter()
-    train(net, objective, clock, n_steps=TIMED_STEPS, progress=False)
-    return (time.perf_counter() - start) / TIMED_STEPS
+    train(net, objective, clock, n_steps=n_steps, progress=False)
+    return (time.perf_counter() - start) / n_steps
 
 
-def run(seeds) -> tuple[list[dict], dict]:
-    """W1 rows per fold, seed and prediction, and the training seconds per step with and without the score."""
-    course = cf.read_time_course(cf.datasets.emt(), "time", "X_pca")
+def run(course, seeds, n_steps="auto", timed_steps: int = TIMED_STEPS) -> tuple[list[dict], dict]:
+    """W1 rows per fold, seed and prediction, and the training seconds per step with and without the score.
+
+    Parameters
+    ----------
+    course
+        The time course, each inner time point held out in turn.
+    seeds
+        Seeds of the fits.
+    n_steps
+        Training steps of every fit (``"auto"``: cellflow's default).
+    timed_steps
+        Training steps timed with and without the score network.
+    """
     captured = {}
     fitting = cellflow.model.train
 
@@ -77,7 +93,7 @@ def run(seeds) -> tuple[list[dict], dict]:
                          w1=benchmark.score(mapped, held)["w1"], seconds=0.0))
         for seed in seeds:
             start = time.perf_counter()
-            model = cf.CellFlow("sbcfm", seed=seed).fit(course.without(k), progress=False)
+            model = cf.CellFlow("sbcfm", n_steps=n_steps, seed=seed).fit(course.without(k), progress=False)
             fitted = time.perf_counter() - start
             start = time.perf_counter()
             flow = model.push(before, t_prev, t_held)
@@ -96,23 +112,22 @@ def run(seeds) -> tuple[list[dict], dict]:
     objective, clock = captured["objective"], captured["clock"]
     torch.manual_seed(0)
     timing = {
-        "with score": _seconds_per_step(captured["net"], objective, clock),
-        "velocity only": _seconds_per_step(TimeMLP(n_dims, hidden), _WithoutScore(objective), clock),
+        "with score": _seconds_per_step(captured["net"], objective, clock, timed_steps),
+        "velocity only": _seconds_per_step(TimeMLP(n_dims, hidden), _WithoutScore(objective), clock, timed_steps),
+        "steps": timed_steps,
         "hidden": hidden,
         "batch": len(objective.draw().x),
     }
     return rows, timing
 
 
-def section(rows, timing, seeds, threads, minutes, code) -> str:
-    """The markdown section of BENCHMARKS.md."""
-    import pandas as pd
-
-    table = pd.DataFrame(rows)
+def section(table, timing, seeds, threads, minutes, code, dataset="emt", command_options="") -> str:
+    """The markdown section of BENCHMARKS.md, from the rows of :func:`run` on ``dataset``."""
     lines = [
-        "## Stochastic bridges: `sbcfm` by its ODE and by its SDE (emt, leave one time point out)",
+        f"## Stochastic bridges: `sbcfm` by its ODE and by its SDE ({dataset}, leave one time point out)",
         "",
-        f"`python benchmarks/stochastic_bridges.py --seeds {' '.join(map(str, seeds))} --threads {threads}` "
+        f"`python benchmarks/stochastic_bridges.py --seeds {' '.join(map(str, seeds))} --threads {threads}"
+        f"{command_options}` "
         f"({code} when the run started; {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
         f"{threads} thread{'s' if threads > 1 else ''}; {minutes:.0f} min; load average at the end "
         f"{', '.join(f'{v:.2f}' for v in os.getloadavg())}). One point per cell of the time point before the "
@@ -128,7 +143,7 @@ def section(rows, timing, seeds, threads, minutes, code) -> str:
     ratio = timing["with score"] / timing["velocity only"]
     lines += [
         "",
-        f"Training cost of the score network ({TIMED_STEPS} steps of the last fit's batches, {timing['batch']} "
+        f"Training cost of the score network ({timing['steps']} steps of the last fit's batches, {timing['batch']} "
         f"points per step, hidden {list(timing['hidden'])}): {1e3 * timing['with score']:.1f} ms per step with "
         f"it, {1e3 * timing['velocity only']:.1f} ms with the velocity network alone ({ratio:.2f}x).",
     ]
@@ -139,13 +154,28 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds of the fits")
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
-    parser.add_argument("--out", type=Path, default=None, help="report whose section is written (default BENCHMARKS.md)")
+    parser.add_argument("--results", type=Path, default=RESULTS, help="folder of the rows (stochastic_bridges*.csv)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="report whose section is written (default BENCHMARKS.md; with --quick "
+                             "BENCHMARKS_quick.md in --results)")
+    parser.add_argument("--quick", action="store_true",
+                        help=f"the simulated course {QUICK_DATASET}, {QUICK_STEPS} steps per fit and timing: "
+                             "seconds (for tests)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     code, clock = code_version(), time.perf_counter()
-    rows, timing = run(args.seeds)
-    text = section(rows, timing, args.seeds, args.threads, (time.perf_counter() - clock) / 60, code)
-    write_section("stochastic_bridges", text, *([args.out] if args.out else []))
+    if args.quick:
+        dataset, course = QUICK_DATASET, load_course(QUICK_DATASET)[0]
+        rows, timing = run(course, args.seeds, n_steps=QUICK_STEPS, timed_steps=QUICK_STEPS)
+    else:
+        dataset, course = "emt", cf.read_time_course(cf.datasets.emt(), "time", "X_pca")
+        rows, timing = run(course, args.seeds)
+    table = pd.DataFrame(rows)
+    args.results.mkdir(parents=True, exist_ok=True)
+    table.to_csv(args.results / f"stochastic_bridges{'_quick' if args.quick else ''}.csv", index=False)
+    text = section(table, timing, args.seeds, args.threads, (time.perf_counter() - clock) / 60, code, dataset,
+                   " --quick" if args.quick else "")
+    write_section("stochastic_bridges", text, report_file(args.out, args.quick, args.results))
     print(text)
     return 0
 

@@ -1,7 +1,8 @@
 """Time to accuracy: how long cellflow trains to match TorchCFM OT-CFM's final leave-one-out W1.
 
 What it runs, in one process, on ``emt`` and ``kouno_thp1`` (the data and representation of
-``benchmarks/leave_one_out.py``), every inner time point held out in turn:
+``benchmarks/leave_one_out.py``, ``load_course``: kouno_thp1 gets each fold's own 10-component
+PCA), every inner time point held out in turn:
 
 * TorchCFM OT-CFM at its own default network (``torchcfm.models.MLP``, width 64, SELU), trained
   by the runner of ``leave_one_out.py`` (TorchCFM's minibatch OT coupling and path, cellflow's
@@ -14,8 +15,12 @@ The target W1 is 1.01 x TorchCFM's final W1 (mean over held-out times and seeds)
 time to accuracy is the shortest mean fit time (coupling and training; pushing the cells is
 the same integrator for both and is left out) among its runs whose mean W1 reaches the target;
 the ratio to TorchCFM's fit time is reported. Runs alternate seed by seed, so both meet the
-same load. Writes the ``time_to_accuracy`` section of ``BENCHMARKS.md`` (``--quick``: under
-``benchmarks/results/``).
+same load. Writes the ``time_to_accuracy`` section of ``BENCHMARKS.md`` and the rows to
+``time_to_accuracy.csv`` (``time_to_accuracy_quick.csv`` with ``--quick``) in ``--results`` (default
+``benchmarks/results/``). ``--quick`` runs the
+small simulated course of ``leave_one_out.py`` with a few steps (``n_steps="auto"`` capped there
+too), seed 0, and writes its section to ``BENCHMARKS_quick.md`` in ``--results`` unless ``--out``
+says otherwise.
 """
 
 from __future__ import annotations
@@ -25,7 +30,6 @@ import datetime as dt
 import os
 import shlex
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -40,10 +44,10 @@ import torch  # noqa: E402
 
 import cellflow  # noqa: E402
 import cellflow.benchmark as cf_benchmark  # noqa: E402
+import cellflow.model  # noqa: E402
 from cellflow._utils import compute_threads  # noqa: E402
-from cellflow.readers import read_time_course  # noqa: E402
-from leave_one_out import TIME_KEY, USE_REP, TorchCFMRunner, load_dataset  # noqa: E402
-from sections import code_version, write_section  # noqa: E402
+from leave_one_out import TorchCFMRunner, load_course  # noqa: E402
+from sections import QUICK_DATASET, QUICK_STEPS, RESULTS, code_version, report_file, write_section  # noqa: E402
 
 SECTION = "time_to_accuracy"
 TOLERANCE = 0.01  # cellflow must come within 1% of TorchCFM's final W1
@@ -70,15 +74,20 @@ class TorchCFMDefaultRunner(TorchCFMRunner):
         return TorchCFMDefaultNet(n_dims)
 
 
-def held_out_runs(course, fit, seeds) -> list[dict]:
-    """Fit with ``fit(training, seed) -> (pusher, fit seconds, steps)`` for every inner time and seed; score W1."""
+def held_out_runs(course, n_pcs, fit, seeds) -> list[dict]:
+    """Fit with ``fit(training, seed) -> (pusher, fit seconds, steps)`` for every inner time and seed; score W1.
+
+    Each fold is :func:`cellflow.benchmark.fold` of ``course`` (with ``n_pcs``, a PCA fitted on its
+    training time points).
+    """
     rows = []
     for seed in seeds:
         for k in range(1, len(course.times) - 1):
-            pusher, seconds, steps = fit(course.without(k), seed)
-            predicted = pusher.push(course.populations[k - 1], course.times[k - 1], course.times[k])
+            training, before, held, _, _ = cf_benchmark.fold(course, k, n_pcs)
+            pusher, seconds, steps = fit(training, seed)
+            predicted = pusher.push(before, course.times[k - 1], course.times[k])
             rows.append(dict(seed=seed, held_out_time=float(course.times[k]), fit_seconds=seconds, steps=steps,
-                             w1=cf_benchmark.score(predicted, course.populations[k])["w1"]))
+                             w1=cf_benchmark.score(predicted, held)["w1"]))
     return rows
 
 
@@ -98,16 +107,15 @@ def torchcfm_fit(n_steps, device):
 
 
 def run_dataset(name, args, device, log) -> pd.DataFrame:
-    adata, _ = load_dataset(name)
-    course = read_time_course(adata, TIME_KEY, USE_REP)
+    course, n_pcs, _ = load_course(name)
     runs = {"TorchCFM OT-CFM": torchcfm_fit(args.torchcfm_steps, device), "cellflow auto": cellflow_fit("auto", device)}
     runs.update({f"cellflow {b} steps": cellflow_fit(b, device) for b in args.budgets})
     for fit in runs.values():  # warm-up: first-call costs are paid outside the timings
-        fit(course.without(1), 0)
+        fit(cf_benchmark.fold(course, 1, n_pcs)[0], 0)
     rows = []
     for seed in args.seeds:
         for label, fit in runs.items():
-            for row in held_out_runs(course, fit, [seed]):
+            for row in held_out_runs(course, n_pcs, fit, [seed]):
                 rows.append(dict(dataset=name, run=label, **row))
             last = pd.DataFrame(rows).query("run == @label and seed == @seed")
             log(f"  {name} seed {seed} {label:24s} W1 {last.w1.mean():.4f}  fit {last.fit_seconds.mean():.2f}s  "
@@ -170,24 +178,32 @@ def main(argv=None) -> int:
     p.add_argument("--budgets", type=int, nargs="+", default=[100, 200, 400, 800])
     p.add_argument("--torchcfm-steps", type=int, default=2000)
     p.add_argument("--device", default="auto")
-    p.add_argument("--quick", action="store_true", help="emt, seed 0, budgets 100 200, TorchCFM 300 steps; under benchmarks/results/")
+    p.add_argument("--results", type=Path, default=RESULTS, help="folder of the rows (time_to_accuracy[_quick].csv)")
+    p.add_argument("--out", type=Path, default=None,
+                   help="report file whose section is rewritten (default BENCHMARKS.md; with --quick "
+                        "BENCHMARKS_quick.md in --results)")
+    p.add_argument("--quick", action="store_true",
+                   help=f"the simulated course {QUICK_DATASET}, seed 0, budgets {QUICK_STEPS // 2} and {QUICK_STEPS}, "
+                        f"TorchCFM and n_steps='auto' at most {QUICK_STEPS} steps: seconds (for tests)")
     args = p.parse_args(argv)
     if args.quick:
-        args.datasets, args.seeds, args.budgets, args.torchcfm_steps = ["emt"], [0], [100, 200], 300
+        args.datasets, args.seeds = [QUICK_DATASET], [0]
+        args.budgets, args.torchcfm_steps = [QUICK_STEPS // 2, QUICK_STEPS], QUICK_STEPS
+        cellflow.model.MAX_AUTO_STEPS = QUICK_STEPS  # n_steps="auto" stops here at the latest
+    args.out = report_file(args.out, args.quick, args.results)
     command = "python benchmarks/time_to_accuracy.py" + "".join(" " + shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
     device = str(cellflow._utils.resolve_device(args.device))
     started, load = dt.datetime.now(dt.timezone.utc), ", ".join(f"{v:.2f}" for v in os.getloadavg())
     args.code = code_version()
     print(f"$ {command}\ncode: {args.code}; load {load}", flush=True)
     table = pd.concat([run_dataset(name, args, device, print) for name in args.datasets], ignore_index=True)
-    results = ROOT / "benchmarks" / "results"
-    results.mkdir(parents=True, exist_ok=True)
-    table.to_csv(results / f"time_to_accuracy{'_quick' if args.quick else ''}.csv", index=False)
+    args.results.mkdir(parents=True, exist_ok=True)
+    rows_file = args.results / f"time_to_accuracy{'_quick' if args.quick else ''}.csv"
+    table.to_csv(rows_file, index=False)
     text = report(command, args, device, started, load, table, summarise(table))
     print("\n" + text)
-    out = results / "BENCHMARKS_quick.md" if args.quick else ROOT / "BENCHMARKS.md"
-    write_section(SECTION, text, out)
-    print(f"wrote {out}")
+    write_section(SECTION, text, args.out)
+    print(f"wrote {args.out} and {rows_file}")
     return 0
 
 

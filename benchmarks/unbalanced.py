@@ -17,7 +17,12 @@ their configuration); "wfr, published delta" runs our method with that delta, fo
 Every number is a mean +- std over seeds, methods run in the same process on the same data.
 
 Run: ``python benchmarks/unbalanced.py [--steps 2000] [--seeds 0 1 2] [--datasets ...] [--threads 1]``;
-writes one section of BENCHMARKS.md per data set run (and the shared header section).
+writes one section of BENCHMARKS.md (or ``--out``) per data set run (and the shared header section), and
+the rows to ``unbalanced_<dataset>[_in_sample].csv`` in ``--results`` (default ``benchmarks/results/``).
+``--quick`` runs both protocols (leave one out, and in-sample) on the small simulated course of
+``leave_one_out.py`` for a few steps, seed 0 (seconds, for tests; wfr and otcfm only, as that course
+has no published delta), and writes its sections to ``BENCHMARKS_quick.md`` in ``--results`` unless
+``--out`` says otherwise.
 """
 
 from __future__ import annotations
@@ -38,7 +43,8 @@ sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]  # this checkout's cellflow
 
 import cellflow as cf  # noqa: E402
 from cellflow.benchmark import leave_one_out, mass_error, score  # noqa: E402
-from sections import code_version, write_section  # noqa: E402
+from multimarginal import load_time_course  # noqa: E402
+from sections import QUICK_DATASET, QUICK_STEPS, RESULTS, code_version, report_file, write_section  # noqa: E402
 
 os.environ.setdefault("CELLFLOW_DATA_DIR", str(ROOT.parent / "shared" / "data"))
 METHODS = ("wfr", "otcfm")
@@ -85,8 +91,7 @@ def simulated_growth(x):
 
 def from_first(name: str, steps: int, seeds) -> pd.DataFrame:
     """In-sample: fit on every time point, push the t=0 cells to every later time and score them there."""
-    adata = getattr(cf.datasets, name)()
-    course = cf.read_time_course(adata, "time", "X_pca")
+    course = load_time_course(name)
     start = course.populations[0]
     rep = np.concatenate(course.populations)
     times = np.concatenate([np.full(len(p), t) for p, t in zip(course.populations, course.times)])
@@ -114,9 +119,8 @@ def from_first(name: str, steps: int, seeds) -> pd.DataFrame:
 
 
 def held_out(name: str, steps: int, seeds) -> pd.DataFrame:
-    """Leave-one-time-point-out on a DeepRUOT dataset."""
-    adata = getattr(cf.datasets, name)()
-    course = cf.read_time_course(adata, "time", "X_pca")
+    """Leave-one-time-point-out on a DeepRUOT dataset (or the simulated course of ``leave_one_out.py``)."""
+    course = load_time_course(name)
     tables = []
     for i, (label, (method, kwargs)) in enumerate(variants(name).items()):
         table = leave_one_out(course, [method], seeds=seeds, baseline=i == 0, progress=False, **{"n_steps": steps, **kwargs})
@@ -261,20 +265,28 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=2000)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--datasets", nargs="+", choices=DATASETS, default=list(DATASETS),
+    parser.add_argument("--datasets", nargs="+", choices=[*DATASETS, QUICK_DATASET], default=list(DATASETS),
                         help="data sets to run; each rewrites its own section of the report, the others are kept")
     parser.add_argument("--threads", type=int, default=1, help="torch threads of every fit")
-    parser.add_argument("--out", type=Path, default=None, help="report whose sections are written (default BENCHMARKS.md)")
+    parser.add_argument("--results", type=Path, default=RESULTS, help="folder of the rows (unbalanced_*.csv)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="report whose sections are written (default BENCHMARKS.md; with --quick "
+                             "BENCHMARKS_quick.md in --results)")
     parser.add_argument("--reuse-held-out", action="store_true",
-                        help="read a data set's leave-one-out table from benchmarks/results/unbalanced_<name>.csv "
+                        help="read a data set's leave-one-out table from unbalanced_<name>.csv in --results "
                              "when it exists (written by an earlier run with the same settings) instead of refitting")
+    parser.add_argument("--quick", action="store_true",
+                        help=f"both protocols on the simulated course {QUICK_DATASET}, {QUICK_STEPS} steps, seed 0: "
+                             "seconds (for tests)")
     args = parser.parse_args()
+    if args.quick:
+        args.datasets, args.steps, args.seeds = [QUICK_DATASET], QUICK_STEPS, [0]
     torch.set_num_threads(args.threads)
     args.code = code_version()  # cellflow is imported once: the code that runs is the code at the start
-    target = [args.out] if args.out else []
-    out = ROOT / "benchmarks" / "results"
+    report = report_file(args.out, args.quick, args.results)
+    out = args.results
     out.mkdir(parents=True, exist_ok=True)
-    write_section("unbalanced", header(), *target)
+    write_section("unbalanced", header(), report)
     for name in args.datasets:
         clock = time.perf_counter()
         if name == "simulation_gene":
@@ -291,11 +303,11 @@ def main() -> int:
                 table = held_out(name, args.steps, args.seeds)
                 table.to_csv(saved, index=False)
             in_sample = None
-            if name in PUBLISHED_DELTA:
+            if name in PUBLISHED_DELTA or name == QUICK_DATASET:
                 in_sample = from_first(name, args.steps, args.seeds)
                 in_sample.to_csv(out / f"unbalanced_{name}_in_sample.csv", index=False)
             text = held_out_section(name, table, args, time.perf_counter() - clock, in_sample, reused)
-        write_section(f"unbalanced_{name}", text, *target)
+        write_section(f"unbalanced_{name}", text, report)
         print(text, flush=True)
     return 0
 
