@@ -55,8 +55,8 @@ def choice(name: str, value, options: Iterable[str]) -> str:
     return value
 
 
-def flag(name: str, value) -> bool:
+def flag(name: str, value, hint: str = "") -> bool:
     """``value`` if it is ``True`` or ``False`` (NumPy's booleans too), else a ``ValueError``."""
     if not isinstance(value, (bool, np.bool_)):
-        raise ValueError(f"{name}={value!r} must be True or False")
+        raise ValueError(f"{name}={value!r} must be True or False{hint}")
     return bool(value)

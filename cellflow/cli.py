@@ -15,6 +15,8 @@ from typing import Callable
 
 from ._checks import integer, number
 
+ROLLOUT_OPTIONS = {"auto": "auto", "on": True, "off": False}  # --rollout, as CellFlow(rollout=...) takes it
+
 
 def _parsed(convert: Callable, check: Callable) -> Callable:
     """An argparse ``type`` that converts the text and checks the value, as a usage error when bad."""
@@ -126,7 +128,7 @@ def _fit(args) -> None:
         print(f"read {adata.n_obs} cells x {adata.n_vars} genes; fitting {args.method} ({args.steps} steps)",
               flush=True)
     tl.fit(adata, time_key=args.time_key, use_rep=args.use_rep, method=args.method, seed=args.seed,
-           n_steps=args.steps, field=args.field, reflow=args.reflow, rollout=args.rollout, device=args.device,
+           n_steps=args.steps, field=args.field, reflow=args.reflow, rollout=ROLLOUT_OPTIONS[args.rollout], device=args.device,
            key_added=args.key_added)
     if main:
         adata.write_h5ad(args.out)
@@ -161,7 +163,7 @@ def _benchmark(args) -> None:
         print(f"read {adata.n_obs} cells; leave-one-out with {args.method}, seeds {args.seeds}", flush=True)
     table = tl.leave_one_out(adata, time_key=args.time_key, use_rep=args.use_rep, method=args.method,
                              seeds=args.seeds, n_steps=args.steps, field=args.field, reflow=args.reflow,
-                             rollout=args.rollout, progress=main)
+                             rollout=ROLLOUT_OPTIONS[args.rollout], progress=main)
     if not main:
         return
     if args.out:
@@ -174,7 +176,6 @@ def _benchmark(args) -> None:
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``cellflow`` command."""
     from .methods import METHODS
-    from .model import ROLLOUT_DEFAULT
     from .networks import FIELDS
 
     method_help = f"one of {', '.join(METHODS)} (default: otcfm; wfr learns growth too)"
@@ -204,9 +205,9 @@ def build_parser() -> argparse.ArgumentParser:
                          help="velocity network: 'direct', or 'gradient' of a learned potential (default: direct)")
         sub.add_argument("--reflow", type=_whole_number("--reflow", 0), default=0,
                          help="rounds of rectified flow after the fit, balanced methods only (default: 0)")
-        sub.add_argument("--rollout", action=argparse.BooleanOptionalAction, default=ROLLOUT_DEFAULT,
+        sub.add_argument("--rollout", default="auto", choices=["auto", "on", "off"],
                          help="rollout fitting after flow matching, so that pushes across many intervals stay on "
-                              f"the data (default: {'on' if ROLLOUT_DEFAULT else 'off'})")
+                              "the data ('auto': when flow matching ran enough steps to pay for it; default: auto)")
 
     fit = commands.add_parser("fit", help="learn velocity; write it into a copy of the .h5ad")
     common(fit)

@@ -30,7 +30,6 @@ MAX_LOG_GROWTH = 50.0  # largest |prior growth rate x interval| accepted (a fact
 MAX_AUTO_STEPS = 4000  # the most steps n_steps="auto" takes
 EVALUATION_CHUNK = 65536  # cells evaluated together when writing velocity and growth
 TRUST_CELLS = 500  # cells per time point that a fit's trust signals (cellflow.horizon) are measured on
-ROLLOUT_DEFAULT = False  # rollout fitting unless asked otherwise
 MAX_ROLLOUT_STEPS = 500  # the most steps of rollout fitting
 ROLLOUT_CHECK_EVERY = 10  # steps between two stopping checks of rollout fitting
 ROLLOUT_LR_FACTOR = 0.1  # rollout fitting's learning rate, relative to flow matching's
@@ -142,8 +141,11 @@ class CellFlow:
         :data:`cellflow.rollout.ROLLOUT_SOLVER_STEPS` midpoint steps per interval) and measures
         how far they land from the measured cells there (Sinkhorn divergence, mass-weighted, with
         the population size for methods with growth). It keeps pushes across many intervals on
-        the data, at a bounded cost: it stops on cells kept out of this stage and keeps the flow
-        matching network when it cannot improve on it. ``history`` records ``rollout_loss``,
+        the data at a bounded cost: at most as many network passes as flow matching took steps;
+        it stops on cells kept out of this stage and keeps the flow matching network when it
+        cannot improve on it. ``"auto"`` (default) runs it when that budget allows at least
+        :data:`ROLLOUT_CHECK_EVERY` steps (flow matching of a few hundred steps or more), ``True``
+        always (at least that many steps), ``False`` never. ``history`` records ``rollout_loss``,
         ``rollout_discrepancy``, ``rollout_score`` at each check (``rollout_step``),
         ``rollout_initial_score``, ``rollout_kept`` and ``rollout_seconds``.
     hidden
@@ -196,7 +198,7 @@ class CellFlow:
         block_order: str = "random",
         field: str = "direct",
         reflow: int = 0,
-        rollout: bool = ROLLOUT_DEFAULT,
+        rollout: bool | str = "auto",
         seed: int = 0,
         device: str = "auto",
     ):
@@ -228,7 +230,8 @@ class CellFlow:
             block_size=_checks.integer("block_size", block_size, 2),
             block_order=_checks.choice("block_order", block_order, BLOCK_ORDERS), seed=_checks.integer("seed", seed, 0),
             field=_checks.choice("field", field, FIELDS), reflow=_checks.integer("reflow", reflow, 0),
-            rollout=_checks.flag("rollout", rollout),
+            rollout="auto" if isinstance(rollout, str) and rollout == "auto" else _checks.flag(
+                "rollout", rollout, hint=" or 'auto'"),
         )
         if self.params["reflow"]:
             self._check_balanced("reflow", reflow)
@@ -432,8 +435,9 @@ class CellFlow:
             if p["reflow"]:
                 self._rectify(internal, sources, course.weights is None and course.growth is None, p["reflow"],
                               rng, progress)
-            if p["rollout"]:
-                self._fit_rollouts(internal, course, objective, rng, progress)
+            steps = self._rollout_steps(len(internal) - 1)
+            if steps:
+                self._fit_rollouts(internal, course, objective, steps, rng, progress)
         self.history["fit_seconds"] = np.array(time.perf_counter() - start)
         start = time.perf_counter()
         self.history.update(horizon_history(self, course, max_cells=TRUST_CELLS))
@@ -441,14 +445,22 @@ class CellFlow:
         return self
 
     # -- rollout fitting -----------------------------------------------------------------
-    def _fit_rollouts(self, internal, course: TimeCourse, objective, rng, progress: bool) -> None:
+    def _rollout_steps(self, n_intervals: int) -> int:
+        """Steps of rollout fitting after the flow matching just run (0: none; see ``rollout``): as many
+        network passes as flow matching took steps, each step taking ``2 x ROLLOUT_SOLVER_STEPS``
+        passes per interval, between :data:`ROLLOUT_CHECK_EVERY` and :data:`MAX_ROLLOUT_STEPS`."""
+        asked = self.params["rollout"]
+        budget = int(self.history["loss"].size) // (2 * n_intervals * ROLLOUT_SOLVER_STEPS)
+        if asked is False or (asked == "auto" and budget < ROLLOUT_CHECK_EVERY):
+            return 0
+        return max(ROLLOUT_CHECK_EVERY, min(MAX_ROLLOUT_STEPS, budget))
+
+    def _fit_rollouts(self, internal, course: TimeCourse, objective, n_steps: int, rng, progress: bool) -> None:
         """Rollout fitting after flow matching (see ``rollout`` and :mod:`cellflow.rollout`).
 
         Training goes on from the fitted weights with flow matching's loss plus the rollout term,
-        at :data:`ROLLOUT_LR_FACTOR` times the learning rate. Its cost is bounded by flow matching's:
-        a step integrates every interval (``2 x ROLLOUT_SOLVER_STEPS`` network passes each), and the
-        stage takes at most as many passes as flow matching took steps (at least
-        :data:`ROLLOUT_CHECK_EVERY` steps, at most :data:`MAX_ROLLOUT_STEPS`); every
+        at :data:`ROLLOUT_LR_FACTOR` times the learning rate, for at most ``n_steps`` steps
+        (:meth:`_rollout_steps`); every
         :data:`ROLLOUT_CHECK_EVERY` steps the rollout discrepancy of cells kept out of this stage is
         measured, the stage stops as flow matching does (4 checks without a 1% gain) and keeps the
         best check's network, or the network it started from when no check beat it.
@@ -461,9 +473,6 @@ class CellFlow:
         term.start(net, matching_loss=float(np.mean(self.history["loss"][-100:])))
         initial = float(distributed.mean(term.check_score(net)))
         stopping = EarlyStopping(term.check_score, scale=initial, check_every=ROLLOUT_CHECK_EVERY)
-        # as many network passes as flow matching took, at most: each step integrates every interval
-        passes = 2 * (len(internal) - 1) * ROLLOUT_SOLVER_STEPS
-        n_steps = max(ROLLOUT_CHECK_EVERY, min(MAX_ROLLOUT_STEPS, int(self.history["loss"].size) // passes))
         net, log = train(net, objective, self.clock, n_steps=n_steps, lr=p["lr"] * ROLLOUT_LR_FACTOR,
                          lr_schedule="constant", ema_decay=p["ema_decay"] or None, stopping=stopping,
                          rollout=term, progress=progress, description="rollout fitting")

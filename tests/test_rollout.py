@@ -85,3 +85,13 @@ def test_rollout_fitting_runs_on_two_time_points_with_growth():
     model = CellFlow("wfr", rollout=True, n_steps=100, hidden=(16,)).fit(
         read_time_course(adata, time_key="time", use_rep="X_pca"), progress=False)
     assert model.history["rollout_loss"].size >= 10 and np.isfinite(model.history["rollout_discrepancy"]).all()
+
+
+def test_rollout_auto_runs_only_when_flow_matching_paid_for_it():
+    course = read_time_course(cf.datasets.simulate(n_cells=60, times=(0, 1), n_genes=5, seed=0), "time", "X_pca")
+    short = CellFlow("otcfm", n_steps=50, hidden=(16,)).fit(course, progress=False)  # 50 // 8 passes < 10 steps
+    assert short.params["rollout"] == "auto" and "rollout_loss" not in short.history
+    longer = CellFlow("otcfm", n_steps=160, hidden=(16,)).fit(course, progress=False)  # 160 // 8 = 20 steps at most
+    assert 10 <= longer.history["rollout_loss"].size <= 20
+    restored = CellFlow.from_dict(longer.to_dict())
+    assert restored.params["rollout"] == "auto"
