@@ -143,9 +143,12 @@ class CellFlow:
         the population size for methods with growth). It keeps pushes across many intervals on
         the data at a bounded cost: at most as many network passes as flow matching took steps;
         it stops on cells kept out of this stage and keeps the flow matching network when it
-        cannot improve on it. ``"auto"`` (default) runs it when that budget allows at least
-        :data:`ROLLOUT_CHECK_EVERY` steps (flow matching of a few hundred steps or more), ``True``
-        always (at least that many steps), ``False`` never. ``history`` records ``rollout_loss``,
+        cannot improve on it. ``"auto"`` (default) runs it for three time points or more (a push
+        across several intervals; with two, flow matching already fits the one interval, and a
+        sample-based divergence of a few hundred cells, in many dimensions, may pull the path's
+        middle where the path family does not want it, e.g. undo ``"ecfm"``'s entropy control) when
+        that budget allows at least :data:`ROLLOUT_CHECK_EVERY` steps (flow matching of a few
+        hundred steps or more); ``True`` always (at least that many steps), ``False`` never. ``history`` records ``rollout_loss``,
         ``rollout_discrepancy``, ``rollout_score`` at each check (``rollout_step``),
         ``rollout_initial_score``, ``rollout_kept`` and ``rollout_seconds``.
     hidden
@@ -451,7 +454,7 @@ class CellFlow:
         passes per interval, between :data:`ROLLOUT_CHECK_EVERY` and :data:`MAX_ROLLOUT_STEPS`."""
         asked = self.params["rollout"]
         budget = int(self.history["loss"].size) // (2 * n_intervals * ROLLOUT_SOLVER_STEPS)
-        if asked is False or (asked == "auto" and budget < ROLLOUT_CHECK_EVERY):
+        if asked is False or (asked == "auto" and (n_intervals < 2 or budget < ROLLOUT_CHECK_EVERY)):
             return 0
         return max(ROLLOUT_CHECK_EVERY, min(MAX_ROLLOUT_STEPS, budget))
 

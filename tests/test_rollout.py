@@ -87,11 +87,13 @@ def test_rollout_fitting_runs_on_two_time_points_with_growth():
     assert model.history["rollout_loss"].size >= 10 and np.isfinite(model.history["rollout_discrepancy"]).all()
 
 
-def test_rollout_auto_runs_only_when_flow_matching_paid_for_it():
-    course = read_time_course(cf.datasets.simulate(n_cells=60, times=(0, 1), n_genes=5, seed=0), "time", "X_pca")
-    short = CellFlow("otcfm", n_steps=50, hidden=(16,)).fit(course, progress=False)  # 50 // 8 passes < 10 steps
+def test_rollout_auto_runs_only_across_several_intervals_and_when_flow_matching_paid_for_it():
+    simulated = cf.datasets.simulate(n_cells=60, times=(0, 1, 2), n_genes=5, seed=0)
+    course = read_time_course(simulated, "time", "X_pca")
+    short = CellFlow("otcfm", n_steps=100, hidden=(16,)).fit(course, progress=False)  # 100 // 16 passes < 10 steps
     assert short.params["rollout"] == "auto" and "rollout_loss" not in short.history
-    longer = CellFlow("otcfm", n_steps=160, hidden=(16,)).fit(course, progress=False)  # 160 // 8 = 20 steps at most
+    longer = CellFlow("otcfm", n_steps=320, hidden=(16,)).fit(course, progress=False)  # 320 // 16 = 20 steps at most
     assert 10 <= longer.history["rollout_loss"].size <= 20
-    restored = CellFlow.from_dict(longer.to_dict())
-    assert restored.params["rollout"] == "auto"
+    assert CellFlow.from_dict(longer.to_dict()).params["rollout"] == "auto"
+    one_interval = read_time_course(simulated[simulated.obs["time"] < 2], "time", "X_pca")
+    assert "rollout_loss" not in CellFlow("otcfm", n_steps=320, hidden=(16,)).fit(one_interval, progress=False).history
