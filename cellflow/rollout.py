@@ -37,7 +37,7 @@ ROLLOUT_SOLVER_STEPS = 4  # midpoint steps per interval (two network passes each
 ROLLOUT_BLUR = 0.05  # Sinkhorn blur, in units of the data's overall standard deviation
 START_SAMPLES = 4  # training samples whose divergences, averaged, are the scales of the loss
 SIZE_TOLERANCE = float(np.log(1.1))  # a 10% miss of a population's size weighs as a divergence at its start
-CHECK_ROLLOUT_CELLS = 256  # cells per time point kept out of the rollout's training, for stopping
+CHECK_ROLLOUT_CELLS = 256  # draws per time point from the cells kept out of training that every check scores
 
 
 class RolloutLoss:
