@@ -35,7 +35,6 @@ import argparse
 import datetime as dt
 import inspect
 import os
-import shlex
 import sys
 import time
 from dataclasses import replace
@@ -53,9 +52,10 @@ import torch  # noqa: E402
 
 import cellflow  # noqa: E402
 from leave_one_out import EMA, TORCHCFM, load_course, machine_lines, torchcfm_fitter  # noqa: E402
-from sections import QUICK_DATASET, QUICK_STEPS, code_version, report_file, write_section  # noqa: E402
+from sections import QUICK_DATASET, QUICK_STEPS, code_version, invocation, report_file, write_section  # noqa: E402
 from cellflow.benchmark import fold_pca  # noqa: E402
 from cellflow.horizon import horizon, interval_gain  # noqa: E402
+from cellflow._utils import resolve_device  # noqa: E402
 from cellflow.readers import TimeCourse, read_time_course  # noqa: E402
 
 DATASETS = ("kouno_thp1", "emt", "mouse_hematopoiesis", "simulation_gene", "moscot_temporal")
@@ -343,12 +343,10 @@ def parse_args(argv=None):
 def main(argv=None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
-    device = str(torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
-                              else ("cpu" if args.device == "auto" else args.device)))
+    device = str(resolve_device(args.device))
     folder = args.results / f"steps-{args.steps}"
     folder.mkdir(parents=True, exist_ok=True)
-    command = "python benchmarks/horizon.py" + "".join(
-        " " + shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
+    command = invocation("horizon", argv)
     if not args.no_run:  # the invocations behind the cached rows, listed in the report
         stamp = f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC"
         with open(folder / "runs.log", "a") as handle:

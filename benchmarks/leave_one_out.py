@@ -33,7 +33,6 @@ import datetime as dt
 import inspect
 import os
 import platform
-import shlex
 import sys
 import time
 from importlib import metadata
@@ -51,13 +50,14 @@ import torch  # noqa: E402
 
 import cellflow  # noqa: E402
 # benchmarks/sections.py, shared by the benchmark scripts
-from sections import QUICK_DATASET, QUICK_STEPS, code_version, report_file, write_section  # noqa: E402
+from sections import QUICK_DATASET, QUICK_STEPS, code_version, invocation, report_file, write_section  # noqa: E402
 from cellflow.benchmark import BASELINES, MMD_BANDWIDTHS, leave_one_out  # noqa: E402
 from cellflow.clock import Clock  # noqa: E402
 from cellflow.integration import integrate  # noqa: E402
 from cellflow.methods import METHODS  # noqa: E402
 from cellflow.model import default_batch_size, default_hidden  # noqa: E402
 from cellflow.networks import TimeMLP  # noqa: E402
+from cellflow._utils import resolve_device  # noqa: E402
 from cellflow.readers import TimeCourse, read_time_course  # noqa: E402
 from cellflow.training import Batch, train  # noqa: E402
 
@@ -508,12 +508,10 @@ def parse_args(argv=None):
 def main(argv=None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
-    device = str(torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
-                              else ("cpu" if args.device == "auto" else args.device)))
+    device = str(resolve_device(args.device))
     folder = args.results / f"steps-{args.steps}"
     folder.mkdir(parents=True, exist_ok=True)
-    command = "python benchmarks/leave_one_out.py" + "".join(
-        " " + shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
+    command = invocation("leave_one_out", argv)
     stamp = f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC"
     if not args.no_run:  # the invocations behind the cached rows, listed in the report
         with open(folder / "runs.log", "a") as handle:

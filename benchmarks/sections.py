@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import re
+import shlex
 import subprocess
+import sys
 from pathlib import Path
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "BENCHMARKS.md"
@@ -49,6 +51,13 @@ def report_file(out: Path | None, quick: bool, results: Path = RESULTS) -> Path:
     if out is not None:
         return Path(out)
     return Path(results) / QUICK_REPORT if quick else BENCHMARKS
+
+
+def invocation(script: str, argv=None) -> str:
+    """The command line that ran ``benchmarks/<script>.py``, as a shell would take it (``argv``: its
+    arguments when called from Python, else the process's own)."""
+    return f"python benchmarks/{script}.py" + "".join(
+        " " + shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
 
 
 def code_version() -> str:
