@@ -64,8 +64,8 @@ DEFAULT_METHOD = "otcfm"  # TorchCFM trains for as many steps as this method too
 PROTOCOLS = ("in_sample", "held_out")
 ROLLOUTS = {"off": ["off"], "on": ["on"], "both": ["off", "on"]}
 ROLLOUT_SUPPORTED = "rollout" in inspect.signature(cellflow.CellFlow).parameters
-RATIO_TARGET = 1.3  # W1 from the first time point at most this times the one-interval W1 (issue 21)
-NORM_TARGET = 1.25  # no pushed cell beyond this times the largest norm in the data (issue 21)
+RATIO_TARGET = 1.3  # W1 from the first time point at most this times the one-interval W1
+NORM_TARGET = 1.25  # no pushed cell beyond this times the largest norm in the data
 MAX_CELLS = 2000  # cells per time point pushed and scored
 QUICK_MAX_CELLS = 200
 RESULTS = ROOT / "benchmarks" / "results" / "horizon"
@@ -195,7 +195,7 @@ def _number(value: float, digits: int = 3) -> str:
 
 
 def verdict(row) -> str:
-    """Whether a fit meets issue 21's horizon targets (ratio and norm ratio)."""
+    """Whether a fit meets the horizon targets (ratio and norm ratio): a field that stays on the data."""
     met = row.max_ratio <= RATIO_TARGET and row.max_norm_ratio <= NORM_TARGET
     return "yes" if met else "no"
 
@@ -255,7 +255,7 @@ def write_report(path: Path, folder: Path, rows: pd.DataFrame, datasets, steps) 
         "With three time points the held-out one is the second, where both pushes start from the first time",
         "point (ratio one by construction); the later time then compares the push across the held-out time with",
         "the push from the held-out cells.",
-        f"Targets (issue 21): max ratio <= {RATIO_TARGET} and max norm ratio <= {NORM_TARGET}, at every scored time.",
+        f"Targets: max ratio <= {RATIO_TARGET} and max norm ratio <= {NORM_TARGET}, at every scored time.",
         "The ratio compares two pushes of the same model, so it is near one also when both are poor: read it",
         "beside the W1 values.",
         "",
