@@ -128,8 +128,8 @@ def _fit(args) -> None:
         print(f"read {adata.n_obs} cells x {adata.n_vars} genes; fitting {args.method} ({args.steps} steps)",
               flush=True)
     tl.fit(adata, time_key=args.time_key, use_rep=args.use_rep, method=args.method, seed=args.seed,
-           n_steps=args.steps, field=args.field, reflow=args.reflow, rollout=ROLLOUT_OPTIONS[args.rollout], device=args.device,
-           key_added=args.key_added)
+           n_steps=args.steps, field=args.field, reflow=args.reflow, rollout=ROLLOUT_OPTIONS[args.rollout],
+           device=args.device, key_added=args.key_added)
     if main:
         adata.write_h5ad(args.out)
         print(f"wrote {Path(args.out).resolve()}")

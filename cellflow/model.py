@@ -14,8 +14,8 @@ from ._utils import compute_threads, resolve_device, seed_everything, show_progr
 from .clock import Clock
 from .couplings import BLOCK_ORDERS
 from .delta import cross_validated_delta
-from .horizon import horizon_history
 from .entropy import default_entropy_rate
+from .horizon import horizon_history
 from .integration import check_solver, integrate
 from .methods import resolve_method
 from .networks import FIELDS, Fields, TimeMLP, field_output, velocity_network
@@ -94,9 +94,9 @@ class CellFlow:
         ``"wfr"``, ``"potential"`` or ``"potential_map"``; path ``"linear"``, ``"brownian"``,
         ``"vp"``, ``"wfr"``, ``"hermite"``, ``"spline"`` (natural cubic spline), ``"entropy"``
         (entropy-controlled), ``"metric"`` or ``"metric_rbf"`` (bent toward the data under the LAND
-        or the RBF metric; :class:`cellflow.metric_path.MetricPath`); objective ``"pairs"`` or ``"chains"`` (a curve through every time
-        point needs chains; a pair path on chains is applied piecewise to each chain's own
-        segment). A growth field is learned whenever the coupling carries mass
+        or the RBF metric; :class:`cellflow.metric_path.MetricPath`); objective ``"pairs"`` or
+        ``"chains"`` (a curve through every time point needs chains; a pair path on chains is
+        applied piecewise to each chain's own segment). A growth field is learned whenever the coupling carries mass
         or the path makes growth (``"wfr"``).
     sigma
         Noise of the path, in units of the data's overall standard deviation; default from the
@@ -148,9 +148,9 @@ class CellFlow:
         sample-based divergence of a few hundred cells, in many dimensions, may pull the path's
         middle where the path family does not want it, e.g. undo ``"ecfm"``'s entropy control) when
         that budget allows at least :data:`ROLLOUT_CHECK_EVERY` steps (flow matching of a few
-        hundred steps or more); ``True`` always (at least that many steps), ``False`` never. ``history`` records ``rollout_loss``,
-        ``rollout_discrepancy``, ``rollout_score`` at each check (``rollout_step``),
-        ``rollout_initial_score``, ``rollout_kept`` and ``rollout_seconds``.
+        hundred steps or more); ``True`` always (at least that many steps), ``False`` never.
+        ``history`` records ``rollout_loss``, ``rollout_discrepancy``, ``rollout_score`` at each
+        check (``rollout_step``), ``rollout_initial_score``, ``rollout_kept`` and ``rollout_seconds``.
     hidden
         Hidden layer widths of the velocity network (and of the growth network); ``"auto"``
         sizes them from the representation's dimension (:func:`default_hidden`).
@@ -257,15 +257,17 @@ class CellFlow:
             times = ", ".join(shown if len(shown) <= 8 else [*shown[:3], "...", *shown[-2:]])
             steps = self.history["loss"].size if "loss" in self.history else 0
             reflow = f", then {p['reflow']} round{'s' * (p['reflow'] > 1)} of reflow" if p["reflow"] else ""
-            rollout = f", rollout fitting {self.history['rollout_loss'].size} steps" if "rollout_loss" in self.history else ""
+            rollout = (f", rollout fitting {self.history['rollout_loss'].size} steps"
+                       if "rollout_loss" in self.history else "")
             lines.append(f"    trained on {self.times.size} time points ({times}) in {self.center.size} dimensions, "
                          f"{steps} steps{reflow}{rollout}")
             if "horizon_w1_first" in self.history:
                 h = self.history
                 worst = int(np.argmax(h["horizon_w1_first"] / h["horizon_w1_previous"]))
                 ratio = h["horizon_w1_first"][worst] / h["horizon_w1_previous"][worst]
-                lines.append(f"    horizon: cells of {self.times[0]:g} pushed to {h['horizon_times'][worst]:g} land at W1 "
-                             f"{h['horizon_w1_first'][worst]:.3g}, {ratio:.2f}x the one-interval W1 (the worst time)")
+                lines.append(f"    horizon: cells of {self.times[0]:g} pushed to {h['horizon_times'][worst]:g} "
+                             f"land at W1 {h['horizon_w1_first'][worst]:.3g}, {ratio:.2f}x the one-interval W1 "
+                             "(the worst time)")
                 lines.append(f"    pushed cells reach {h['horizon_norm_ratio'].max():.2f}x the data's largest norm; "
                              f"interval gain {h['interval_gain'].min():.2f}-{h['interval_gain'].max():.2f} "
                              "(cellflow.pl.horizon)")
@@ -463,18 +465,17 @@ class CellFlow:
 
         Training goes on from the fitted weights with flow matching's loss plus the rollout term,
         at :data:`ROLLOUT_LR_FACTOR` times the learning rate, for at most ``n_steps`` steps
-        (:meth:`_rollout_steps`); every
-        :data:`ROLLOUT_CHECK_EVERY` steps the rollout discrepancy of cells kept out of this stage is
-        measured, the stage stops as flow matching does (4 checks without a 1% gain) and keeps the
-        best check's network, or the network it started from when no check beat it.
+        (:meth:`_rollout_steps`); every :data:`ROLLOUT_CHECK_EVERY` steps the rollout discrepancy
+        of cells kept out of this stage is measured; the stage stops as flow matching does (4 checks
+        without a 1% gain) and keeps the best check's network, or the network it started from when
+        no check beat it.
         """
         p, start = self.params, time.perf_counter()
         term = RolloutLoss(lambda z, t, net: self._field(z, t, "after", net), internal, course.weights,
                            course.times, self.has_growth, rng)
         net = self.net.requires_grad_(True)
         before = copy.deepcopy(net.state_dict())
-        term.start(net, matching_loss=float(np.mean(self.history["loss"][-100:])))
-        initial = float(distributed.mean(term.check_score(net)))
+        initial = float(distributed.mean(term.start(net, matching_loss=float(np.mean(self.history["loss"][-100:])))))
         stopping = EarlyStopping(term.check_score, scale=initial, check_every=ROLLOUT_CHECK_EVERY)
         net, log = train(net, objective, self.clock, n_steps=n_steps, lr=p["lr"] * ROLLOUT_LR_FACTOR,
                          lr_schedule="constant", ema_decay=p["ema_decay"] or None, stopping=stopping,

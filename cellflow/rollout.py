@@ -142,14 +142,18 @@ class RolloutLoss:
         value = (divergences / scales).mean()
         return value if sizes is None else value + (sizes / SIZE_TOLERANCE**2).mean()
 
-    def start(self, net, matching_loss: float) -> None:
+    def start(self, net, matching_loss: float) -> float:
         """Fix the scales the stage's loss is measured in, from the network it starts with: each
-        divergence's starting value (over a few training samples, and on the cells kept out)."""
+        divergence's starting value (over a few training samples, and on the cells kept out).
+        Returns the starting network's :meth:`check_score`."""
         with torch.no_grad():
             draws = [self.terms(net, self._sample())[0] for _ in range(START_SAMPLES)]
             self.scales = torch.stack(draws).mean(0).detach().clamp_min(1e-8)  # geomloss may keep a graph
-            self.check_scales = self.terms(net, self.check_cells)[0].detach().clamp_min(1e-8)
+            checked = self.terms(net, self.check_cells)
+            self.check_scales = checked[0].detach().clamp_min(1e-8)
+            score = float(self._combined(checked, self.check_scales).detach())
         self.matching_scale = max(float(matching_loss), 1e-12)
+        return score
 
     def __call__(self, net, matching_loss: torch.Tensor) -> torch.Tensor:
         """Flow matching's loss over its starting value, plus the rollout term on a fresh sample."""
