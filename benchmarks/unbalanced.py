@@ -42,7 +42,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]  # this checkout's cellflow, and sections.py
 
 import cellflow as cf  # noqa: E402
-from cellflow.benchmark import leave_one_out, mass_error, score  # noqa: E402
+from cellflow.benchmark import leave_one_out, score  # noqa: E402
+from cellflow.metrics import mass_error  # noqa: E402
 from multimarginal import load_time_course  # noqa: E402
 from sections import QUICK_DATASET, QUICK_STEPS, RESULTS, code_version, report_file, write_section  # noqa: E402
 

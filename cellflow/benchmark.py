@@ -16,6 +16,7 @@ import ot
 import pandas as pd
 
 from . import metrics
+from .metrics import mass_error
 from ._utils import progress_bar
 from .couplings import ExactOTCoupling
 from .methods import METHODS
@@ -127,11 +128,6 @@ def score(predicted, observed, weights=None, bandwidths=None) -> dict:
         "mmd": metrics.mmd(predicted, observed, weights, bandwidths=bandwidths),
     }
 
-
-def mass_error(predicted_ratio: float, n_start: float, n_end: float) -> float:
-    """Relative error of a predicted population-size ratio: ``|M_hat - n_end/n_start| / (n_end/n_start)``."""
-    truth = n_end / n_start
-    return abs(predicted_ratio - truth) / truth
 
 
 def fold_pca(training: Sequence[np.ndarray], n_pcs: int, seed: int = 0):

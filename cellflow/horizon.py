@@ -23,6 +23,7 @@ import ot
 import pandas as pd
 
 from . import metrics
+from .metrics import mass_error
 from .readers import TimeCourse
 
 #: Keys that :func:`horizon_history` returns, as ``model.history`` stores them.
@@ -112,7 +113,7 @@ def horizon(model, course: TimeCourse, *, max_cells: int = DEFAULT_MAX_CELLS, se
         that stays on the data keeps it near one.
     ``mass_error``
         Relative mass error ``|M_hat(t)/M_hat(t_0) - n_t/n_0| / (n_t/n_0)``
-        (:func:`cellflow.benchmark.mass_error`) of the push from the first time point, ``n`` the
+        (:func:`cellflow.metrics.mass_error`) of the push from the first time point, ``n`` the
         number of cells (or total weight) measured; ``NaN`` for a model without growth, whose
         masses are not a prediction.
     ``norm_ratio``
@@ -130,7 +131,6 @@ def horizon(model, course: TimeCourse, *, max_cells: int = DEFAULT_MAX_CELLS, se
 
 def _table(model, course: TimeCourse, samples, pushes) -> pd.DataFrame:
     """The rows of :func:`horizon` from the subsamples and the one-interval pushes of :func:`_interval_pushes`."""
-    from .benchmark import mass_error  # here: the benchmark imports the model, whose fit records these signals
 
     pooled = np.concatenate([np.asarray(x, dtype=np.float64) for x in course.populations])
     centre = pooled.mean(axis=0)

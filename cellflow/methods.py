@@ -2,7 +2,7 @@
 
 Adding a coupling or a path is a class in :mod:`cellflow.couplings` or :mod:`cellflow.paths`
 (which declares its settings, defaults and whether it carries mass), its name in
-:data:`COUPLINGS` or :data:`cellflow.paths.PATHS` and, for a named method, a row of
+:data:`COUPLINGS` or :data:`PATHS` and, for a named method, a row of
 :data:`METHODS`; nothing else looks at names.
 """
 
@@ -12,10 +12,25 @@ from dataclasses import dataclass
 
 from ._checks import choice
 from .couplings import EntropicOTCoupling, ExactOTCoupling, IndependentCoupling, WFRCoupling
-from .paths import PATHS
+from .metric_path import MetricPath, RBFMetricPath
+from .paths import (BrownianBridgePath, CubicSplinePath, EntropyControlledPath, LinearPath, MonotoneHermitePath,
+                    VariancePreservingPath, WFRPath)
 from .potentials import PotentialCoupling, PotentialMapCoupling
 from .training import OBJECTIVES
 
+
+#: The conditional paths by name (:mod:`cellflow.paths`, :mod:`cellflow.metric_path`).
+PATHS = {
+    "linear": LinearPath,
+    "brownian": BrownianBridgePath,
+    "vp": VariancePreservingPath,
+    "wfr": WFRPath,
+    "spline": CubicSplinePath,
+    "hermite": MonotoneHermitePath,
+    "entropy": EntropyControlledPath,
+    "metric": MetricPath,
+    "metric_rbf": RBFMetricPath,
+}
 
 #: The couplings by name (:mod:`cellflow.couplings`, :mod:`cellflow.potentials`).
 COUPLINGS = {
@@ -37,7 +52,7 @@ class Method:
     coupling
         Key of :data:`COUPLINGS`.
     path
-        Key of :data:`cellflow.paths.PATHS`.
+        Key of :data:`PATHS`.
     objective
         ``"pairs"``: pairs of neighbouring time points, one path per pair; ``"chains"``: the
         plans chained into tuples through every time point, one path per tuple (a curve

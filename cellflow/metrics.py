@@ -144,3 +144,9 @@ def straightness(field, x, t0: float, t1: float, *, method: str = "dopri5", step
     if not displacement > torch.finfo(x.dtype).eps * (x**2).sum(dim=1).mean():  # above rounding of the positions
         raise ValueError("the paths do not move between t0 and t1, so their straightness is undefined")
     return float(energy / displacement)
+
+
+def mass_error(predicted_ratio: float, n_start: float, n_end: float) -> float:
+    """Relative error of a predicted population-size ratio: ``|M_hat - n_end/n_start| / (n_end/n_start)``."""
+    truth = n_end / n_start
+    return abs(predicted_ratio - truth) / truth

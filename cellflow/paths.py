@@ -451,17 +451,3 @@ class EntropyControlledPath(BrownianBridgePath):
             eps = side_by_side[torch.arange(n, device=eps.device), segment]
         return dataclasses.replace(super().sample(points, segment, s, eps, m0, m1), score=None, noise_scale=None)
 
-
-from .metric_path import MetricPath, RBFMetricPath  # noqa: E402  (built on the classes above)
-
-PATHS = {
-    "linear": LinearPath,
-    "brownian": BrownianBridgePath,
-    "vp": VariancePreservingPath,
-    "wfr": WFRPath,
-    "spline": CubicSplinePath,
-    "hermite": MonotoneHermitePath,
-    "entropy": EntropyControlledPath,
-    "metric": MetricPath,
-    "metric_rbf": RBFMetricPath,
-}
