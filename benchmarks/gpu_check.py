@@ -9,7 +9,7 @@ minutes; every part is timed and printed)::
 Parts:
 
 * checks on a small course (``simulate(n_cells=300, n_genes=50)``, ``use_rep="X"``, time 2 held
-  out), for every method of ``cellflow.methods.METHODS``: a fit on the CPU, restored on the GPU
+  out), for every method of ``cellflow.model.METHODS``: a fit on the CPU, restored on the GPU
   with ``CellFlow.from_dict(model.to_dict(), device="cuda")``, must give the same velocity (and
   growth) at every cell and the same ``push`` from the first to the last time point, within
   ``rtol`` 1e-4 and ``atol`` 1e-4 times the scale of each quantity; and a fit on the GPU with
@@ -23,7 +23,7 @@ Parts:
 
 Settings that differ from cellflow's defaults, so that the check ends within 5 minutes (the
 couplings are solved on the host's CPU, one block after another, whatever the device):
-``n_steps="auto"`` stops at 1000 steps rather than 4000 (``cellflow.model.MAX_AUTO_STEPS``,
+``n_steps="auto"`` stops at 1000 steps rather than 4000 (``cellflow.model._model.MAX_AUTO_STEPS``,
 ``--step-limit``); the scale part couples blocks of 512 cells rather than 2048; ``sbcfm`` takes
 ``sigma=0.5`` (so ``reg = 2 sigma**2 = 0.5``): with the default 0.1 the entropic regularisation
 is about 1/1000 of the typical cost of this 50-d data of rank 2, where Sinkhorn falls back to
@@ -58,12 +58,12 @@ for _path in (ROOT, ROOT / "benchmarks"):  # cellflow from a checkout, and the s
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from sections import QUICK_STEPS, code_version, report_file, write_section  # noqa: E402  (benchmarks/sections.py)
 
 import cellflow as cf  # noqa: E402
 import cellflow.model  # noqa: E402
 from cellflow.benchmark import score  # noqa: E402
-from cellflow.methods import METHODS  # noqa: E402
-from sections import QUICK_STEPS, code_version, report_file, write_section  # noqa: E402  (benchmarks/sections.py)
+from cellflow.model import METHODS  # noqa: E402
 
 SECTION = "gpu_check"  # <!-- gpu_check:start --> ... <!-- gpu_check:end --> in BENCHMARKS.md
 N_GENES, TIMES, USE_REP = 50, (0.0, 1.0, 2.0, 3.0, 4.0), "X"
@@ -285,7 +285,7 @@ def main(argv=None) -> int:
 
     log(f"$ {command}")
     log(f"{machine(device)}; {code}")
-    cellflow.model.MAX_AUTO_STEPS = args.step_limit  # n_steps="auto" stops here at the latest
+    cellflow.model._model.MAX_AUTO_STEPS = args.step_limit  # n_steps="auto" stops here at the latest
     warnings.filterwarnings("ignore", message=".*(did not converge|Numerical errors).*")  # POT, on wfr candidates
     settings = {method: dict(METHOD_SETTINGS.get(method, {})) for method in args.methods}
 

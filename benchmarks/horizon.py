@@ -4,10 +4,10 @@ WFR-FM's in-sample protocol, and a held-out version, on every shared dataset for
 ``otcfm`` (the default), ``mmfm`` and ``wfr``, with TorchCFM's OT-CFM beside them:
 
 * **in-sample**: fit on every time point; push the cells of the first time point once through
-  every later measured time and score them there (:func:`cellflow.horizon.horizon`): W1 from the
+  every later measured time and score them there (:func:`cellflow.model.horizon`): W1 from the
   first time point, W1 pushed from the time point before (one interval), their ratio, the relative
   mass error (growth methods) and the largest pushed norm over the data's; and the gain of each
-  interval's map on cells moved off the data (:func:`cellflow.horizon.interval_gain`);
+  interval's map on cells moved off the data (:func:`cellflow.model.interval_gain`);
 * **held-out**: hold out the middle inner time point (index ``K // 2`` of the ``K`` time points),
   fit on the rest, and score the same push from the first time point at the held-out time and
   every later time (the one-interval push into the held-out time starts from the measured time
@@ -49,14 +49,21 @@ os.environ.setdefault("CELLFLOW_DATA_DIR", str(ROOT.parent / "shared" / "data"))
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
+from leave_one_out import EMA, TORCHCFM, load_course, machine_lines, torchcfm_fitter  # noqa: E402
+from sections import (  # noqa: E402
+    QUICK_DATASET,
+    QUICK_STEPS,
+    code_version,
+    invocation,
+    report_file,
+    write_section,
+)
 
 import cellflow  # noqa: E402
-from leave_one_out import EMA, TORCHCFM, load_course, machine_lines, torchcfm_fitter  # noqa: E402
-from sections import QUICK_DATASET, QUICK_STEPS, code_version, invocation, report_file, write_section  # noqa: E402
-from cellflow.benchmark import fold_pca  # noqa: E402
-from cellflow.horizon import horizon, interval_gain  # noqa: E402
 from cellflow._utils import resolve_device  # noqa: E402
-from cellflow.readers import TimeCourse, read_time_course  # noqa: E402
+from cellflow.benchmark import fold_pca  # noqa: E402
+from cellflow.io import read_time_course  # noqa: E402
+from cellflow.model import TimeCourse, horizon, interval_gain  # noqa: E402
 
 DATASETS = ("kouno_thp1", "emt", "mouse_hematopoiesis", "simulation_gene", "moscot_temporal")
 METHODS = ("otcfm", "mmfm", "wfr", TORCHCFM)
@@ -240,14 +247,14 @@ def write_report(path: Path, folder: Path, rows: pd.DataFrame, datasets, steps) 
         "### Protocol",
         "",
         "**In-sample** (WFR-FM's protocol): fit on every time point, push the cells of the first time point once",
-        "through every later measured time (`cellflow.horizon.horizon`) and score them there: exact W1 (`ot.emd2`,",
+        "through every later measured time (`cellflow.model.horizon`) and score them there: exact W1 (`ot.emd2`,",
         "Euclidean cost, pushed cells weighted by their normalised mass) against the measured cells, beside the",
         "W1 of the cells of the time point before pushed over the one interval; *ratio* is the first over the",
         "second. *Mass error*: |M_hat(t)/M_hat(t_0) - n_t/n_0| / (n_t/n_0) of the push from the first time point",
         "(growth methods only: `wfr`), mean over the scored times. *Norm ratio*: the largest distance of a pushed",
         "cell from the data's centre (mean of every measured cell) over the largest distance of a measured cell.",
         "*Gain*: the median factor by which an interval's map enlarges an offset of 0.5 median nearest-neighbour",
-        "distances from the measured cells (`cellflow.horizon.interval_gain`), largest over the intervals.",
+        "distances from the measured cells (`cellflow.model.interval_gain`), largest over the intervals.",
         f"At most {MAX_CELLS} cells per time point are pushed and scored (seeded subsample).",
         "**Held-out**: the middle inner time point (index K // 2 of K) is left out of the fit; the push from the",
         "first time point is scored at the held-out time and every later time, the one-interval push into the",

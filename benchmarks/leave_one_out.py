@@ -2,7 +2,7 @@
 
 Every method predicts exactly one point per cell of ``t_{k-1}``:
 
-* every row of ``cellflow.methods.METHODS`` (read when the script runs), through the one loop
+* every row of ``cellflow.model.METHODS`` (read when the script runs), through the one loop
   ``cellflow.benchmark.leave_one_out``;
 * TorchCFM's OT-CFM (``ExactOptimalTransportConditionalFlowMatcher``), trained by the runner
   below with cellflow's network, widths, pairs per step, weight averaging (EMA), training loop
@@ -48,17 +48,31 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
-import cellflow  # noqa: E402
 # benchmarks/sections.py, shared by the benchmark scripts
-from sections import QUICK_DATASET, QUICK_STEPS, code_version, invocation, report_file, write_section  # noqa: E402
-from cellflow.benchmark import BASELINES, MMD_BANDWIDTHS, leave_one_out  # noqa: E402
-from cellflow.clock import Clock  # noqa: E402
-from cellflow.integration import integrate  # noqa: E402
-from cellflow.methods import METHODS  # noqa: E402
-from cellflow.model import default_batch_size, default_hidden  # noqa: E402
-from cellflow.networks import TimeMLP  # noqa: E402
+from sections import (  # noqa: E402
+    QUICK_DATASET,
+    QUICK_STEPS,
+    code_version,
+    invocation,
+    report_file,
+    write_section,
+)
+
+import cellflow  # noqa: E402
 from cellflow._utils import resolve_device  # noqa: E402
-from cellflow.readers import TimeCourse, read_time_course  # noqa: E402
+from cellflow.benchmark import BASELINES, MMD_BANDWIDTHS, leave_one_out  # noqa: E402
+from cellflow.fields import (
+    Clock,  # noqa: E402
+    TimeMLP,  # noqa: E402
+)
+from cellflow.io import read_time_course  # noqa: E402
+from cellflow.model import (  # noqa: E402
+    METHODS,  # noqa: E402
+    TimeCourse,
+    default_batch_size,
+    default_hidden,
+)
+from cellflow.solvers import integrate  # noqa: E402
 from cellflow.training import Batch, train  # noqa: E402
 
 DATASETS = ("emt", "kouno_thp1", "mouse_hematopoiesis", "moscot_temporal")
@@ -126,11 +140,13 @@ class TorchCFMPairs:
     resamples pairs from it and returns ``(s, x_s, u)`` with ``s`` in ``[0, 1]``. As in
     cellflow, the path is defined in real time: the point lies at ``t = t_k + s h_k`` and moves
     at ``u / h_k``; the training loop turns these into the network's input time ``tau(t)`` and
-    its units (:meth:`cellflow.clock.Clock.to_network`), exactly as for cellflow's own pairs.
+    its units (:meth:`cellflow.fields.Clock.to_network`), exactly as for cellflow's own pairs.
     """
 
     def __init__(self, populations, times, batch_size: int, sigma: float):
-        from torchcfm.conditional_flow_matching import ExactOptimalTransportConditionalFlowMatcher
+        from torchcfm.conditional_flow_matching import (
+            ExactOptimalTransportConditionalFlowMatcher,
+        )
 
         self.populations = populations
         self.times = [float(t) for t in times]
@@ -156,11 +172,11 @@ class TorchCFMRunner:
 
     Batches come from :class:`TorchCFMPairs` (TorchCFM's coupling and path, cellflow's clock).
     Everything else is cellflow's own code, called rather than copied: the network
-    (:class:`cellflow.networks.TimeMLP` of the same widths, hence the same initial weights for a
+    (:class:`cellflow.fields.TimeMLP` of the same widths, hence the same initial weights for a
     seed), the training loop :func:`cellflow.training.train` (loss, Adam, weight averaging with
     the same decay, ``ema_decay``, cellflow's default unless switched off with 0), the
-    coordinates (centre, one overall scale, :class:`cellflow.clock.Clock`) and the integrator
-    (:func:`cellflow.integration.integrate`, dopri5 with its default tolerances) on the
+    coordinates (centre, one overall scale, :class:`cellflow.fields.Clock`) and the integrator
+    (:func:`cellflow.solvers.integrate`, dopri5 with its default tolerances) on the
     real-time field ``net(z, tau(t)) * r(t)``, the form of ``CellFlow._field``.
     """
 
@@ -375,7 +391,7 @@ def write_report(path: Path, folder: Path, rows: pd.DataFrame, steps: str, datas
         "has a lower mean W1 than each of the two baselines and TorchCFM OT-CFM by more than the larger",
         "seed spread of the two. Every fit is used as it ends: no checkpoint is chosen by a held-out score.",
         "",
-        f"- cellflow methods: every row of `cellflow.methods.METHODS`, defaults otherwise (steps: {steps}).",
+        f"- cellflow methods: every row of `cellflow.model.METHODS`, defaults otherwise (steps: {steps}).",
         f"- TorchCFM OT-CFM: `ExactOptimalTransportConditionalFlowMatcher(sigma={SIGMA})` (exact OT on every",
         "  minibatch), trained with cellflow's network (`TimeMLP`, `default_hidden`), pairs per interval and",
         f"  step (`default_batch_size`), Adam lr {LR}, EMA {EMA}, normalisation, clock and dopri5 integration,",
@@ -474,7 +490,7 @@ def parse_args(argv=None):
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--datasets", nargs="+", choices=[*DATASETS, QUICK_DATASET], default=list(DATASETS))
     p.add_argument("--methods", nargs="+", default=None,
-                   help=f"methods to run: rows of cellflow.methods.METHODS ({', '.join(METHODS)}), {TORCHCFM}, "
+                   help=f"methods to run: rows of cellflow.model.METHODS ({', '.join(METHODS)}), {TORCHCFM}, "
                         f"baselines (the exact-OT rows); default all of them ({' '.join(QUICK_METHODS)} with --quick)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--steps", default="auto", help="training steps of cellflow's fits ('auto': its default)")

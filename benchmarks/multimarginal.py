@@ -30,10 +30,18 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]  # this checkout's cellflow, and sections.py
 
+from leave_one_out import load_course  # noqa: E402
+from sections import (  # noqa: E402
+    QUICK_DATASET,
+    QUICK_STEPS,
+    RESULTS,
+    code_version,
+    report_file,
+    write_section,
+)
+
 import cellflow as cf  # noqa: E402
 from cellflow import benchmark  # noqa: E402
-from leave_one_out import load_course  # noqa: E402
-from sections import QUICK_DATASET, QUICK_STEPS, RESULTS, code_version, report_file, write_section  # noqa: E402
 
 os.environ.setdefault("CELLFLOW_DATA_DIR", str(ROOT.parent / "shared" / "data"))
 VARIANTS = {
@@ -93,7 +101,7 @@ def section(results: dict[str, pd.DataFrame], steps: int, seeds, minutes: float,
         "With two or three knots left after holding one out every curve is (nearly) the straight line and "
         "mmfm equals pairwise otcfm, as it should; time courses with many, unevenly spaced time points "
         "(kouno_thp1) separate the curves. The curves pass through the knots in real time (the network "
-        "sees time on cellflow's clock, `cellflow.clock.Clock`, but paths are defined in real time); the "
+        "sees time on cellflow's clock, `cellflow.fields.Clock`, but paths are defined in real time); the "
         "natural cubic spline can overshoot between closely spaced knots, the monotone Hermite curve "
         "cannot. TorchCFM's OT-CFM on the same protocol is in the balanced section.",
         "",

@@ -31,9 +31,17 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 
-from cellflow import benchmark  # noqa: E402
 from multimarginal import load_time_course  # noqa: E402
-from sections import QUICK_DATASET, QUICK_STEPS, RESULTS, code_version, report_file, write_section  # noqa: E402
+from sections import (  # noqa: E402
+    QUICK_DATASET,
+    QUICK_STEPS,
+    RESULTS,
+    code_version,
+    report_file,
+    write_section,
+)
+
+from cellflow import benchmark  # noqa: E402
 
 SMALL_BLOCK = 256
 VARIANTS = {
@@ -79,7 +87,7 @@ def section(results, command: str, minutes: float, threads: int, code: str) -> s
         "plans; the hard c-transform is a map (it cannot split a cell), so its chains are deterministic. With "
         f"block_size={SMALL_BLOCK} the two large-population rules differ: random blocks against one subsample "
         "extended by the c-transform. The seconds include the couplings (both entropic rules share one solver, "
-        "`cellflow.couplings.entropic_potentials`).",
+        "`cellflow.transport.entropic_potentials`).",
         "",
         "| dataset | coupling | W1 | ratio to mmfm | W2 | seconds per fit |",
         "|---|---|---|---|---|---|",

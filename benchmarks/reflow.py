@@ -30,9 +30,17 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]  # this checkout's cellflow, and sections.py
 
-import cellflow as cf  # noqa: E402
 from leave_one_out import load_course  # noqa: E402
-from sections import QUICK_DATASET, QUICK_STEPS, RESULTS, code_version, report_file, write_section  # noqa: E402
+from sections import (  # noqa: E402
+    QUICK_DATASET,
+    QUICK_STEPS,
+    RESULTS,
+    code_version,
+    report_file,
+    write_section,
+)
+
+import cellflow as cf  # noqa: E402
 
 os.environ.setdefault("CELLFLOW_DATA_DIR", str(ROOT.parent / "shared" / "data"))
 EULER_STEPS = (1, 2, 4)

@@ -9,14 +9,14 @@ What it runs, for each size ``n`` (cells per time point; default 2,000, 20,000 a
   read back with ``anndata.read_h5ad(..., backed="r")``, then ``cf.tl.fit(adata, time_key="time",
   use_rep="X")`` (the default method, ``n_steps="auto"``, ``hidden="auto"``) and
   ``cf.tl.interpolate(adata, from_time=0, to_time=0.5)``;
-* stages: reading (``cellflow.readers.read_time_course`` of the backed file, timed on its own
+* stages: reading (``cellflow.io.read_time_course`` of the backed file, timed on its own
   before the fit, which repeats it), preparation (``CellFlow.fit`` before its clock starts:
   centring, scaling, float32 tensors), coupling (``model.history["coupling_seconds"]``), training
   (``fit_seconds`` less coupling), write-back (the rest of ``cf.tl.fit``) and interpolation;
   the write-back of "``tl.fit`` less ``fit_seconds`` less reading" is preparation + write-back here;
 * memory: the kernel's peak resident set (``VmHWM``), reset between stages through
   ``/proc/self/clear_refs``, so each stage has its own peak and the run's peak is the largest;
-* per step: training seconds / steps against a bare ``cellflow.networks.TimeMLP`` of the model's
+* per step: training seconds / steps against a bare ``cellflow.fields.TimeMLP`` of the model's
   widths doing forward + backward + Adam on a random batch of the same size (``batch_size`` x
   intervals), with the threads cellflow chose for the fit.
 
@@ -142,7 +142,7 @@ def bare_step_seconds(dim: int, hidden, batch: int, threads: int, n_steps: int =
     over ``n_steps`` steps after ``BARE_WARMUP``."""
     import torch
 
-    from cellflow.networks import TimeMLP
+    from cellflow.fields import TimeMLP
 
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
@@ -242,7 +242,7 @@ def measure(path: Path, quick: bool = False) -> dict:
         step_ratio=seconds["training"] / steps / bare,
         step_cpu_ms=1e3 * cpu["training"] / steps, bare_step_cpu_ms=1e3 * bare_cpu,
         step_cpu_ratio=cpu["training"] / steps / bare_cpu,
-        batch=batch, hidden=list(params["hidden"]), stopped_early=steps < cellflow.model.MAX_AUTO_STEPS,
+        batch=batch, hidden=list(params["hidden"]), stopped_early=steps < cellflow.model._model.MAX_AUTO_STEPS,
         interpolation_cells_per_second=n_start / interpolation_seconds,
         peak_rss_gb=max(run_peaks.values()), baseline_rss_gb=baseline / GB,
         **{f"rss_{k}_gb": v for k, v in run_peaks.items()},

@@ -32,7 +32,6 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 os.environ.setdefault("CELLFLOW_DATA_DIR", str(ROOT.parent / "shared" / "data"))
 
 import pandas as pd  # noqa: E402
-
 from sections import QUICK_STEPS, RESULTS, code_version, report_file, write_section  # noqa: E402
 
 TARGETS = {"moscot": 5.0, "emt": 10.0, "demo": 15.0}

@@ -33,13 +33,21 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]  # this checkout's cellflow, and sections.py
 os.environ.setdefault("CELLFLOW_DATA_DIR", str(ROOT.parent / "shared" / "data"))
 
+from leave_one_out import load_course  # noqa: E402
+from sections import (  # noqa: E402
+    QUICK_DATASET,
+    QUICK_STEPS,
+    RESULTS,
+    code_version,
+    report_file,
+    write_section,
+)
+
 import cellflow as cf  # noqa: E402
 import cellflow.model  # noqa: E402
 from cellflow import benchmark  # noqa: E402
-from cellflow.networks import TimeMLP  # noqa: E402
+from cellflow.fields import TimeMLP  # noqa: E402
 from cellflow.training import train  # noqa: E402
-from leave_one_out import load_course  # noqa: E402
-from sections import QUICK_DATASET, QUICK_STEPS, RESULTS, code_version, report_file, write_section  # noqa: E402
 
 NOISE_SEEDS = (0, 1, 2)  # draws of the SDE per fit
 TIMED_STEPS = 200  # training steps timed with and without the score network
@@ -76,13 +84,13 @@ def run(course, seeds, n_steps="auto", timed_steps: int = TIMED_STEPS) -> tuple[
         Training steps timed with and without the score network.
     """
     captured = {}
-    fitting = cellflow.model.train
+    fitting = cellflow.model._model.train
 
     def keep(net, objective, clock, **kwargs):  # the objective and clock of the fit, for the timing below
         captured.update(objective=objective, clock=clock, net=net)
         return fitting(net, objective, clock, **kwargs)
 
-    cellflow.model.train = keep
+    cellflow.model._model.train = keep
     rows = []
     for k in range(1, len(course.times) - 1):
         t_prev, t_held, t_next = course.times[k - 1 : k + 2]
@@ -107,7 +115,7 @@ def run(course, seeds, n_steps="auto", timed_steps: int = TIMED_STEPS) -> tuple[
                                  w1=benchmark.score(drawn, held)["w1"], seconds=time.perf_counter() - start))
             print(f"held out {t_held:g}, seed {seed}: " + ", ".join(
                 f"{r['prediction']} {r['w1']:.4f}" for r in rows[-1 - len(NOISE_SEEDS) - 1 :]), flush=True)
-    cellflow.model.train = fitting
+    cellflow.model._model.train = fitting
     n_dims, hidden = course.n_dims, tuple(model.params["hidden"])
     objective, clock = captured["objective"], captured["clock"]
     torch.manual_seed(0)

@@ -41,13 +41,20 @@ os.environ.setdefault("CELLFLOW_DATA_DIR", str(ROOT.parent / "shared" / "data"))
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
+from leave_one_out import TorchCFMRunner, load_course  # noqa: E402
+from sections import (  # noqa: E402
+    QUICK_DATASET,
+    QUICK_STEPS,
+    RESULTS,
+    code_version,
+    report_file,
+    write_section,
+)
 
 import cellflow  # noqa: E402
 import cellflow.benchmark as cf_benchmark  # noqa: E402
 import cellflow.model  # noqa: E402
 from cellflow._utils import compute_threads  # noqa: E402
-from leave_one_out import TorchCFMRunner, load_course  # noqa: E402
-from sections import QUICK_DATASET, QUICK_STEPS, RESULTS, code_version, report_file, write_section  # noqa: E402
 
 SECTION = "time_to_accuracy"
 TOLERANCE = 0.01  # cellflow must come within 1% of TorchCFM's final W1
@@ -189,7 +196,7 @@ def main(argv=None) -> int:
     if args.quick:
         args.datasets, args.seeds = [QUICK_DATASET], [0]
         args.budgets, args.torchcfm_steps = [QUICK_STEPS // 2, QUICK_STEPS], QUICK_STEPS
-        cellflow.model.MAX_AUTO_STEPS = QUICK_STEPS  # n_steps="auto" stops here at the latest
+        cellflow.model._model.MAX_AUTO_STEPS = QUICK_STEPS  # n_steps="auto" stops here at the latest
     args.out = report_file(args.out, args.quick, args.results)
     command = "python benchmarks/time_to_accuracy.py" + "".join(" " + shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
     device = str(cellflow._utils.resolve_device(args.device))

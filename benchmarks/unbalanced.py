@@ -41,11 +41,19 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]  # this checkout's cellflow, and sections.py
 
+from multimarginal import load_time_course  # noqa: E402
+from sections import (  # noqa: E402
+    QUICK_DATASET,
+    QUICK_STEPS,
+    RESULTS,
+    code_version,
+    report_file,
+    write_section,
+)
+
 import cellflow as cf  # noqa: E402
 from cellflow.benchmark import leave_one_out, score  # noqa: E402
 from cellflow.metrics import mass_error  # noqa: E402
-from multimarginal import load_time_course  # noqa: E402
-from sections import QUICK_DATASET, QUICK_STEPS, RESULTS, code_version, report_file, write_section  # noqa: E402
 
 os.environ.setdefault("CELLFLOW_DATA_DIR", str(ROOT.parent / "shared" / "data"))
 METHODS = ("wfr", "otcfm")
@@ -157,7 +165,7 @@ def header() -> str:
         "",
         "Written by `benchmarks/unbalanced.py`, one section per data set (each names the command and code that "
         "produced it). Defaults unless a row says otherwise: delta from the data "
-        "(`cellflow.delta.cross_validated_delta`), reg 0.01, batch 256 per interval, hidden (256, 256, 256), "
+        "(`cellflow.model.cross_validated_delta`), reg 0.01, batch 256 per interval, hidden (256, 256, 256), "
         "lr 1e-3, EMA 0.999; velocity and growth are separate networks, each regressed on its own target. "
         "W1 weights predicted cells by their normalised mass.",
         "",
@@ -199,7 +207,7 @@ def simulation_section(sim: pd.DataFrame, args, seconds: float) -> str:
         "metric). Net growth correlation: learned log-growth of each pushed t=0 cell over each interval "
         "against g integrated along the same learned path. A delta so small that cells travel a good part "
         "of it per interval ties the learned growth to displacement (see the notes of "
-        "`cellflow.delta.default_delta`).",
+        "`cellflow.model.default_delta`).",
     ]
     return "\n".join(lines)
 

@@ -1,10 +1,10 @@
 """cellflow: single-cell trajectory alignment by optimal transport and flow matching."""
 
 from . import datasets, io, metrics, pl, pp, tl
-from .chain import DisagreementWarning
-from .model import CellFlow
-from .readers import TimeCourse, read_time_course
-from .support import OffDataWarning
+from .io import read_time_course
+from .model import CellFlow, TimeCourse
+from .tl._chain import DisagreementWarning
+from .tl._support import OffDataWarning
 
 __version__ = "0.1.0"
 

@@ -1,7 +1,7 @@
 """Command line: ``cellflow demo | fit | interpolate | benchmark``.
 
 Under ``torchrun`` (``torchrun --nproc_per_node N -m cellflow fit ...``) every process runs the
-command and trains the same model together with the others (:mod:`cellflow.distributed`); only
+command and trains the same model together with the others (:mod:`cellflow._distributed`); only
 rank 0 prints and writes files. Errors are printed by every process that meets them.
 """
 
@@ -82,7 +82,7 @@ def _join(device: str = "auto") -> bool:
 
     Called once the arguments and paths are checked, before any work.
     """
-    from . import distributed
+    from . import _distributed as distributed
     from ._utils import resolve_device
 
     distributed.join(distributed.local_device(resolve_device(device)))
@@ -175,8 +175,8 @@ def _benchmark(args) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``cellflow`` command."""
-    from .methods import METHODS
-    from .networks import FIELDS
+    from .fields._networks import FIELDS
+    from .model._methods import METHODS
 
     method_help = f"one of {', '.join(METHODS)} (default: otcfm; wfr learns growth too)"
     parser = argparse.ArgumentParser(prog="cellflow", description=__doc__)

@@ -4,7 +4,7 @@ Real data. The published files come from ``CELLFLOW_DATA_DIR`` (by default ``../
 beside the checkout; the tests never download). At the start of the run every file of
 :data:`cellflow.datasets.SHA256` is looked for there and checked. When some are missing or
 damaged, the header of the run says so once, every test that loads one of them is skipped with
-that one reason (its loader, ``cellflow.datasets._fetch``, skips instead of raising), and the
+that one reason (its loader, ``cellflow.datasets._files._fetch``, skips instead of raising), and the
 summary repeats it; with ``CELLFLOW_REQUIRE_DATA=1`` (as in CI) the run stops at once with that
 message instead. With all files present nothing changes.
 """
@@ -19,6 +19,7 @@ import torch
 
 import cellflow as cf
 from cellflow import datasets
+from cellflow.datasets import _files
 
 DATA_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 os.environ.setdefault(datasets.DATA_DIR_ENV, str(DATA_DIR))
@@ -33,7 +34,7 @@ def _unusable_data_files(root: str) -> list[str]:
         return []
     folder = Path(root).expanduser()
     return [name for name, digest in datasets.SHA256.items()
-            if not (folder / name).is_file() or datasets._sha256(folder / name) != digest]
+            if not (folder / name).is_file() or _files._sha256(folder / name) != digest]
 
 
 DATA_ROOT = os.environ[datasets.DATA_DIR_ENV]
@@ -75,7 +76,7 @@ def _skip_tests_without_their_data():
     if not UNUSABLE_DATA:
         yield
         return
-    fetch = datasets._fetch
+    fetch = _files._fetch
 
     def fetch_or_skip(name: str) -> Path:
         if name in UNUSABLE_DATA and os.environ.get(datasets.DATA_DIR_ENV) == DATA_ROOT:
@@ -83,7 +84,7 @@ def _skip_tests_without_their_data():
         return fetch(name)
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(datasets, "_fetch", fetch_or_skip)
+        patch.setattr(_files, "_fetch", fetch_or_skip)
         yield
 
 

@@ -12,7 +12,8 @@ import pytest
 import scipy.sparse as sp
 
 import cellflow as cf
-from cellflow import readers, tl
+from cellflow import tl
+from cellflow.io import _readers as readers
 
 FIT = dict(time_key="time", use_rep="X_pca", method="otcfm", n_steps=40, seed=0, progress=False)
 
@@ -127,7 +128,7 @@ def test_obsm_on_disk_read_in_blocks_into_float32_without_a_float64_copy(storage
 def test_gene_space_velocity_and_interpolation_in_blocks_of_cells(course_file, monkeypatch):
     _, adata = course_file
     fitted = adata.copy()
-    monkeypatch.setattr(tl, "_GENE_BLOCK_VALUES", 7 * adata.n_vars)  # many blocks of 7 cells
+    monkeypatch.setattr(cf.tl._fit, "_GENE_BLOCK_VALUES", 7 * adata.n_vars)  # many blocks of 7 cells
     tl.fit(fitted, **FIT)
     loadings = fitted.varm["PCs"]
     genes = fitted.layers["cellflow_velocity"]

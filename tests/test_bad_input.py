@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from test_keys import FIT, _course, _unchanged
 
 import cellflow as cf
-from test_keys import FIT, _course, _unchanged
 
 
 def _far_cell(adata):

@@ -8,8 +8,7 @@ import scipy.sparse as sp
 
 import cellflow as cf
 from cellflow import benchmark
-from cellflow.methods import METHODS
-from cellflow.readers import TimeCourse
+from cellflow.model import METHODS, TimeCourse
 
 
 def _course(sizes=(30, 40, 35, 45), dims=2, seed=0) -> TimeCourse:

@@ -6,7 +6,7 @@ import anndata as ad
 import pytest
 
 import cellflow as cf
-from cellflow import distributed
+from cellflow import _distributed as distributed
 from cellflow.cli import main
 
 

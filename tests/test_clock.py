@@ -7,8 +7,8 @@ import pytest
 import torch
 
 import cellflow as cf
-from cellflow.clock import Clock
-from cellflow.readers import TimeCourse
+from cellflow.fields import Clock
+from cellflow.model import TimeCourse
 from cellflow.training import Batch
 
 UNEVEN = [0.0, 1.0, 6.0, 24.0]

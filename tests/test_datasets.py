@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 
 from cellflow import datasets
+from cellflow.datasets import _files, _simulate
 
 ENV = "CELLFLOW_DATA_DIR"
 DEFAULT_DATA_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -55,7 +56,7 @@ def test_registry_urls():
 
 
 def test_fetch_from_data_dir(data_dir):
-    path = datasets._fetch("deepruot/emt.csv")
+    path = _files._fetch("deepruot/emt.csv")
     assert path == data_dir / "deepruot" / "emt.csv"
 
 
@@ -66,7 +67,7 @@ def test_fetch_uses_pooch_cache_without_data_dir(data_dir, monkeypatch, tmp_path
     monkeypatch.delenv(ENV)
     monkeypatch.setenv(datasets.CACHE_DIR_ENV, str(tmp_path))
     # The cached file has the right hash, so pooch does not download anything.
-    assert Path(datasets._fetch(name)) == tmp_path / name
+    assert Path(_files._fetch(name)) == tmp_path / name
 
 
 def test_wrong_checksum_raises(data_dir, monkeypatch, tmp_path):
@@ -93,7 +94,7 @@ def test_missing_file_raises(monkeypatch, tmp_path):
 
 def test_unknown_name_raises():
     with pytest.raises(KeyError):
-        datasets._fetch("nope.csv")
+        _files._fetch("nope.csv")
 
 
 # --- published loaders ------------------------------------------------------------------------
@@ -247,7 +248,7 @@ def test_simulated_truth_functions():
 
 def test_integrator_matches_closed_form():
     z0 = np.random.default_rng(3).normal(0.0, 0.3, size=(1000, 2))
-    z, logw = datasets._integrate(z0, 2.5, 0.5)
+    z, logw = _simulate._integrate(z0, 2.5, 0.5)
     z2, logw_exact = _closed_form(z0[:, 1], 2.5, 0.5)
     np.testing.assert_allclose(z[:, 0], z0[:, 0] + 2.5, atol=1e-12)
     np.testing.assert_allclose(z[:, 1], z2, atol=1e-6)

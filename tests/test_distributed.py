@@ -26,7 +26,7 @@ WORKER = textwrap.dedent(
     import torch
 
     import cellflow as cf
-    from cellflow import distributed
+    from cellflow import _distributed as distributed
     from cellflow.benchmark import score
 
 
@@ -130,7 +130,7 @@ EVERY_NETWORK = textwrap.dedent(
     import torch
 
     import cellflow as cf
-    from cellflow import distributed
+    from cellflow import _distributed as distributed
 
     torch.set_num_threads(1)
     adata = cf.datasets.simulate(n_cells=100, times=(0.0, 1.0, 2.0), growth_scale=0.0, seed=0)

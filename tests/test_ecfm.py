@@ -10,11 +10,17 @@ import torch
 from scipy import stats
 
 import cellflow as cf
-from cellflow.couplings import ExactOTCoupling
-from cellflow.entropy import default_entropy_rate, displacement_factor, knn_entropy, noise_level
-from cellflow.paths import EntropyControlledPath, LinearPath
-from cellflow.readers import TimeCourse
+from cellflow.model import TimeCourse
+from cellflow.paths import (
+    EntropyControlledPath,
+    LinearPath,
+    default_entropy_rate,
+    displacement_factor,
+    knn_entropy,
+    noise_level,
+)
 from cellflow.training import PairObjective
+from cellflow.transport import ExactOTCoupling
 
 
 def _course(populations, times):

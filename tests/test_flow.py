@@ -9,10 +9,10 @@ import anndata as ad
 import numpy as np
 import pytest
 import torch
+from test_pieces import _gaussian_pair, monge_map
 
 import cellflow as cf
-from cellflow.readers import TimeCourse
-from test_pieces import _gaussian_pair, monge_map
+from cellflow.model import TimeCourse
 
 
 def _cosine(a, b):

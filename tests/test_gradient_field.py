@@ -5,11 +5,11 @@ from __future__ import annotations
 import anndata as ad
 import numpy as np
 import torch
+from test_pieces import _gaussian_pair, monge_map
 
 import cellflow as cf
-from cellflow.networks import GradientField
-from cellflow.readers import TimeCourse
-from test_pieces import _gaussian_pair, monge_map
+from cellflow.fields import GradientField
+from cellflow.model import TimeCourse
 
 
 def _jacobians(model, x, t):

@@ -1,4 +1,4 @@
-"""Trust signals of a fit (cellflow.horizon), their plot and the horizon benchmark, against hand-computed values."""
+"""Trust signals of a fit (cellflow.model), their plot and the horizon benchmark, against hand-computed values."""
 
 from __future__ import annotations
 
@@ -17,8 +17,13 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 import cellflow as cf  # noqa: E402
-from cellflow.horizon import HISTORY_KEYS, horizon, horizon_history, interval_gain  # noqa: E402
-from cellflow.readers import TimeCourse  # noqa: E402
+from cellflow.model import (  # noqa: E402
+    HISTORY_KEYS,
+    TimeCourse,  # noqa: E402
+    horizon,
+    horizon_history,
+    interval_gain,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -11,9 +11,9 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 import scanpy as sc  # noqa: E402
+from test_analysis import moscot_fit, one_thread  # noqa: E402,F401
 
 import cellflow as cf  # noqa: E402
-from test_analysis import moscot_fit, one_thread  # noqa: E402,F401
 
 try:
     import scvelo as scv

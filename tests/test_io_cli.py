@@ -10,10 +10,10 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 import pytest
+from test_analysis import moscot_fit, one_thread  # noqa: F401
 
 import cellflow as cf
 from cellflow.cli import main
-from test_analysis import moscot_fit, one_thread  # noqa: F401
 
 
 @pytest.mark.parametrize("method", ["otcfm", "wfr"])

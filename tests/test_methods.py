@@ -7,10 +7,8 @@ import pytest
 import torch
 
 import cellflow as cf
-from cellflow.couplings import ExactOTCoupling
-from cellflow.methods import COUPLINGS
-from cellflow.methods import METHODS, Method, resolve_method
-from cellflow.readers import TimeCourse
+from cellflow.model import COUPLINGS, METHODS, Method, TimeCourse, resolve_method
+from cellflow.transport import ExactOTCoupling
 
 
 def _course(n=60, times=(0.0, 1.0, 2.0), seed=0):

@@ -8,8 +8,8 @@ import scipy.sparse as sp
 import torch
 
 import cellflow as cf
-from cellflow.metric_path import LANDMetric, MetricPath, RBFMetric
-from cellflow.samplers import PlanSampler
+from cellflow.paths import LANDMetric, MetricPath, RBFMetric
+from cellflow.transport import PlanSampler
 
 
 def test_land_metric_matches_its_formula():
@@ -44,7 +44,7 @@ def test_rbf_metric_matches_its_formula_and_is_one_on_the_cells():
     centres, widths, weights = metric.centres.numpy(), metric.widths.numpy(), metric.weights.numpy()
     h = np.array([sum(weights[k] * np.exp(-np.sum((p - centres[k]) ** 2) / (2 * widths[k] ** 2)) for k in range(4))
                   for p in x])
-    floor = weights.sum() * np.exp(-30)  # far kernels are held at exp(-30) (cellflow.metric_path.gaussian_kernel)
+    floor = weights.sum() * np.exp(-30)  # far kernels are held at exp(-30) (cellflow.paths._metric.gaussian_kernel)
     np.testing.assert_allclose(metric.density(torch.tensor(x)).numpy(), h, rtol=1e-10, atol=floor)
     np.testing.assert_allclose(metric(torch.tensor(x)).numpy(), np.repeat(1 / (h + 0.01), 2).reshape(4, 2), rtol=1e-9)
     assert (weights >= 0).all()

@@ -15,8 +15,13 @@ import pytest
 import scipy.sparse as sp
 
 import cellflow as cf
-from cellflow.chain import DISAGREEMENT_WARNING, warn_disagreement
-from cellflow.support import OFF_DATA_WARNING, Support, off_data_share, warn_off_data
+from cellflow.tl._chain import DISAGREEMENT_WARNING, warn_disagreement
+from cellflow.tl._support import (
+    OFF_DATA_WARNING,
+    Support,
+    off_data_share,
+    warn_off_data,
+)
 
 FIT = dict(n_steps=300, hidden=(64, 64), batch_size=128, seed=0, progress=False)
 QUIET = dict(progress=False)

@@ -9,10 +9,9 @@ from scipy.stats import chi2, spearmanr
 
 import cellflow as cf
 from cellflow import benchmark
-from cellflow.couplings import ExactOTCoupling, WFRCoupling
-from cellflow.samplers import Pairs, sample_chains
+from cellflow.model import TimeCourse
 from cellflow.paths import CubicSplinePath, MonotoneHermitePath
-from cellflow.readers import TimeCourse
+from cellflow.transport import ExactOTCoupling, Pairs, WFRCoupling, sample_chains
 
 
 def _numpy(links):
@@ -235,8 +234,8 @@ def test_leave_one_out_never_fits_on_the_held_out_cells(monkeypatch):
         return real_score(predicted, held, *args)
 
     real_score = benchmark.score
-    monkeypatch.setattr(benchmark, "CellFlow", Recording)
-    monkeypatch.setattr(benchmark, "score", score)
+    monkeypatch.setattr(benchmark._protocol, "CellFlow", Recording)
+    monkeypatch.setattr(benchmark._protocol, "score", score)
     table = benchmark.leave_one_out(course, ("otcfm", "mmfm"), seeds=(0,), progress=False,
                                     n_steps=2, hidden=(8,), batch_size=8, device="cpu")
     per_fold = len(benchmark.BASELINES) + 2  # the baselines, then both methods

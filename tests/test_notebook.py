@@ -14,10 +14,13 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 import pytest
+from test_keys import (  # a small simulated course with groups, and quick training settings
+    FIT,
+    _course,
+)
 
 import cellflow as cf
 from cellflow._utils import show_progress
-from test_keys import FIT, _course  # a small simulated course with groups, and quick training settings
 
 ROOT = Path(__file__).resolve().parents[1]
 

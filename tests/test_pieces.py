@@ -9,10 +9,20 @@ from scipy.linalg import expm
 
 import cellflow as cf
 from cellflow import metrics
-from cellflow.couplings import EntropicOTCoupling, ExactOTCoupling, IndependentCoupling, WFRCoupling
-from cellflow.integration import integrate
-from cellflow.paths import BrownianBridgePath, LinearPath, VariancePreservingPath, WFRPath
-from cellflow.samplers import StackedPlans
+from cellflow.paths import (
+    BrownianBridgePath,
+    LinearPath,
+    VariancePreservingPath,
+    WFRPath,
+)
+from cellflow.solvers import integrate
+from cellflow.transport import (
+    EntropicOTCoupling,
+    ExactOTCoupling,
+    IndependentCoupling,
+    StackedPlans,
+    WFRCoupling,
+)
 
 
 def _gaussian_pair(n, seed=0):

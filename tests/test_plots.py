@@ -10,11 +10,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from matplotlib.colors import to_rgb  # noqa: E402
+from test_analysis import moscot_fit, one_thread  # noqa: E402,F401
 
 import cellflow as cf  # noqa: E402
-from cellflow.fitted import neighbour_weights  # noqa: E402
-from cellflow.pl.embedding import _grid_flow  # noqa: E402
-from test_analysis import moscot_fit, one_thread  # noqa: E402,F401
+from cellflow.pl._embedding import _grid_flow  # noqa: E402
+from cellflow.tl._fitted import neighbour_weights  # noqa: E402
 
 TYPE_COLOURS = ["#aa0000", "#00aa00", "#0000aa", "#aaaa00", "#00aaaa"]  # one per cell type, in category order
 
@@ -336,7 +336,7 @@ def test_growth_needs_a_growth_model(moscot):
 
 
 def test_velocity_on_another_embedding_is_carried_through_the_neighbours(moscot):
-    from cellflow.pl.embedding import _fitted_velocity
+    from cellflow.pl._embedding import _fitted_velocity
 
     adata = moscot.copy()
     exact = adata.obsm.pop("cellflow_velocity_umap")  # the velocity pushed through the embedding's Jacobian

@@ -10,9 +10,13 @@ import torch
 from scipy.linalg import sqrtm
 
 import cellflow as cf
-from cellflow.samplers import sample_chains
-from cellflow.methods import COUPLINGS
-from cellflow.potentials import PotentialCoupling, PotentialMapCoupling, solve_potentials
+from cellflow.model import COUPLINGS
+from cellflow.transport import (
+    PotentialCoupling,
+    PotentialMapCoupling,
+    sample_chains,
+    solve_potentials,
+)
 
 
 def _gaussians(n, seed):

@@ -9,8 +9,8 @@ import pytest
 import scipy.sparse as sp
 
 import cellflow as cf
-from cellflow import readers
-from cellflow.readers import parse_times, read_time_course
+from cellflow.io import _readers as readers
+from cellflow.io import parse_times, read_time_course
 
 
 def _course(n=12, times=(0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3), d=3, seed=0):

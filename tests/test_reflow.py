@@ -10,8 +10,8 @@ import pytest
 import torch
 
 import cellflow as cf
+from cellflow.model import TimeCourse
 from cellflow.paths import LinearPath
-from cellflow.readers import TimeCourse
 from cellflow.training import EndpointObjective
 
 

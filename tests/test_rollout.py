@@ -7,9 +7,9 @@ import pytest
 import torch
 
 import cellflow as cf
+from cellflow.io import read_time_course
 from cellflow.model import CellFlow
-from cellflow.readers import read_time_course
-from cellflow.rollout import RolloutLoss
+from cellflow.training import RolloutLoss
 
 
 def _translation(shift: torch.Tensor, growth: float | None = None):

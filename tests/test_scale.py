@@ -6,12 +6,13 @@ import torch
 
 import cellflow as cf
 from cellflow import _utils
-from cellflow.clock import Clock
-from cellflow.couplings import EntropicOTCoupling, ExactOTCoupling, WFRCoupling, _support, blocks
-from cellflow.model import MAX_AUTO_STEPS, default_hidden
-from cellflow.networks import TimeMLP
-from cellflow.readers import read_time_course
+from cellflow.fields import Clock, TimeMLP
+from cellflow.io import read_time_course
+from cellflow.model import default_hidden
+from cellflow.model._model import MAX_AUTO_STEPS
 from cellflow.training import Batch, EarlyStopping, train
+from cellflow.transport import EntropicOTCoupling, ExactOTCoupling, WFRCoupling, blocks
+from cellflow.transport._couplings import _support
 
 
 class _Still:

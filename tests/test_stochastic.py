@@ -9,10 +9,15 @@ import torch
 
 import cellflow as cf
 from cellflow.cli import main
-from cellflow.integration import euler_maruyama
-from cellflow.paths import BrownianBridgePath, CubicSplinePath, LinearPath, MonotoneHermitePath
-from cellflow.readers import TimeCourse
-from cellflow.stochastic import DEFAULT_STEPS, sde_grid
+from cellflow.model import TimeCourse
+from cellflow.paths import (
+    BrownianBridgePath,
+    CubicSplinePath,
+    LinearPath,
+    MonotoneHermitePath,
+)
+from cellflow.solvers import euler_maruyama
+from cellflow.solvers._sde import DEFAULT_STEPS, sde_grid
 
 KNOTS = torch.tensor([0.0, 0.1, 0.35, 1.0], dtype=torch.float64)
 SIGMA = 0.5  # the model's noise, in units of the data's overall standard deviation

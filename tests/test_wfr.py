@@ -10,9 +10,10 @@ import pytest
 import torch
 
 import cellflow as cf
-from cellflow.couplings import ExactOTCoupling, WFRCoupling
-from cellflow.delta import DELTA_FACTORS, cross_validated_delta, default_delta, wfr_interpolation
+from cellflow.model import cross_validated_delta, default_delta, wfr_interpolation
+from cellflow.model._delta import DELTA_FACTORS
 from cellflow.paths import LinearPath, WFRPath
+from cellflow.transport import ExactOTCoupling, WFRCoupling
 
 DELTA = 0.8
 

@@ -6,11 +6,11 @@ Embedding plots take ``basis=`` (any ``obsm`` key, with or without ``"X_"``), co
 Each returns its axes unless the figure is shown.
 """
 
-from .embedding import growth, interpolation, velocity
-from .fates import fate
-from .genes import gene_trends
-from .horizon import horizon
-from .tables import loss, sankey, transitions
+from ._embedding import growth, interpolation, velocity
+from ._fates import fate
+from ._genes import gene_trends
+from ._horizon import horizon
+from ._tables import loss, sankey, transitions
 
 __all__ = ["fate", "gene_trends", "growth", "horizon", "interpolation", "loss", "sankey", "transitions", "velocity"]
 

@@ -145,7 +145,7 @@ def palette_colours(palette, categories, name: str) -> list:
 
 def _time_order(categories, time_map) -> np.ndarray | None:
     """Positions of time categories sorted by the time they stand for, or None if unreadable."""
-    from ..readers import parse_times
+    from ..io import parse_times
 
     try:
         times = parse_times(pd.Series(np.asarray(categories, dtype=object).astype(str)), "time", time_map)

@@ -1,0 +1,66 @@
+"""The engine's input: cells of a time course grouped by time point, in plain arrays."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass
+class TimeCourse:
+    """Cells of a time course grouped by time point.
+
+    Attributes
+    ----------
+    times
+        Sorted, distinct time points (float, in the user's unit).
+    populations
+        One ``(n_k, d)`` float32 array per time point, the representation of its cells.
+    indices
+        One integer array per time point: the rows of the AnnData the cells came from.
+    weights
+        One positive array per time point (per-cell mass), or ``None`` for unit mass.
+    growth
+        One array per time point of prior growth rates (per unit time), or ``None``.
+    use_rep, time_key
+        Where the representation and the times were read from.
+    """
+
+    times: np.ndarray
+    populations: list[np.ndarray]
+    indices: list[np.ndarray]
+    weights: list[np.ndarray] | None = None
+    growth: list[np.ndarray] | None = None
+    use_rep: str = "X_pca"
+    time_key: str = "time"
+    obs_times: np.ndarray = field(default=None, repr=False)
+
+    @property
+    def n_dims(self) -> int:
+        """Dimension of the representation."""
+        return self.populations[0].shape[1]
+
+    def index_of(self, time: float) -> int:
+        """Position of a measured time point in :attr:`times`."""
+        hits = np.flatnonzero(np.isclose(self.times, float(time)))
+        if hits.size == 0:
+            raise ValueError(
+                f"time {time!r} is not a measured time point of {self.time_key!r}; "
+                f"measured: {self.times.tolist()}"
+            )
+        return int(hits[0])
+
+    def without(self, k: int) -> "TimeCourse":
+        """The same course with time point ``k`` left out (for leave-one-out)."""
+        keep = [i for i in range(len(self.times)) if i != k]
+        return TimeCourse(
+            times=self.times[keep],
+            populations=[self.populations[i] for i in keep],
+            indices=[self.indices[i] for i in keep],
+            weights=None if self.weights is None else [self.weights[i] for i in keep],
+            growth=None if self.growth is None else [self.growth[i] for i in keep],
+            use_rep=self.use_rep,
+            time_key=self.time_key,
+            obs_times=self.obs_times,
+        )

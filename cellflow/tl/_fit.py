@@ -1,0 +1,333 @@
+"""Fit a flow on an AnnData time course, load it back, interpolate populations, leave time points out."""
+
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+from anndata import AnnData
+
+from .. import _distributed as distributed
+from .._checks import number
+from .._utils import copy_option
+from ..benchmark import _protocol as benchmark
+from ..io._readers import TimeCourse, read_time_course
+from ..model import CellFlow
+from . import _keys as keys
+from ._fitted import _fitted, _stored_model
+from ._support import off_data_share, warn_off_data
+
+_MEAN_CHUNK_VALUES = 2**22  # entries of X read at a time when averaging the genes
+_GENE_BLOCK_VALUES = 2**22  # entries of an output computed (gene space) or checked (finite) at a time
+
+
+def _basis(use_rep: str) -> str:
+    """scVelo-style basis name of a representation: ``"X_pca"`` -> ``"pca"``."""
+    return use_rep[2:] if use_rep.startswith("X_") else use_rep
+
+
+def _to_gene_space(values: np.ndarray, use_rep: str, loadings: np.ndarray | None) -> np.ndarray | None:
+    """Rows of the representation in gene space: as they are for ``"X"``, through the PCA loadings, or ``None``.
+
+    Computed in blocks of rows into one preallocated float32 array, so the only full-size
+    array is the result.
+    """
+    if use_rep != "X" and loadings is None:
+        return None
+    n_genes = values.shape[1] if loadings is None else loadings.shape[0]
+    genes = np.empty((len(values), n_genes), dtype=np.float32)
+    rows = max(1, _GENE_BLOCK_VALUES // max(n_genes, 1))
+    for start in range(0, len(values), rows):
+        block = values[start : start + rows]
+        genes[start : start + rows] = block if loadings is None else block @ loadings.T
+    return genes
+
+
+def _finite(values: np.ndarray) -> bool:
+    """Whether every entry of ``values`` is finite, checked in blocks of rows (no full-size mask)."""
+    rows = max(1, _GENE_BLOCK_VALUES // max(int(np.prod(values.shape[1:])), 1))
+    return all(np.isfinite(values[start : start + rows]).all() for start in range(0, len(values), rows))
+
+
+def _check_finite(use_rep: str, **outputs: np.ndarray | None) -> None:
+    """Raise a ``ValueError`` when an output of a trained model has NaN or inf values."""
+    for name, values in outputs.items():
+        if values is None or _finite(values):
+            continue
+        raise ValueError(
+            f"training diverged: the {name.replace('_', ' ')} has NaN or inf values, so nothing was written; "
+            f"fit again with a lower lr= (e.g. lr=1e-4), and check that use_rep={use_rep!r} is scaled "
+            "sensibly (no extreme values)"
+        )
+
+
+def _evaluate_cells(model: CellFlow, course: TimeCourse, n_obs: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """Velocity (float32) and growth rate of every cell at its own time point, in the AnnData's row order.
+
+    Evaluated one time point at a time, straight from the populations (no copy of the
+    representation; :meth:`CellFlow.evaluate` bounds its own memory by evaluating in chunks).
+    """
+    velocity = np.empty((n_obs, course.n_dims), dtype=np.float32)
+    growth = np.empty(n_obs) if model.has_growth else None
+    for t, rows, cells in zip(course.times, course.indices, course.populations):
+        velocity[rows], g = model.evaluate(cells, t)
+        if growth is not None:
+            growth[rows] = g
+    return velocity, growth
+
+
+@copy_option
+def fit(
+    adata: AnnData,
+    time_key: str = "time",
+    use_rep: str = "X_pca",
+    method: str = "otcfm",
+    *,
+    weight_key: str | None = None,
+    growth_key: str | None = None,
+    time_map: Mapping | None = None,
+    key_added: str = "cellflow",
+    overwrite: bool = False,
+    progress: bool | None = None,
+    **model_kwargs,
+) -> CellFlow | AnnData:
+    """Learn a velocity field of a time course and write it into ``adata``.
+
+    Parameters
+    ----------
+    adata
+        Cells of all time points.
+    time_key
+        ``obs`` column with each cell's time (numbers, or labels such as ``"day 2.5"``).
+    use_rep
+        ``obsm`` key, ``"X"`` or a layer holding the representation to learn in.
+    method
+        ``"otcfm"`` (default), ``"sbcfm"``, ``"icfm"``, or ``"wfr"`` (unbalanced, with growth);
+        see :class:`cellflow.CellFlow`.
+    weight_key
+        Optional ``obs`` column of per-cell masses.
+    growth_key
+        Optional ``obs`` column of prior growth rates (log growth per time unit, e.g. from
+        :func:`cellflow.pp.score_growth`): the source marginal of each interval's coupling
+        becomes ``mass * exp(rate * dt)``.
+    time_map
+        Optional mapping of time labels to numbers (stage names).
+    key_added
+        Prefix of every key written, and the ``uns`` key of the fit.
+    overwrite
+        Replace keys of the same name that another tool (or another ``key_added``) wrote.
+    progress
+        Show a progress bar: ``True`` or ``False``; ``None`` (default) shows it unless
+        ``scanpy.settings.verbosity`` is 0 (:func:`cellflow._utils.show_progress`).
+    copy
+        Fit on a copy of ``adata``, write into the copy and return it (``adata`` is left as it
+        was); the model is then ``cellflow.tl.load_model(returned_copy, key_added)``.
+    **model_kwargs
+        Passed to :class:`cellflow.CellFlow` (``seed``, ``n_steps``, ``device``, ...), e.g.
+        ``field="gradient"`` (the velocity as the gradient of a learned potential) or
+        ``reflow=k`` (``k`` rounds of rectified flow after the fit, which straighten the paths).
+
+    Returns
+    -------
+    The trained model, or with ``copy=True`` the AnnData written into. Writes ``obsm["{key_added}_velocity_{basis}"]`` (velocity in the
+    representation, per unit of time), ``layers["{key_added}_velocity"]`` (gene space, when
+    ``use_rep="X"``, or ``use_rep="X_pca"`` and ``varm["PCs"]`` exist), ``uns["{key_added}_velocity_params"]``
+    and ``uns[key_added]`` (the model as plain arrays, with ``written_keys``, the keys written:
+    an ``.h5ad`` round trip restores both); for methods with growth also
+    ``obs["{key_added}_growth_rate"]`` (``d log m / dt`` per time unit). Every key is checked
+    before training, and nothing is written when a check fails. A refit of the same
+    ``key_added`` first removes what the earlier fit, and the analyses of its model
+    (:func:`fate`, :func:`ancestors`), wrote.
+
+    Under ``torchrun`` every process runs this same call on its own AnnData and trains the same
+    model together with the others (:mod:`cellflow._distributed`); each writes into its own
+    ``adata``, and only rank 0 shows progress.
+    """
+    model = CellFlow(method, **model_kwargs)
+    course = read_time_course(adata, time_key, use_rep, weight_key, time_map, growth_key)
+    loadings = keys.pca_loadings(adata, use_rep, course.n_dims)
+    basis = _basis(use_rep)
+    obsm_key, layer_key = f"{key_added}_velocity_{basis}", f"{key_added}_velocity"
+    params_key, growth_key_added = f"{layer_key}_params", f"{key_added}_growth_rate"
+    written = [f"obsm/{obsm_key}", f"uns/{params_key}"]
+    if use_rep == "X" or loadings is not None:
+        written.append(f"layers/{layer_key}")
+    if model.has_growth:
+        written.append(f"obs/{growth_key_added}")
+    keys.claim(adata, key_added, [*written, f"uns/{key_added}"], overwrite)
+
+    model.fit(course, progress=progress if distributed.is_main() else False)  # under torchrun rank 0 alone shows progress
+    velocity, growth = _evaluate_cells(model, course, adata.n_obs)
+    gene_velocity = _to_gene_space(velocity, use_rep, loadings)
+    _check_finite(use_rep, velocity=velocity, gene_space_velocity=gene_velocity, growth_rate=growth)
+
+    keys.remove_written(adata, key_added)
+    adata.obsm[obsm_key] = velocity
+    adata.uns[params_key] = {"embeddings": [basis]}
+    if gene_velocity is not None:
+        adata.layers[layer_key] = gene_velocity
+    if growth is not None:
+        adata.obs[growth_key_added] = growth
+    state = model.to_dict()
+    state.update(time_key=time_key, use_rep=use_rep)
+    if time_map is not None:
+        state["time_map"] = {str(k): float(v) for k, v in time_map.items()}
+    adata.uns[key_added] = state
+    keys.record(adata, key_added, written)
+    return model
+
+
+def load_model(adata: AnnData, key: str = "cellflow", device: str = "auto") -> CellFlow:
+    """Restore the model that :func:`fit` stored in ``adata.uns[key]``."""
+    return _stored_model(adata, key, device)
+
+
+def _gene_means(adata: AnnData) -> np.ndarray:
+    """Mean of every gene over the cells, read in blocks of rows (so a backed ``X`` stays on disk)."""
+    rows = max(1, _MEAN_CHUNK_VALUES // max(adata.n_vars, 1))
+    total = np.zeros(adata.n_vars)
+    for start in range(0, adata.n_obs, rows):
+        total += np.asarray(adata.X[start : start + rows].sum(axis=0, dtype=np.float64)).ravel()
+    return total / adata.n_obs
+
+
+def interpolate(
+    adata: AnnData,
+    from_time: float,
+    to_time: float,
+    *,
+    key: str = "cellflow",
+    model: CellFlow | None = None,
+    solver: str = "dopri5",
+    step_size: float | None = None,
+    stochastic: bool = False,
+    seed: int | None = None,
+) -> AnnData:
+    """Push the cells measured at ``from_time`` to any time ``to_time``.
+
+    Parameters
+    ----------
+    adata
+        The AnnData that :func:`fit` wrote into (in memory or backed); it is not changed.
+    from_time
+        A measured time point (its cells are the starting population).
+    to_time
+        Any real time, between, before or beyond the measured ones.
+    key
+        Where :func:`fit` stored the model (its ``key_added``); also the prefix of the keys of
+        the result.
+    model
+        Use this model instead of the stored one.
+    solver, step_size
+        Integrator (see :func:`cellflow.solvers.integrate`); ``step_size`` in time units.
+    stochastic
+        Draw one path per cell of the SDE with the flow's marginals rather than follow the flow
+        (methods with a learned score, e.g. ``"sbcfm"``; see :meth:`cellflow.CellFlow.transport`):
+        Euler-Maruyama with ``step_size``, by default 1/100 of each measured interval, between
+        the first and the last measured time.
+    seed
+        Seed of the SDE's noise (default: the model's seed); the same seed gives the same cells.
+
+    Returns
+    -------
+    A new AnnData with one row per starting cell: predicted positions in ``obsm[use_rep]``,
+    gene space in ``X`` where PCA loadings exist, ``obs["time"]``, ``obs["{key}_mass"]``
+    (how many cells each row stands for: one at ``from_time``, changed by the growth field of
+    unbalanced methods, so that its sum predicts the population size), ``obs["source_cell"]``
+    and ``uns["{key}_interpolation"]`` (the two times, ``key``, ``stochastic`` and ``off_data_share``,
+    the share of the predicted cells off the data of the nearest measured time, see
+    :mod:`cellflow.tl`; an :class:`cellflow.tl._support.OffDataWarning` above 5%).
+    """
+    from_time, to_time = number("from_time", from_time), number("to_time", to_time)
+    fitted = _fitted(adata, key, model)
+    loadings = keys.pca_loadings(adata, fitted.use_rep, fitted.course.n_dims)
+    k = fitted.course.index_of(from_time)
+    positions, mass = fitted.model.push(
+        fitted.course.populations[k], from_time, to_time, return_mass=True, method=solver, step_size=step_size,
+        stochastic=stochastic, seed=seed,
+    )
+    source = adata.obs_names[fitted.course.indices[k]]
+    obs = pd.DataFrame(
+        {"time": to_time, f"{key}_mass": mass, "source_cell": np.asarray(source)},
+        index=[f"{name}@{to_time:g}" for name in source],
+    )
+    off_data = off_data_share(positions, to_time, support=fitted.support)
+    warn_off_data(off_data, "interpolate")
+    genes = _to_gene_space(positions, fitted.use_rep, loadings)
+    if loadings is not None:
+        genes += _gene_means(adata).astype(np.float32)
+    out = AnnData(
+        X=genes if genes is not None else sp.csr_matrix((len(obs), 0), dtype=np.float32),
+        obs=obs,
+        var=adata.var.copy() if genes is not None and genes.shape[1] == adata.n_vars else None,
+    )
+    out.obsm[fitted.use_rep if fitted.use_rep != "X" else "X_cellflow"] = positions.astype(np.float32)
+    out.uns[f"{key}_interpolation"] = {"from_time": from_time, "to_time": to_time, "key": key,
+                                       "stochastic": bool(stochastic), "off_data_share": off_data}
+    return out
+
+
+def leave_one_out(
+    adata: AnnData,
+    time_key: str = "time",
+    use_rep: str | None = None,
+    method: str | Sequence[str] = "otcfm",
+    *,
+    seeds: Sequence[int] = (0, 1, 2),
+    baseline: bool = True,
+    n_pcs: int | None = None,
+    time_map: Mapping | None = None,
+    progress: bool | None = None,
+    **model_kwargs,
+) -> pd.DataFrame:
+    """Leave-one-time-point-out benchmark.
+
+    For every inner time point ``t_k``: fit on the other time points, push each cell of
+    ``t_{k-1}`` once to ``t_k`` (one predicted point per cell, for every method) and compare
+    with the held-out cells.
+
+    Parameters
+    ----------
+    adata, time_key, time_map
+        The time course, as for :func:`fit`.
+    use_rep
+        The representation, as for :func:`fit` (default ``"X_pca"``); with ``n_pcs``, the
+        coordinates a PCA reduces (default ``"X"``).
+    method
+        One method name or several.
+    seeds
+        Seeds to repeat every fit (and the drawn baseline) with.
+    baseline
+        Add the no-learning baselines from the exact OT plan between ``t_{k-1}`` and
+        ``t_{k+1}`` (:data:`cellflow.benchmark.BASELINES`): ``ot_map``, each cell moved toward the
+        mean of its partners; ``ot_draw``, each cell moved toward one partner drawn from its own
+        row of the plan; ``ot_interpolation``, every pair of the plan as a weighted point (more
+        points than cells where the plan splits a cell: a reference, not one point per cell).
+    n_pcs
+        Fit a PCA of ``n_pcs`` components on the training time points of every fold, so that
+        the held-out cells take no part in the representation they are scored in (a PCA of the
+        whole ``adata`` has seen them).
+    progress
+        Show progress bars: ``True`` or ``False``; ``None`` (default) shows them unless
+        ``scanpy.settings.verbosity`` is 0 (:func:`cellflow._utils.show_progress`).
+    **model_kwargs
+        Passed to :class:`cellflow.CellFlow`.
+
+    Returns
+    -------
+    One row per method, held-out time and seed: ``w1``, ``w2``, ``mmd`` (see
+    :mod:`cellflow.metrics`; predicted cells weighted by their normalised mass when the method
+    has growth, equally otherwise; the MMD's RBF widths, ``mmd_bandwidths``, are 0.5, 1 and 2
+    times the median distance between the held-out cells), ``mass_error`` (relative error of the
+    predicted population size, ``|M_hat - n_k / n_{k-1}| / (n_k / n_{k-1})``), ``n_predicted``
+    (points in the prediction: the cells of ``t_{k-1}``, except for ``ot_interpolation``),
+    ``n_steps`` (training steps), ``fit_seconds``, ``seconds`` (fit and prediction) and
+    ``pca_explained`` (with ``n_pcs``: the training variance the fold's PCA keeps).
+    """
+    use_rep = use_rep or ("X" if n_pcs is not None else "X_pca")
+    course = read_time_course(adata, time_key, use_rep, time_map=time_map)
+    methods = [method] if isinstance(method, str) else list(method)
+    return benchmark.leave_one_out(course, methods, seeds=seeds, baseline=baseline, n_pcs=n_pcs, progress=progress,
+                                   **model_kwargs)

@@ -1,0 +1,234 @@
+"""Transitions between the groups of two time points, and the cell-to-cell coupling behind them.
+
+The cells of the earlier time point are pushed through the fitted flow with their mass and
+spread it over their nearest real cells of the later one (the neighbour weights of
+:mod:`cellflow.tl`); summing that coupling over groups gives the tables.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+from anndata import AnnData
+
+from .._checks import integer
+from ..model import CellFlow
+from . import _chain as chain
+from ._fate import _checked_times
+from ._fitted import _fitted, _group_codes, _push_and_match
+from ._support import warn_off_data
+
+
+@dataclass(repr=False)
+class Transitions:
+    """Group-to-group transitions between two time points, and the cell-to-cell coupling.
+
+    Attributes
+    ----------
+    t1, t2
+        The two time points.
+    groupby, groupby_target
+        The ``obs`` columns of the groups at ``t1`` (rows) and at ``t2`` (columns).
+    counts
+        Mass moving from each group of ``t1`` (rows) to each group of ``t2`` (columns), in cells
+        of ``t1`` (times their growth, for unbalanced methods).
+    row_normalised
+        Where the cells of a group at ``t1`` go: ``counts`` with rows summing to one.
+    column_normalised
+        Where the cells of a group at ``t2`` come from: ``counts`` with columns summing to one.
+    coupling
+        AnnData of shape ``(n_t1, n_t2)``: ``X`` a sparse CSR matrix from each cell of ``t1``
+        (``obs_names``) to the real cells of ``t2`` (``var_names``) next to where it lands, rows
+        summing to the cell's pushed mass, and ``uns["{key}_coupling"]`` the two times, ``key`` and
+        ``n_neighbors``. CellRank takes it as it is:
+        ``RealTimeKernel(adata, time_key=..., couplings={(t1, t2): transitions.coupling})``.
+    across
+        How measured times between ``t1`` and ``t2`` were crossed: ``"chain"`` (the coupling is the
+        product of the interval couplings) or ``"flow"`` (see :mod:`cellflow.tl`).
+    off_data_share
+        The share of the pushed cells behind the coupling that left the data (:mod:`cellflow.tl`).
+    disagreement
+        Across several intervals, the mean total-variation distance between the chain's and the
+        flow's per-cell distributions over the groups of ``t2``; 0 within one interval.
+    """
+
+    t1: float
+    t2: float
+    groupby: str
+    counts: pd.DataFrame
+    row_normalised: pd.DataFrame
+    column_normalised: pd.DataFrame
+    coupling: AnnData
+    groupby_target: str | None = None
+    across: str = "flow"
+    off_data_share: float = 0.0
+    disagreement: float = 0.0
+
+    def __repr__(self) -> str:
+        by = repr(self.groupby)
+        if self.groupby_target not in (None, self.groupby):
+            by += f" and {self.groupby_target!r}"
+        return (
+            f"Transitions({self.t1:g} -> {self.t2:g} by {by}: {self.counts.shape[0]} x "
+            f"{self.counts.shape[1]} groups; coupling {self.coupling.n_obs} x {self.coupling.n_vars} cells, "
+            f"{self.coupling.X.nnz} entries)"
+        )
+
+
+def _normalise(table: pd.DataFrame, axis: int) -> pd.DataFrame:
+    totals = table.sum(axis=axis)
+    return table.div(totals.where(totals > 0), axis=1 - axis)
+
+
+def _onehot(codes: np.ndarray, n_groups: int) -> sp.csr_matrix:
+    """Sparse ``(len(codes), n_groups)`` indicator of each row's group (rows with code -1 stay empty)."""
+    rows = np.flatnonzero(codes >= 0)
+    return sp.csr_matrix((np.ones(rows.size), (rows, codes[rows])), shape=(len(codes), n_groups))
+
+
+def _in_subset(adata, subset, name: str, groupby: str, rows, codes, groups, time: float) -> np.ndarray:
+    """Which of ``rows`` (cells of ``time``) a subset keeps: given as groups of ``groupby`` or a boolean mask."""
+    if subset is None:
+        return np.ones(len(rows), dtype=bool)
+    values = np.asarray(subset)
+    if values.dtype == bool:
+        if values.shape != (adata.n_obs,):
+            raise ValueError(
+                f"{name} is a boolean mask of shape {values.shape}; it needs one entry per cell ({adata.n_obs},)"
+            )
+        keep = values[rows]
+    else:
+        wanted = [str(g) for g in np.atleast_1d(values)]
+        unknown = [g for g in wanted if g not in groups]
+        if unknown:
+            raise ValueError(
+                f"{name}={unknown} are not groups of obs[{groupby!r}] at time {time:g} (groups: {groups}); "
+                "pass groups of that column or a boolean mask over all cells"
+            )
+        keep = np.isin(codes, [groups.index(g) for g in wanted])
+    if not keep.any():
+        raise ValueError(f"{name} keeps no cell of time {time:g}; choose groups or cells of that time")
+    return keep
+
+
+def transitions(
+    adata: AnnData,
+    t1: float,
+    t2: float,
+    groupby: str = "cell_type",
+    *,
+    groupby_target: str | None = None,
+    source_subset=None,
+    target_subset=None,
+    key: str = "cellflow",
+    n_neighbors: int = 15,
+    model: CellFlow | None = None,
+    solver: str = "dopri5",
+    step_size: float | None = None,
+    progress: bool | None = None,
+    across: str = "chain",
+) -> Transitions:
+    """Transitions between the groups of two time points, and a sparse cell-to-cell coupling.
+
+    The cells of ``t1`` are pushed through the flow to ``t2`` with their mass; each spreads its
+    mass over its ``n_neighbors`` nearest real cells of ``t2`` with Gaussian weights (see
+    :mod:`cellflow.tl`). Summing that coupling over groups gives the tables. Nothing is
+    written into ``adata``.
+
+    Parameters
+    ----------
+    adata
+        The AnnData that :func:`cellflow.tl.fit` wrote into.
+    t1, t2
+        Measured time points, ``t1 < t2``.
+    groupby
+        ``obs`` column of groups; cells without a label are left out of the group tables (not of
+        the coupling).
+    groupby_target
+        ``obs`` column of the groups at ``t2``, when they differ from those at ``t1`` (e.g.
+        clusters of each time point annotated apart); default ``groupby``.
+    source_subset, target_subset
+        Keep only these cells of ``t1`` / ``t2``: a list of groups (of ``groupby`` /
+        ``groupby_target``) or a boolean mask over all cells. The coupling is that of all cells
+        (the same numbers as without subsets), restricted to the rows of the kept cells of
+        ``t1``; the tables count only the mass that reaches kept cells of ``t2``, so
+        ``row_normalised`` reads "where they go, among the kept target cells".
+    key, n_neighbors, model, solver, step_size, progress
+        As for :func:`fate`.
+    across
+        As for :func:`fate`: with ``"chain"`` (default) and measured times between ``t1`` and
+        ``t2`` the coupling is the product of the couplings of the measured intervals (mass
+        multiplies along it), with ``"flow"`` the cells are pushed over the whole span. Both
+        are computed across several intervals and compared (``disagreement``).
+
+    Returns
+    -------
+    A :class:`Transitions` with ``counts``, ``row_normalised`` (where cells go),
+    ``column_normalised`` (where cells come from) and ``coupling``.
+    """
+    t1, t2 = _checked_times(t1, t2, "t1", "t2", "transitions with the times swapped")
+    n_neighbors, across = integer("n_neighbors", n_neighbors), chain.checked_across(across)
+    groupby_target = groupby if groupby_target is None else groupby_target
+    fitted = _fitted(adata, key, model)
+    course = fitted.course
+    sources = course.indices[course.index_of(t1)]
+    targets = course.indices[course.index_of(t2)]
+    src_codes, src_groups = _group_codes(adata, groupby, sources)
+    tgt_codes, tgt_groups = _group_codes(adata, groupby_target, targets, "groupby_target")
+    if not src_groups or not tgt_groups:
+        raise ValueError(
+            f"obs[{groupby!r}] has no labels at time {t1:g} or obs[{groupby_target!r}] none at {t2:g}; "
+            "label the cells first"
+        )
+    src_kept = _in_subset(adata, source_subset, "source_subset", groupby, sources, src_codes, src_groups, t1)
+    tgt_kept = _in_subset(adata, target_subset, "target_subset", groupby_target, targets, tgt_codes, tgt_groups, t2)
+    index, weights, mass, off = _push_and_match(
+        fitted, sources, t1, t2, targets, n_neighbors, solver, step_size, progress, "transitions"
+    )
+    rows = np.repeat(np.arange(len(sources)), index.shape[1])
+    matrix = sp.csr_matrix(
+        ((weights * mass[:, None]).ravel(), (rows, index.ravel())), shape=(len(sources), len(targets))
+    )
+    matrix.sum_duplicates()
+    off_data_share, disagreement = float(off.mean()), 0.0
+    if chain.spans_several(course, t1, t2):
+        chained, chain_off = chain.chained_coupling(
+            fitted, course.index_of(t1), course.index_of(t2), n_neighbors, solver, step_size, progress
+        )
+        fates = [np.asarray((m @ _onehot(tgt_codes, len(tgt_groups))).todense()) for m in (matrix, chained)]
+        with np.errstate(invalid="ignore", divide="ignore"):  # cells whose mass reaches no labelled cell: NaN, left out
+            disagreement = chain.mean_total_variation(*[f / f.sum(axis=1, keepdims=True) for f in fates])
+        if across == "chain":
+            matrix, off_data_share = chained, chain_off
+    warn_off_data(off_data_share, "transitions")
+    chain.warn_disagreement("transitions", disagreement)
+    matrix, sources, src_codes = matrix[src_kept], sources[src_kept], src_codes[src_kept]
+    tgt_codes = np.where(tgt_kept, tgt_codes, -1)
+    counts = pd.DataFrame(
+        np.asarray((_onehot(src_codes, len(src_groups)).T @ matrix @ _onehot(tgt_codes, len(tgt_groups))).todense()),
+        index=pd.Index(src_groups, name=f"{groupby} at {t1:g}"),
+        columns=pd.Index(tgt_groups, name=f"{groupby_target} at {t2:g}"),
+    )
+    counts = counts.iloc[np.unique(src_codes[src_codes >= 0]), np.unique(tgt_codes[tgt_codes >= 0])]  # kept groups
+
+    keep = list(dict.fromkeys([fitted.time_key, groupby, groupby_target]))
+    obs = adata.obs.iloc[sources][keep].copy()
+    var = adata.obs.iloc[targets][keep].copy()
+    coupling = AnnData(X=matrix, obs=obs, var=var)
+    coupling.uns[f"{key}_coupling"] = {"t1": t1, "t2": t2, "key": key, "n_neighbors": n_neighbors, "across": across}
+    return Transitions(
+        t1=t1,
+        t2=t2,
+        groupby=groupby,
+        counts=counts,
+        row_normalised=_normalise(counts, axis=1),
+        column_normalised=_normalise(counts, axis=0),
+        coupling=coupling,
+        groupby_target=groupby_target,
+        across=across,
+        off_data_share=off_data_share,
+        disagreement=disagreement,
+    )
