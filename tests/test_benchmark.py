@@ -23,7 +23,7 @@ def test_draw_is_one_point_per_cell_on_a_segment_to_a_partner_of_its_row():
     rng = np.random.default_rng(1)
     x0, x1 = rng.normal(size=(40, 3)), rng.normal(2, 1, size=(65, 3))  # 40 x 65: the plan splits cells
     fraction = 0.3
-    plan = benchmark._exact_plan(x0, x1, 2048, seed=4).toarray()
+    plan = benchmark._protocol._exact_plan(x0, x1, 2048, seed=4).toarray()
     assert ((plan > 0).sum(axis=1) > 1).any()
     drawn = benchmark.ot_interpolation_draw(x0, x1, fraction, seed=4)
     assert drawn.shape == x0.shape
@@ -37,7 +37,7 @@ def test_draw_is_one_point_per_cell_on_a_segment_to_a_partner_of_its_row():
 def test_draw_follows_the_row_probabilities():
     x0, x1 = np.array([[0.0], [5.0]]), np.array([[1.0], [2.0], [6.0]])
     plan = sp.csr_matrix([[0.375, 0.125, 0.0], [0.0, 0.0, 0.5]])  # cell 0 split 3:1, cell 1 whole
-    hits = np.array([benchmark._draw(x0, x1, plan, 1.0, np.random.default_rng(s))[:, 0] for s in range(2000)])
+    hits = np.array([benchmark._protocol._draw(x0, x1, plan, 1.0, np.random.default_rng(s))[:, 0] for s in range(2000)])
     assert np.mean(hits[:, 0] == 1.0) == pytest.approx(0.75, abs=0.03) and set(hits[:, 0]) == {1.0, 2.0}
     assert (hits[:, 1] == 6.0).all()
 

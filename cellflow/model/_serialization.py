@@ -16,7 +16,10 @@ from pathlib import Path
 import numpy as np
 
 FORMAT = "cellflow-model"
-VERSION = 2  # 2: the clock's units come from the training targets (version 1: from the interval lengths)
+# 2: the clock's units come from the training targets (version 1: from the interval lengths);
+# 3: the user's settings ("config") are stored beside the settings the fit used ("params")
+VERSION = 3
+READABLE = (2, 3)
 _MARK = "__format__"
 
 
@@ -92,12 +95,21 @@ def _array(state: Mapping, name: str, ndim: int) -> np.ndarray:
     return array
 
 
+def _plain(table: Mapping) -> dict:
+    """Entries of a table of settings as plain Python values."""
+    out = {}
+    for name, value in table.items():
+        value = np.asarray(value)
+        out[str(name)] = value.tolist() if value.ndim else value.item()
+    return out
+
+
 def check_state(state) -> dict:
     """The parts of a model state, checked: version, params, center, scale, times, weights.
 
     Returns
     -------
-    ``dict(params=..., center=..., scale=..., times=..., clock_units=..., weights=..., history=...)`` with
+    ``dict(params=..., config=..., center=..., scale=..., times=..., clock_units=..., weights=..., history=...)`` with
     arrays as float64 (weights as float32) and params as plain Python values.
 
     Raises
@@ -110,7 +122,7 @@ def check_state(state) -> dict:
         raise ValueError(f"a model state is a dict of arrays, got {type(state).__name__}; refit the model")
     version = state.get("version")
     version = int(np.asarray(version)) if version is not None and np.asarray(version).dtype.kind in "iuf" else 1
-    if version != VERSION:
+    if version not in READABLE:
         why = ("an earlier cellflow, whose internal clock differed" if version < VERSION
                else "a newer cellflow: upgrade cellflow")
         raise ValueError(f"the model is of version {version}, written by {why}; this cellflow reads version "
@@ -135,11 +147,81 @@ def check_state(state) -> dict:
         if array.dtype.kind not in "fiu" or not np.isfinite(array).all():
             raise ValueError(f"the model's weight {name!r} is not a finite numeric array; refit the model")
         weights[str(name)] = array.astype(np.float32)
-    params = {}
-    for name, value in state["params"].items():
-        value = np.asarray(value)
-        params[str(name)] = value.tolist() if value.ndim else value.item()
+    params = _plain(state["params"])
+    config = _plain(state["config"]) if isinstance(state.get("config"), Mapping) else dict(params)
     history = state.get("history", {})
     history = {str(k): np.asarray(v) for k, v in history.items()} if isinstance(history, Mapping) else {}
-    return dict(params=params, center=center, scale=scale, times=times, clock_units=units, weights=weights,
+    return dict(params=params, config=config, center=center, scale=scale, times=times, clock_units=units, weights=weights,
                 history=history)
+
+
+def model_state(model) -> dict:
+    """Everything needed to restore a fitted :class:`cellflow.CellFlow`, as plain scalars, strings and arrays.
+
+    Returns
+    -------
+    ``version``, ``config`` (the user's settings), ``params`` (the settings the fit used), ``center``,
+    ``scale``, ``times``, ``clock_units``, ``n_dims``, ``weights`` and ``history``.
+    """
+
+    def plain(table: Mapping) -> dict:
+        return {k: (np.array(v) if isinstance(v, (list, tuple)) else v) for k, v in table.items() if v is not None}
+
+    return {
+        "version": VERSION,
+        "config": plain(model.config.as_dict()),
+        "params": plain(model.params),
+        "center": model.center,
+        "scale": model.scale,
+        "times": model.times,
+        "clock_units": model.clock.units,
+        "n_dims": int(model.center.size),
+        "weights": {k: v.detach().cpu().numpy() for k, v in model.net.state_dict().items()},
+        "history": dict(model.history),
+    }
+
+
+def restore(cls, state, device: str = "auto"):
+    """A model of class ``cls`` (:class:`cellflow.CellFlow`) from a state of :func:`model_state`, checked.
+
+    Returns
+    -------
+    The model, with its network on ``device``.
+    """
+    import torch
+
+    from ..fields import Clock
+    from ._config import Config, Resolved
+
+    parts = check_state(state)
+    config, params = dict(parts["config"]), parts["params"]
+    try:
+        used = Config.create(**params)  # the settings the fit used are checked as settings too
+        model = cls(**config, device=device)
+    except TypeError as err:
+        raise ValueError(f"the model's parameters do not fit this cellflow ({err}); refit the model") from None
+    if used.hidden == "auto" or used.batch_size == "auto":
+        raise ValueError("the model state does not say which widths and batch size the fit used; refit the model")
+    model.resolved = Resolved(
+        delta=used.delta, entropy_rate=used.entropy_rate, batch_size=used.batch_size, hidden=used.hidden,
+        center=parts["center"], scale=parts["scale"], times=parts["times"],
+        clock=Clock(parts["times"], parts["clock_units"], continuous=model.method.path_class.through_knots),
+        reflow=used.reflow,
+    )
+    with torch.device("meta"):  # shapes only: nothing is allocated
+        expected = {k: tuple(v.shape) for k, v in model._network(model.center.size, model.resolved.hidden)
+                    .state_dict().items()}
+    found = {k: tuple(v.shape) for k, v in parts["weights"].items()}
+    if model.has_score and not any(k.startswith("score.") for k in found):
+        raise ValueError("the model has no score network: an earlier cellflow saved it, before paths with "
+                         f"bridge noise (path {params['path']!r}, sigma={params.get('sigma') or 0.0:g}) learned one; "
+                         "refit the model")
+    if found != expected:
+        wrong = sorted(set(found) ^ set(expected)) or [k for k in expected if found[k] != expected[k]]
+        raise ValueError(f"the model's weights do not match its parameters (first mismatch: {wrong[0]!r}); "
+                         "the state was edited or damaged: refit the model")
+    net = model._network(model.center.size, model.resolved.hidden)
+    net.load_state_dict({k: torch.from_numpy(v) for k, v in parts["weights"].items()})
+    model.net = net.to(model.device).eval()
+    model.history = parts["history"]
+    return model

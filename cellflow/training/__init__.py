@@ -9,10 +9,12 @@ from ._objectives import (
     PairObjective,
     TupleObjective,
 )
-from ._rollout import RolloutLoss
+from ._reflow import rectify
+from ._rollout import RolloutLoss, fit_rollouts, rollout_steps
 from ._stopping import CHECK_CELLS, EarlyStopping, transport_stopping
 
 __all__ = [
     "CHECK_CELLS", "LR_SCHEDULES", "OBJECTIVES", "Batch", "EarlyStopping", "EndpointObjective", "PairObjective",
-    "RolloutLoss", "TupleObjective", "learning_rate", "train", "transport_stopping",
+    "RolloutLoss", "TupleObjective", "fit_rollouts", "learning_rate", "rectify", "rollout_steps", "train",
+    "transport_stopping",
 ]

@@ -1,0 +1,79 @@
+"""What a fit chooses from its time course: the frame, delta, entropy rate, batch size, widths, source masses."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..paths import default_entropy_rate
+from ._config import Config, Resolved
+from ._course import TimeCourse
+from ._delta import cross_validated_delta
+from ._methods import Method
+
+MAX_LOG_GROWTH = 50.0  # largest |prior growth rate x interval| accepted (a factor e^50 per interval)
+
+
+def pooled_moments(populations: list[np.ndarray]) -> tuple[np.ndarray, float]:
+    """Mean of all cells and one overall scale (root mean variance over coordinates), in one pass
+    of float64 sums per population (no pooled copy)."""
+    n = sum(len(x) for x in populations)
+    total = sum(np.asarray(x, dtype=np.float64).sum(axis=0) for x in populations)
+    center = total / n
+    squares = sum(((np.asarray(x, dtype=np.float64) - center) ** 2).sum(axis=0) for x in populations)
+    return center, float(np.sqrt((squares / n).mean())) or 1.0
+
+
+def default_batch_size(course: TimeCourse) -> int:
+    """Pairs per interval and step of ``batch_size="auto"``: 256, or the number of cells of the smallest
+    source population when that is smaller (at least 64). A balanced plan between ``n`` cells and the next
+    time point has about ``n`` entries, so a larger batch only draws the same pairs again."""
+    return int(min(256, max(64, min(len(x) for x in course.populations[:-1]))))
+
+
+def default_hidden(n_dims: int) -> list[int]:
+    """Hidden widths of ``hidden="auto"``: three layers of ``16 (d + 1)`` units, rounded up to a power
+    of two, between 64 and 256 (64 up to 3 dimensions, 128 up to 7, 256 from 15)."""
+    width = 2 ** int(np.ceil(np.log2(16 * (n_dims + 1))))
+    return [int(min(256, max(64, width)))] * 3
+
+
+def source_masses(course: TimeCourse) -> list[np.ndarray]:
+    """Source marginal of each interval: the cells' mass times their prior growth over it."""
+    mass = course.weights or [np.ones(len(x)) for x in course.populations]
+    if course.growth is None:
+        return mass[:-1]
+    masses = []
+    for k, dt in enumerate(np.diff(course.times)):
+        log_growth = course.growth[k] * dt
+        worst = float(np.abs(log_growth).max())
+        if not worst <= MAX_LOG_GROWTH:
+            raise ValueError(
+                f"the prior growth rates (growth_key) of time point {course.times[k]:g} reach "
+                f"{worst / dt:g} per time unit, a change of e^{worst:.0f} in mass by the next time point; "
+                "give log growth rates per unit of the time column (e.g. from cellflow.pp.score_growth)"
+            )
+        masses.append(mass[k] * np.exp(log_growth))
+    return masses
+
+def resolve(config: Config, method: Method, course: TimeCourse) -> Resolved:
+    """What this fit chooses from the course, before training (the clock is set once the objective exists)."""
+    c = config
+    center, scale = pooled_moments(course.populations)
+    delta = c.delta
+    if method.needs_delta and delta is None:
+        delta = cross_validated_delta(
+            [np.asarray(x, dtype=np.float64) for x in course.populations], course.times,
+            reg=c.reg if "delta" in method.coupling_class.settings else None,
+            block_size=c.block_size, seed=c.seed,
+        )
+    rate = c.entropy_rate
+    if "entropy_rate" in method.path_class.settings and rate is None:
+        rate = default_entropy_rate(course.times)
+    return Resolved(
+        delta=delta, entropy_rate=rate,
+        batch_size=default_batch_size(course) if c.batch_size == "auto" else c.batch_size,
+        hidden=tuple(default_hidden(course.n_dims) if c.hidden == "auto" else c.hidden),
+        center=np.asarray(center, dtype=np.float64), scale=float(scale),
+        times=np.asarray(course.times, dtype=np.float64), clock=None,
+        reflow=0,
+    )
