@@ -14,7 +14,7 @@ from test_analysis import moscot_fit, one_thread  # noqa: E402,F401
 
 import cellflow as cf  # noqa: E402
 from cellflow.pl._embedding import _grid_flow  # noqa: E402
-from cellflow.tl._fitted import neighbour_weights  # noqa: E402
+from cellflow.tl._fitted import neighbor_weights  # noqa: E402
 
 TYPE_COLOURS = ["#aa0000", "#00aa00", "#0000aa", "#aaaa00", "#00aaaa"]  # one per cell type, in category order
 
@@ -175,7 +175,7 @@ def test_interpolation_marks_predicted_cells_apart(moscot, basis, tmp_path):
     if basis is None:
         np.testing.assert_allclose(first.get_offsets(), positions[:, :2], rtol=1e-6)
     else:  # placed by its nearest measured cells in the representation
-        index, weight = neighbour_weights(positions, moscot.obsm["X_pca"], 15)
+        index, weight = neighbor_weights(positions, moscot.obsm["X_pca"], 15)
         expected = (weight[:, :, None] * moscot.obsm["X_umap"][index]).sum(axis=1)
         np.testing.assert_allclose(first.get_offsets(), expected, rtol=1e-6)
         assert ax.get_xlabel() == "umap 1"

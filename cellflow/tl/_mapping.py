@@ -289,6 +289,8 @@ def push(
         interval by interval on the measured cells (:mod:`cellflow.tl`), so population sizes
         are products of one-interval mass changes; ``points`` are then mass-weighted means of the
         descendants' positions.
+    copy
+        Work on a copy of ``adata``, write into it and return it (``adata`` is left as it was).
 
     Returns
     -------
@@ -329,7 +331,7 @@ def pull(
 
     Parameters
     ----------
-    adata, source, key, n_neighbors, overwrite, model, solver, step_size, progress, across
+    adata, source, key, n_neighbors, overwrite, model, solver, step_size, progress, across, copy
         As for :func:`push`.
     from_time
         A measured time point.
