@@ -240,7 +240,7 @@ def test_fate_plot_needs_fates(moscot):
         cf.pl.fate(moscot.copy(), show=False)
 
 
-@pytest.mark.parametrize("normalize, attribute", [("forward", "row_normalised"), ("backward", "column_normalised"),
+@pytest.mark.parametrize("normalize, attribute", [("forward", "row_normalized"), ("backward", "column_normalized"),
                                                   (None, "counts")])
 def test_transitions_heatmap_shows_the_table(day10_to_11, normalize, attribute):
     ax = cf.pl.transitions(day10_to_11, normalize=normalize, show=False)
@@ -258,11 +258,11 @@ def test_transitions_heatmap_shows_the_table(day10_to_11, normalize, attribute):
 def test_transitions_heatmap_from_the_anndata(moscot, day10_to_11):
     ax = cf.pl.transitions(moscot, 10, 11, annotate=False, show=False)
     np.testing.assert_allclose(np.ma.filled(ax.images[0].get_array(), np.nan),
-                               day10_to_11.row_normalised.to_numpy(), equal_nan=True)
+                               day10_to_11.row_normalized.to_numpy(), equal_nan=True)
     assert not ax.texts
     with pytest.raises(ValueError, match="normalize='rows'"):
         cf.pl.transitions(day10_to_11, normalize="rows", show=False)
-    with pytest.raises(ValueError, match="pass t1= and t2="):
+    with pytest.raises(ValueError, match="pass from_time= and to_time="):
         cf.pl.transitions(moscot, show=False)
 
 
