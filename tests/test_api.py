@@ -192,7 +192,9 @@ def _quiet_call(function, *args, **kwargs):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         result = function(*args, **kwargs)
-    return result, [str(w.message) for w in caught if issubclass(w.category, FutureWarning)]
+    future = [w for w in caught if issubclass(w.category, FutureWarning)]
+    assert all(w.filename == __file__ for w in future), "a FutureWarning does not point at the caller's line"
+    return result, [str(w.message) for w in future]
 
 
 def test_old_time_names_of_transitions_still_work(course):

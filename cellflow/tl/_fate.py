@@ -81,8 +81,8 @@ def _group_probabilities(
     sources, probs, groups, record = _label_probabilities(
         adata, fitted, groupby, t_start, t_end, n_neighbors, solver, step_size, progress, desc, across
     )
-    warn_off_data(record["off_data_share"], desc, stacklevel=4)
-    chain.warn_disagreement(desc, record["disagreement"], stacklevel=4)
+    warn_off_data(record["off_data_share"], desc, stacklevel=5)
+    chain.warn_disagreement(desc, record["disagreement"], stacklevel=5)
     table = pd.DataFrame(np.nan, index=adata.obs_names.copy(), columns=pd.Index(groups, dtype=object))
     table.iloc[sources] = probs
     codes = np.full(adata.n_obs, -1)

@@ -217,11 +217,11 @@ def _move(adata, source, from_time, to_time, later, key, key_added, n_neighbors,
         warnings.warn(
             f"pull: {result.unreached.max():.0%} of the weight sits on cells of from_time={from_time:g} that no cell "
             "of the earlier time reaches, and is left out; raise n_neighbors to reach more of them",
-            stacklevel=3,
+            stacklevel=4,
         )
-    warn_off_data(float(result.off_data_share.max()), direction, stacklevel=3)
+    warn_off_data(float(result.off_data_share.max()), direction, stacklevel=5)
     farthest = np.abs(np.log(total_ratio)).argmax()
-    chain.warn_disagreement(direction, np.nan_to_num(disagreement).max(), total_ratio[farthest], stacklevel=3)
+    chain.warn_disagreement(direction, np.nan_to_num(disagreement).max(), total_ratio[farthest], stacklevel=5)
     distribution = mass / mass.sum(axis=0)
     carriers = weights > 0
     for k, name in names.items():
