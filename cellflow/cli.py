@@ -196,7 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="fit the simulated default time course; write .h5ad and a velocity plot")
     demo.add_argument("--out", default="cellflow_demo", help="output folder (default: ./cellflow_demo)")
     demo.add_argument("--method", default="otcfm", choices=METHODS, metavar="METHOD", help=method_help)
-    demo.add_argument("--steps", "--n-steps", dest="steps", type=steps, default="auto", help=steps_help)
+    demo.add_argument("--steps", type=steps, default="auto", help=steps_help)
     demo.add_argument("--seed", type=seed, default=0)
     demo.set_defaults(run=_demo)
 
@@ -205,7 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--time-key", default="time", help="obs column with each cell's time")
         sub.add_argument("--use-rep", default="X_pca", help="obsm key, 'X' or a layer")
         sub.add_argument("--method", default="otcfm", choices=METHODS, metavar="METHOD", help=method_help)
-        sub.add_argument("--steps", "--n-steps", dest="steps", type=steps, default="auto", help=steps_help)
+        sub.add_argument("--steps", type=steps, default="auto", help=steps_help)
         sub.add_argument("--field", default="direct", choices=FIELDS,
                          help="velocity network: 'direct', or 'gradient' of a learned potential (default: direct)")
         sub.add_argument("--reflow", type=_whole_number("--reflow", 0), default=0,
@@ -224,9 +224,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     interp = commands.add_parser("interpolate", help="push the cells of one time point to another time")
     interp.add_argument("input", help=".h5ad written by 'cellflow fit'")
-    interp.add_argument("--from", "--from-time", dest="from_time", type=_finite_number("--from"), required=True,
+    interp.add_argument("--from", dest="from_time", type=_finite_number("--from"), required=True,
                         help="a measured time point")
-    interp.add_argument("--to", "--to-time", dest="to_time", type=_finite_number("--to"), required=True, help="any time")
+    interp.add_argument("--to", dest="to_time", type=_finite_number("--to"), required=True, help="any time")
     interp.add_argument("--key", default="cellflow", help="the --key-added of 'cellflow fit' (default: cellflow)")
     interp.add_argument("--stochastic", action="store_true",
                         help="draw one path per cell of the model's SDE (methods with a score, e.g. sbcfm)")
