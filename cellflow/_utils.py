@@ -1,4 +1,4 @@
-"""Small helpers shared by the modules: devices, random generators, progress bars, ``copy=``."""
+"""Small helpers shared by the modules: devices, random generators, progress bars, ``copy=``, renamed keywords."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import inspect
 import os
 import sys
 import time
+import warnings
 
 import numpy as np
 import torch
@@ -104,6 +105,38 @@ def copy_option(func):
     parameters.insert(at, inspect.Parameter("copy", inspect.Parameter.KEYWORD_ONLY, default=False, annotation="bool"))
     with_copy.__signature__ = signature.replace(parameters=parameters)
     return with_copy
+
+
+def renamed_arguments(**renames: str):
+    """Keep the old names of renamed keyword arguments working for one release.
+
+    ``@renamed_arguments(old="new", ...)`` maps each keyword ``old=`` given by a caller to
+    ``new=`` with a ``FutureWarning`` that names both; passing both is a ``TypeError``. The
+    signature shown (``inspect.signature``, ``help``) is that of the function, with the new names
+    only; the map is kept in the wrapper's ``renamed_arguments`` attribute. Put it above
+    :func:`copy_option` (outermost), so that the warning points at the caller's line.
+    """
+
+    def decorate(func):
+        name = f"{func.__module__.split('._')[0]}.{func.__name__}" if func.__module__ else func.__name__
+
+        @functools.wraps(func)
+        def with_old_names(*args, **kwargs):
+            for old, new in renames.items():
+                if old not in kwargs:
+                    continue
+                if new in kwargs:
+                    raise TypeError(f"{name}() got both {old}= and {new}=; {old}= is the old name of {new}=, pass "
+                                    f"{new}= only")
+                warnings.warn(f"{name}(): the keyword {old}= is renamed {new}=; {old}= still works in this release "
+                              "but will be removed in the next one", FutureWarning, stacklevel=2)
+                kwargs[new] = kwargs.pop(old)
+            return func(*args, **kwargs)
+
+        with_old_names.renamed_arguments = {**getattr(func, "renamed_arguments", {}), **renames}
+        return with_old_names
+
+    return decorate
 
 
 def seed_everything(seed: int) -> np.random.Generator:

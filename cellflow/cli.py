@@ -11,7 +11,7 @@ import argparse
 import os
 import sys
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 from ._checks import integer, number
 
@@ -174,7 +174,12 @@ def _benchmark(args) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of the ``cellflow`` command."""
+    """The argument parser of the ``cellflow`` command.
+
+    Returns
+    -------
+    The parser; its sub-commands set ``run``, the function that runs them.
+    """
     from .fields._networks import FIELDS
     from .model._methods import METHODS
 
@@ -237,12 +242,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv=None) -> int:
-    """Entry point; returns the exit status.
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``cellflow`` command.
 
     Bad arguments are usage errors (argparse exits with status 2). A ``ValueError``, ``KeyError``,
     ``OSError`` or ``RuntimeError`` raised while a command runs becomes the single line
     ``cellflow <command>: error: <reason>`` on stderr and status 1, without a traceback.
+
+    Parameters
+    ----------
+    argv
+        The arguments after ``cellflow`` (default: ``sys.argv[1:]``).
+
+    Returns
+    -------
+    The exit status: 0 on success, 1 when the command failed.
     """
     args = build_parser().parse_args(argv)
     try:

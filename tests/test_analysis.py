@@ -88,8 +88,8 @@ def test_transition_tables_are_normalised_and_match_fates(moscot):
     adata, _ = moscot
     result = cf.tl.transitions(adata, 10, 10.5, groupby="cell_type", progress=False)
     n1, n2 = _at(adata, 10.0).sum(), _at(adata, 10.5).sum()
-    np.testing.assert_allclose(result.row_normalised.sum(axis=1), 1.0)
-    np.testing.assert_allclose(result.column_normalised.sum(axis=0), 1.0)
+    np.testing.assert_allclose(result.row_normalized.sum(axis=1), 1.0)
+    np.testing.assert_allclose(result.column_normalized.sum(axis=0), 1.0)
     assert result.counts.to_numpy().sum() == pytest.approx(n1)  # balanced: one unit of mass per cell
     coupling = result.coupling
     assert coupling.shape == (n1, n2)
@@ -107,7 +107,7 @@ def test_transition_tables_are_normalised_and_match_fates(moscot):
 
 def test_transitions_agree_with_ot_couplings_in_direction(moscot):
     adata, _ = moscot
-    ours = cf.tl.transitions(adata, 10, 10.5, progress=False).row_normalised
+    ours = cf.tl.transitions(adata, 10, 10.5, progress=False).row_normalized
     # exact OT between the two days in the same PCA space
     x, y = adata.obsm["X_pca"][_at(adata, 10.0)], adata.obsm["X_pca"][_at(adata, 10.5)]
     exact = ot.emd(np.full(len(x), 1 / len(x)), np.full(len(y), 1 / len(y)), ot.dist(x, y))
@@ -135,7 +135,7 @@ def test_ancestors_pull_back(moscot):
     assert "cellflow_ancestors" in adata.obsm
     # where each day-10.5 group comes from, by backward push, agrees with the forward coupling
     backward = table[end].groupby(adata.obs["cell_type"][end].astype(str)).mean().T
-    forward = cf.tl.transitions(adata, 10, 10.5, progress=False).column_normalised
+    forward = cf.tl.transitions(adata, 10, 10.5, progress=False).column_normalized
     backward = backward.loc[forward.index, forward.columns]
     assert np.corrcoef(backward.to_numpy().ravel(), forward.to_numpy().ravel())[0, 1] > 0.8
     assert backward["Epithelial"].idxmax() == "Epithelial"

@@ -118,9 +118,9 @@ def test_deepruot_loaders(data_dir, loader, n_dims, counts):
     np.testing.assert_array_equal(adata.obsm["X_pca"], adata.X)
     assert adata.obs_names.is_unique
     info = adata.uns["cellflow_dataset"]
-    assert set(info) == {"name", "source", "licence"}
+    assert set(info) == {"name", "source", "license"}
     assert all(isinstance(v, str) for v in info.values())
-    assert info["licence"] == "MIT"
+    assert info["license"] == "MIT"
 
 
 def test_simulation_gene_values(data_dir):
@@ -159,7 +159,7 @@ def test_moscot_temporal(data_dir):
     assert adata.obs["time"].value_counts().sort_index().to_dict() == {10.0: 85, 10.5: 81, 11.0: 84}
     np.testing.assert_array_equal(adata.obs["time"], adata.obs["day"].astype(float))
     assert {"tmap_10_105", "tmap_105_11", "tmap_10_11"} <= set(adata.uns)
-    assert adata.uns["cellflow_dataset"]["licence"] == "BSD-3-Clause"
+    assert adata.uns["cellflow_dataset"]["license"] == "BSD-3-Clause"
     assert "X_pca" not in adata.obsm
 
 

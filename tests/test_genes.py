@@ -105,7 +105,7 @@ def test_driver_statistics_match_scipy_and_sparse_matches_dense(course):
 
 
 # -- trends ----------------------------------------------------------------------------------
-@pytest.mark.parametrize("expression, tolerance", [("neighbours", 0.2), ("pca", 0.15)])
+@pytest.mark.parametrize("expression, tolerance", [("neighbors", 0.2), ("pca", 0.15)])
 def test_trend_of_a_group_recovers_a_gene_moving_at_known_speed(course, expression, tolerance):
     """``position = 2 z1 + 1`` and z1 moves at speed 1: its mean over the upper cells of time 0 is
     ``2 (mean z1(0) + t) + 1``, a rise of 4 over the course; within ``tolerance`` at every time."""

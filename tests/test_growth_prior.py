@@ -161,7 +161,7 @@ def test_copy_and_rerun():
     assert "prior_growth_prior" in out.obs and "prior_growth_prior" not in adata.obs
     assert cf.pp.score_growth(adata, "human", key_added="prior") is None
     np.testing.assert_array_equal(adata.obs["prior_growth_prior"], out.obs["prior_growth_prior"])
-    # fixed random_state: a rerun gives the same numbers, and says it replaces the columns
+    # fixed seed: a rerun gives the same numbers, and says it replaces the columns
     first = adata.obs["prior_growth_prior"].copy()
     with pytest.warns(UserWarning, match="replacing"):
         cf.pp.score_growth(adata, "human", key_added="prior")

@@ -228,8 +228,8 @@ def test_diverged_training_writes_nothing(fitted, output, monkeypatch):
         (lambda adata: cf.tl.interpolate(adata, np.nan, 1.0), "from_time"),
         (lambda adata: cf.tl.interpolate(adata, 0.0, np.inf), "to_time"),
         (lambda adata: cf.tl.fate(adata, np.nan, 1.0, "side", **QUIET), "from_time"),
-        (lambda adata: cf.tl.ancestors(adata, np.inf, 0.0, "side", **QUIET), "to_time"),
-        (lambda adata: cf.tl.transitions(adata, 0.0, np.nan, "side", **QUIET), "t2"),
+        (lambda adata: cf.tl.ancestors(adata, np.inf, 0.0, "side", **QUIET), "from_time"),
+        (lambda adata: cf.tl.transitions(adata, 0.0, np.nan, "side", **QUIET), "to_time"),
     ],
     ids=["interpolate_from", "interpolate_to", "fate", "ancestors", "transitions"],
 )

@@ -108,8 +108,8 @@ def test_push_to_unmeasured_and_several_times(course):
 def test_transitions_rows_sum_to_one_with_two_annotations_and_subsets(course):
     full = cf.tl.transitions(course, 0.0, 2.0, "branch", groupby_target="height", **QUIET)
     assert full.groupby_target == "height" and full.counts.columns.name == "height at 2"
-    np.testing.assert_allclose(full.row_normalised.sum(axis=1), 1.0)
-    assert full.row_normalised.loc["up", "high"] > 0.5 and full.row_normalised.loc["down", "low"] > 0.5
+    np.testing.assert_allclose(full.row_normalized.sum(axis=1), 1.0)
+    assert full.row_normalized.loc["up", "high"] > 0.5 and full.row_normalized.loc["down", "low"] > 0.5
     assert "'branch' and 'height'" in repr(full)
 
     mask = (course.obs["branch"] == "up").to_numpy()
@@ -118,11 +118,11 @@ def test_transitions_rows_sum_to_one_with_two_annotations_and_subsets(course):
         source_subset=mask, target_subset=["high", "middle"], **QUIET,
     )
     assert list(sub.counts.index) == ["up"] and list(sub.counts.columns) == ["high", "middle"]
-    np.testing.assert_allclose(sub.row_normalised.sum(axis=1), 1.0)
+    np.testing.assert_allclose(sub.row_normalized.sum(axis=1), 1.0)
     np.testing.assert_allclose(sub.counts, full.counts.loc[["up"], ["high", "middle"]], rtol=1e-9)
     assert sub.coupling.n_obs == (mask & _at(course, 0.0)).sum() and sub.coupling.n_vars == _at(course, 2.0).sum()
     by_list = cf.tl.transitions(course, 0.0, 2.0, "branch", source_subset=["down"], **QUIET)
-    np.testing.assert_allclose(by_list.row_normalised.sum(axis=1), 1.0)
+    np.testing.assert_allclose(by_list.row_normalized.sum(axis=1), 1.0)
 
 
 @pytest.mark.parametrize("from_time, to_time", [(1.0, 2.0), (2.0, 1.0)], ids=["forward", "backward"])
@@ -166,7 +166,7 @@ def test_fate_and_ancestor_labels_are_the_argmax(course):
         (lambda a: cf.tl.push(a, "growth_true", 0.0, np.nan, **QUIET), ValueError, "to_time=nan must be a finite"),
         (lambda a: cf.tl.transfer_labels(a, "branch", 1.0, 1.0, **QUIET), ValueError, "both 1; pass two different"),
         (lambda a: cf.tl.transfer_labels(a, "growth_true", 0.0, 1.0, **QUIET), ValueError, "holds numbers"),
-        (lambda a: cf.tl.transfer_labels(a, "kind", 0.0, 1.0, **QUIET), KeyError, "label_key='kind'"),
+        (lambda a: cf.tl.transfer_labels(a, "kind", 0.0, 1.0, **QUIET), KeyError, "groupby='kind'"),
         (lambda a: cf.tl.transitions(a, 0, 1, "branch", source_subset=["left"], **QUIET), ValueError,
          r"source_subset=\['left'\] are not groups"),
         (lambda a: cf.tl.transitions(a, 0, 1, "branch", target_subset=np.ones(3, bool), **QUIET), ValueError,

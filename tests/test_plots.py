@@ -14,7 +14,7 @@ from test_analysis import moscot_fit, one_thread  # noqa: E402,F401
 
 import cellflow as cf  # noqa: E402
 from cellflow.pl._embedding import _grid_flow  # noqa: E402
-from cellflow.tl._fitted import neighbour_weights  # noqa: E402
+from cellflow.tl._fitted import neighbor_weights  # noqa: E402
 
 TYPE_COLOURS = ["#aa0000", "#00aa00", "#0000aa", "#aaaa00", "#00aaaa"]  # one per cell type, in category order
 
@@ -175,7 +175,7 @@ def test_interpolation_marks_predicted_cells_apart(moscot, basis, tmp_path):
     if basis is None:
         np.testing.assert_allclose(first.get_offsets(), positions[:, :2], rtol=1e-6)
     else:  # placed by its nearest measured cells in the representation
-        index, weight = neighbour_weights(positions, moscot.obsm["X_pca"], 15)
+        index, weight = neighbor_weights(positions, moscot.obsm["X_pca"], 15)
         expected = (weight[:, :, None] * moscot.obsm["X_umap"][index]).sum(axis=1)
         np.testing.assert_allclose(first.get_offsets(), expected, rtol=1e-6)
         assert ax.get_xlabel() == "umap 1"
@@ -240,7 +240,7 @@ def test_fate_plot_needs_fates(moscot):
         cf.pl.fate(moscot.copy(), show=False)
 
 
-@pytest.mark.parametrize("normalize, attribute", [("forward", "row_normalised"), ("backward", "column_normalised"),
+@pytest.mark.parametrize("normalize, attribute", [("forward", "row_normalized"), ("backward", "column_normalized"),
                                                   (None, "counts")])
 def test_transitions_heatmap_shows_the_table(day10_to_11, normalize, attribute):
     ax = cf.pl.transitions(day10_to_11, normalize=normalize, show=False)
@@ -258,11 +258,11 @@ def test_transitions_heatmap_shows_the_table(day10_to_11, normalize, attribute):
 def test_transitions_heatmap_from_the_anndata(moscot, day10_to_11):
     ax = cf.pl.transitions(moscot, 10, 11, annotate=False, show=False)
     np.testing.assert_allclose(np.ma.filled(ax.images[0].get_array(), np.nan),
-                               day10_to_11.row_normalised.to_numpy(), equal_nan=True)
+                               day10_to_11.row_normalized.to_numpy(), equal_nan=True)
     assert not ax.texts
     with pytest.raises(ValueError, match="normalize='rows'"):
         cf.pl.transitions(day10_to_11, normalize="rows", show=False)
-    with pytest.raises(ValueError, match="pass t1= and t2="):
+    with pytest.raises(ValueError, match="pass from_time= and to_time="):
         cf.pl.transitions(moscot, show=False)
 
 

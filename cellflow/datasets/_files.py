@@ -121,8 +121,8 @@ def _fetch(name: str) -> Path:
     return path
 
 
-def _info(name: str, source: str, licence: str) -> dict:
-    return {"name": name, "source": source, "licence": licence}
+def _info(name: str, source: str, terms: str) -> dict:
+    return {"name": name, "source": source, "license": terms}
 
 
 _DEEPRUOT_SOURCE = (

@@ -208,7 +208,7 @@ def simulate(
     adata.uns["cellflow_dataset"] = {
         "name": "simulate",
         "source": "cellflow.datasets.simulate",
-        "licence": "synthetic",
+        "license": "synthetic",
         "velocity": "v(z) = (1, 1.2 tanh(2 z2))",
         "growth": "g(z) = growth_scale tanh(2 z2)",
         "n_cells": int(n_cells),

@@ -29,6 +29,19 @@ def parse_times(values: pd.Series, time_key: str, time_map: Mapping | None = Non
     directly precedes it: ``"day-1"`` and ``"D-3"`` are 1 and 3, while ``"-1.5"``, ``"t=-1"`` and
     ``"day -2"`` (a space before the sign) are negative. Two labels that read as the same number
     (``"day-1"`` and ``"day1"``) are refused: say what they mean with ``time_map``.
+
+    Parameters
+    ----------
+    values
+        The column, e.g. ``adata.obs[time_key]``.
+    time_key
+        Its name, for the error messages.
+    time_map
+        Optional mapping of every label to a number (stage names).
+
+    Returns
+    -------
+    One float per entry of ``values``, in its order.
     """
     if time_map is not None:
         labels = values.astype(str)
@@ -141,6 +154,19 @@ def get_representation(adata: AnnData, use_rep, order: np.ndarray | None = None)
     more, of every k-th cell, 10,000 to 20,000 of them), exceeds 1000 times the median of that
     distance over the cells not on the centre. The shipped data sets stay below 5 times, so rare
     cell types and long trajectories pass.
+
+    Parameters
+    ----------
+    adata
+        The AnnData to read from; it is not changed.
+    use_rep
+        ``obsm`` key, ``"X"``, a layer name, or a matrix with one row per cell.
+    order
+        Optional permutation of the cells: row ``order[i]`` goes to row ``i``.
+
+    Returns
+    -------
+    A dense float32 array of shape ``(n_obs, d)``.
     """
     if isinstance(use_rep, str):
         if use_rep == "X":

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 import numpy as np
 from anndata import AnnData
 
 from ..tl import _keys as keys
 from . import _style as style
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
 
 
 def _grid_flow(points: np.ndarray, vectors: np.ndarray, n_grid: int = 30):
@@ -63,7 +67,7 @@ def _projected_velocity(adata: AnnData, use_rep: str, velocity: np.ndarray, poin
 
     Each cell ``x`` and the point ``x + h v`` a short step ahead are placed on the embedding as
     the neighbour-weighted mean of the embedding positions of their ``n_neighbors`` nearest
-    cells (the weights of :func:`cellflow.tl._fate.neighbour_weights`); the difference over ``h``
+    cells (the weights of :func:`cellflow.tl._fate.neighbor_weights`); the difference over ``h``
     is the drawn velocity. ``h`` moves the median cell by half the median distance to its nearest
     neighbour, so the step reaches the next cells without jumping past them. Placing ``x``
     itself the same way cancels the offset of the placement. Directions come out right; speeds
@@ -84,11 +88,11 @@ def _placed(positions: np.ndarray, rep: np.ndarray, embedding: np.ndarray, n_nei
     """Points of the fitted representation placed on an embedding, and their nearest cells.
 
     A point goes to the mean embedding position of its ``n_neighbors`` nearest cells of ``rep``,
-    with the weights of :func:`cellflow.tl._fate.neighbour_weights`.
+    with the weights of :func:`cellflow.tl._fate.neighbor_weights`.
     """
-    from ..tl._fitted import neighbour_weights
+    from ..tl._fitted import neighbor_weights
 
-    index, weight = neighbour_weights(positions, rep, n_neighbors)
+    index, weight = neighbor_weights(positions, rep, n_neighbors)
     return (weight[:, :, None] * embedding[index]).sum(axis=1), index
 
 
@@ -113,7 +117,7 @@ def velocity(
     ax=None,
     show: bool | None = None,
     save: str | None = None,
-):
+) -> Axes | None:
     """Velocity streamlines over the cells on any embedding.
 
     Parameters
@@ -149,6 +153,10 @@ def velocity(
         Which two dimensions to draw.
     ax, show, save
         Target axes; show the figure; save it to this path.
+    Returns
+    -------
+    The axes, unless the figure is shown (``show=True``, or ``show=None`` without ``save``, as
+    in scanpy): then ``None``.
     """
     basis = style.basis_name(basis)
     points = style.embedding(adata, basis, components)
@@ -178,7 +186,7 @@ def growth(
     ax=None,
     show: bool | None = None,
     save: str | None = None,
-):
+) -> Axes | None:
     """Growth rate of each cell on an embedding, in a diverging colour map centred at zero.
 
     Parameters
@@ -198,6 +206,10 @@ def growth(
         Dot area (as for :func:`velocity`); axes title (default ``"growth rate"``).
     ax, show, save
         Target axes; show the figure; save it to this path.
+    Returns
+    -------
+    The axes, unless the figure is shown (``show=True``, or ``show=None`` without ``save``, as
+    in scanpy): then ``None``.
     """
     growth_key = f"{key}_growth_rate"
     if growth_key not in adata.obs:
@@ -241,7 +253,7 @@ def interpolation(
     ax=None,
     show: bool | None = None,
     save: str | None = None,
-):
+) -> Axes | None:
     """Interpolated populations over the measured cells.
 
     Parameters
@@ -273,6 +285,11 @@ def interpolation(
         Which two dimensions to draw.
     ax, show, save
         Target axes; show the figure; save it to this path.
+
+    Returns
+    -------
+    The axes, unless the figure is shown (``show=True``, or ``show=None`` without ``save``, as
+    in scanpy): then ``None``.
 
     Notes
     -----

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 from anndata import AnnData
 
 from . import _style as style
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
 
 
 def _stored_times(adata: AnnData, fate_key: str) -> Mapping:
@@ -83,7 +87,7 @@ def fate(
     ax=None,
     show: bool | None = None,
     save: str | None = None,
-):
+) -> Axes | list[Axes] | None:
     """Fate probabilities of cells on an embedding: one panel per group, or the most likely group.
 
     Parameters
@@ -124,7 +128,8 @@ def fate(
 
     Returns
     -------
-    The axes (a list with several panels) unless shown. Cells without probabilities (not at the
+    The axes (a list of axes with several panels), unless the figure is shown (``show=True``,
+    or ``show=None`` without ``save``, as in scanpy): then ``None``. Cells without probabilities (not at the
     starting time) are drawn in light grey.
     """
     import matplotlib.pyplot as plt

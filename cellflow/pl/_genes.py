@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import pandas as pd
 
 from . import _style as style
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
 
 _COLUMNS = ("gene", "time", "mean", "std")
 
@@ -20,7 +23,7 @@ def gene_trends(
     palette=None,
     show: bool | None = None,
     save: str | None = None,
-):
+) -> Axes | None:
     """Mean expression over time, one line per gene, with a band of one standard deviation.
 
     Parameters
@@ -41,7 +44,8 @@ def gene_trends(
 
     Returns
     -------
-    The axes, unless the figure is shown.
+    The axes, unless the figure is shown (``show=True``, or ``show=None`` without ``save``, as
+    in scanpy): then ``None``.
     """
     if not isinstance(trends_frame, pd.DataFrame) or not set(_COLUMNS) <= set(trends_frame.columns):
         raise ValueError(f"trends_frame must be the table of cellflow.tl.gene_trends, with columns {list(_COLUMNS)}")

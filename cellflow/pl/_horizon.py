@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 import numpy as np
 from anndata import AnnData
 
 from . import _style as style
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
 
 #: Where a long push is trusted: W1 from the first time point at most this times the one-interval W1.
 RATIO_BAND = 1.3
@@ -42,7 +46,7 @@ def horizon(
     title: str | None = None,
     show: bool | None = None,
     save: str | None = None,
-):
+) -> list[Axes] | None:
     """How far a push from the first time point drifts from the data, against one interval, over time.
 
     Top: W1 between the cells of the first time point pushed to each later measured time and the
@@ -72,7 +76,8 @@ def horizon(
 
     Returns
     -------
-    The two axes, unless the figure is shown.
+    The two axes, as a list ``[top, bottom]``, unless the figure is shown (``show=True``, or
+    ``show=None`` without ``save``, as in scanpy): then ``None``.
     """
     import matplotlib.pyplot as plt
 
@@ -107,4 +112,4 @@ def horizon(
         bottom.set_ylabel("largest pushed norm\nover the data's")
     bottom.axhline(1.0, color="k", lw=0.8, ls="--")
     bottom.set_xlabel("time")
-    return style.finish(fig, axes, show, save)
+    return style.finish(fig, [top, bottom], show, save)

@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import pandas as pd
 from anndata import AnnData
 
+from .._utils import renamed_arguments
 from . import _style as style
 
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+
 _NORMALIZED = {
-    "forward": ("row_normalised", "where cells go", "share of the row's mass"),
-    "backward": ("column_normalised", "where cells come from", "share of the column's mass"),
-    None: ("counts", "transported mass", "mass (cells of {t1})"),
+    "forward": ("row_normalized", "where cells go", "share of the row's mass"),
+    "backward": ("column_normalized", "where cells come from", "share of the column's mass"),
+    None: ("counts", "transported mass", "mass (cells of {start})"),
 }
 
 
@@ -27,10 +33,11 @@ def _ink(rgba) -> str:
     return "k" if 0.2126 * red + 0.7152 * green + 0.0722 * blue > 0.5 else "w"
 
 
+@renamed_arguments(t1="from_time", t2="to_time")
 def transitions(
     transitions_or_adata,
-    t1: float | None = None,
-    t2: float | None = None,
+    from_time: float | None = None,
+    to_time: float | None = None,
     groupby: str = "cell_type",
     *,
     key: str = "cellflow",
@@ -42,20 +49,21 @@ def transitions(
     title: str | None = None,
     show: bool | None = None,
     save: str | None = None,
-):
+) -> Axes | None:
     """Heatmap of the group-to-group transitions between two time points.
 
     Parameters
     ----------
     transitions_or_adata
         A :class:`cellflow.tl._transitions.Transitions` (from :func:`cellflow.tl.transitions`), or the
-        AnnData of a fit, for which it is computed between ``t1`` and ``t2``.
-    t1, t2, groupby, key, n_neighbors
+        AnnData of a fit, for which it is computed between ``from_time`` and ``to_time``.
+    from_time, to_time, groupby, key, n_neighbors
         Passed to :func:`cellflow.tl.transitions` with an AnnData; ignored with a Transitions.
+        (``from_time`` and ``to_time`` were called ``t1`` and ``t2``.)
     normalize
-        ``"forward"``: rows sum to one (where the cells of a group at ``t1`` go);
-        ``"backward"``: columns sum to one (where the cells of a group at ``t2`` come from);
-        ``None``: the transported mass, in cells of ``t1``.
+        ``"forward"``: rows sum to one (where the cells of a group at ``from_time`` go);
+        ``"backward"``: columns sum to one (where the cells of a group at ``to_time`` come from);
+        ``None``: the transported mass, in cells of ``from_time``.
     ax
         Target axes.
     cmap
@@ -66,6 +74,10 @@ def transitions(
         Axes title (default: the two times and what the values mean).
     show, save
         Show the figure; save it to this path.
+    Returns
+    -------
+    The axes, unless the figure is shown (``show=True``, or ``show=None`` without ``save``, as
+    in scanpy): then ``None``.
     """
     from ..tl import transitions as compute
     from ..tl._transitions import Transitions
@@ -73,9 +85,10 @@ def transitions(
     if normalize not in _NORMALIZED:
         raise ValueError(f"normalize={normalize!r} is not one of 'forward', 'backward' or None")
     if isinstance(transitions_or_adata, AnnData):
-        if t1 is None or t2 is None:
-            raise ValueError("with an AnnData, pass t1= and t2= (the two measured times) to compute the transitions")
-        table = compute(transitions_or_adata, t1, t2, groupby, key=key, n_neighbors=n_neighbors, progress=False)
+        if from_time is None or to_time is None:
+            raise ValueError("with an AnnData, pass from_time= and to_time= (the two measured times) to compute the "
+                             "transitions")
+        table = compute(transitions_or_adata, from_time, to_time, groupby, key=key, n_neighbors=n_neighbors, progress=False)
         time_key = style.fit_time_key(transitions_or_adata, key)
     elif isinstance(transitions_or_adata, Transitions):
         table = transitions_or_adata
@@ -83,17 +96,17 @@ def transitions(
     else:
         raise TypeError(
             f"transitions_or_adata is a {type(transitions_or_adata).__name__}; pass what cellflow.tl.transitions "
-            "returned, or the AnnData of a fit with t1= and t2="
+            "returned, or the AnnData of a fit with from_time= and to_time="
         )
     attribute, meaning, bar_label = _NORMALIZED[normalize]
     values: pd.DataFrame = getattr(table, attribute)
-    start, end = style.time_label(time_key, table.t1), style.time_label(time_key, table.t2)
+    start, end = style.time_label(time_key, table.from_time), style.time_label(time_key, table.to_time)
     n_rows, n_cols = values.shape
     fig, ax = style.axes(ax, figsize=(2.5 + 0.7 * n_cols, 1.5 + 0.45 * n_rows))
     matrix = values.to_numpy(dtype=float)
     peak = 1.0 if normalize else max(float(np.nanmax(matrix)), 1e-12)
     image = ax.imshow(matrix, cmap=style.colormap(cmap), vmin=0.0, vmax=peak, aspect="auto", interpolation="nearest")
-    fig.colorbar(image, ax=ax, label=bar_label.format(t1=start))
+    fig.colorbar(image, ax=ax, label=bar_label.format(start=start))
     if annotate:
         for (row, col), value in np.ndenumerate(matrix):
             if np.isfinite(value):
@@ -125,7 +138,7 @@ def sankey(
     ax=None,
     show: bool | None = None,
     save: str | None = None,
-):
+) -> Axes | None:
     """Flow of the groups across several time points, as a Sankey diagram.
 
     :func:`cellflow.tl.transitions` is computed between each pair of consecutive times. Each
@@ -155,6 +168,10 @@ def sankey(
         Axes title (default: the groups and the times, e.g. ``"cell_type: day 10 -> day 11"``).
     ax, show, save
         Target axes; show the figure; save it to this path.
+    Returns
+    -------
+    The axes, unless the figure is shown (``show=True``, or ``show=None`` without ``save``, as
+    in scanpy): then ``None``.
     """
     import matplotlib.patches as mpatches
 
@@ -227,8 +244,26 @@ def sankey(
     return style.finish(fig, ax, show, save)
 
 
-def loss(adata: AnnData, *, key: str = "cellflow", ax=None, show: bool | None = None, save: str | None = None):
-    """Training loss per step (and a running mean) of the model stored in ``uns[key]``."""
+def loss(
+    adata: AnnData, *, key: str = "cellflow", ax=None, show: bool | None = None, save: str | None = None
+) -> Axes | None:
+    """Training loss per step (and a running mean) of the model stored in ``uns[key]``.
+
+    Parameters
+    ----------
+    adata
+        The AnnData that :func:`cellflow.tl.fit` wrote into.
+    key
+        The ``key_added`` of the fit.
+    ax
+        Target axes; default a new figure.
+    show, save
+        Show the figure; save it to this path.
+    Returns
+    -------
+    The axes, unless the figure is shown (``show=True``, or ``show=None`` without ``save``, as
+    in scanpy): then ``None``.
+    """
     history = np.asarray(adata.uns[key]["history"]["loss"])
     fig, ax = style.axes(ax, (5, 3.5))
     ax.plot(history, lw=0.5, alpha=0.4, label="step")

@@ -10,7 +10,7 @@ import pandas as pd
 from anndata import AnnData
 from scipy.special import expit
 
-from .._utils import copy_option
+from .._utils import copy_option, renamed_arguments
 from ..io import parse_times
 
 
@@ -25,8 +25,20 @@ def numeric_time(
     """Write each cell's time as a number to ``obs[key_added]``.
 
     Labels such as ``"day 2.5"``, ``"D3"`` or ``"12h"`` are read for the number they hold;
-    stage names need ``time_map``. The source column is left as it is. ``copy=True`` works on a
-    copy of ``adata`` and returns it.
+    stage names need ``time_map``. The source column is left as it is.
+
+    Parameters
+    ----------
+    adata
+        The time course.
+    time_key
+        ``obs`` column of time labels.
+    time_map
+        Optional mapping of every label to a number (stage names).
+    key_added
+        ``obs`` column to write (the same as ``time_key`` replaces the labels).
+    copy
+        Work on a copy of ``adata``, write into it and return it (``adata`` is left as it was).
 
     Returns
     -------
@@ -151,6 +163,7 @@ def _present(genes: list[str], var_names: pd.Index) -> list[str]:
     return [g for g in genes if g in var_names]
 
 
+@renamed_arguments(random_state="seed")
 @copy_option
 def score_growth(
     adata: AnnData,
@@ -161,14 +174,14 @@ def score_growth(
     layer: str | None = None,
     key_added: str = "cellflow",
     min_genes: int = 10,
-    random_state: int = 0,
+    seed: int = 0,
 ) -> AnnData | None:
     """Score proliferation and apoptosis, and turn them into a prior growth rate.
 
     This is the prior that Waddington-OT (Schiebinger et al. 2019, Cell 176:928) and moscot
     derive from gene signatures. Each cell gets a proliferation score and an apoptosis score
     from :func:`scanpy.tl.score_genes` (mean expression of the markers minus that of random
-    control genes of similar mean expression, with a fixed ``random_state`` so that repeated
+    control genes of similar mean expression, with a fixed ``seed`` so that repeated
     calls agree). The scores become a birth and a death rate through Waddington-OT's
     logistic functions,
 
@@ -206,8 +219,9 @@ def score_growth(
         Prefix of the ``obs`` columns written.
     min_genes
         Warn when fewer markers than this are found in ``adata.var_names`` for either list.
-    random_state
-        Seed for the control genes that :func:`scanpy.tl.score_genes` draws.
+    seed
+        Seed for the control genes that :func:`scanpy.tl.score_genes` draws (its
+        ``random_state``; formerly ``random_state`` here too).
     copy
         Work on a copy of ``adata``, write into it and return it (``adata`` is left as it was).
 
@@ -280,7 +294,7 @@ def score_growth(
                 f"adata.var_names (min_genes={min_genes}); the {kind} score, and so the growth prior, "
                 f"may be noisy. Found: {', '.join(hits[:20])}{', ...' if len(hits) > 20 else ''}.",
                 UserWarning,
-                stacklevel=3,  # past copy_option's wrapper, to the caller
+                stacklevel=4,  # past the wrappers (renamed_arguments, copy_option), to the caller
             )
         found[kind] = hits
 
@@ -292,7 +306,7 @@ def score_growth(
         scratch.var_names_make_unique()
     scores = {}
     for kind in _MARKER_KINDS:
-        sc.tl.score_genes(scratch, found[kind], score_name=kind, random_state=random_state,
+        sc.tl.score_genes(scratch, found[kind], score_name=kind, random_state=seed,
                           use_raw=False)
         scores[kind] = scratch.obs[kind].to_numpy(dtype=float)
 
@@ -305,7 +319,7 @@ def score_growth(
             f"score_growth: replacing existing adata.obs columns {existing}; pass another "
             "key_added to keep them.",
             UserWarning,
-            stacklevel=3,
+            stacklevel=4,
         )
     adata.obs[f"{key_added}_proliferation"] = scores["proliferation"]
     adata.obs[f"{key_added}_apoptosis"] = scores["apoptosis"]

@@ -31,7 +31,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from .._utils import progress_bar
-from ._fitted import _Fitted, _push_and_match, _soft_labels, neighbour_weights
+from ._fitted import _Fitted, _push_and_match, _soft_labels, neighbor_weights
 
 ACROSS = ("chain", "flow")
 DISAGREEMENT_WARNING = 0.1  # mean total-variation distance between the chain's and the flow's answers
@@ -199,7 +199,7 @@ def flow_carry(fitted: _Fitted, rows, weights, times, measured, later, n_neighbo
     for k in np.flatnonzero(measured):
         targets = course.indices[course.index_of(times[k])]
         if later:
-            index, near = neighbour_weights(points[k][carriers], fitted.rep[targets], n_neighbors)
+            index, near = neighbor_weights(points[k][carriers], fitted.rep[targets], n_neighbors)
             received[k] = _spread(index, near * (weights[carriers] * growth[k, carriers])[:, None], len(targets))
         else:  # the forward coupling from the cells of times[k] to those of from_time, transposed
             index, near, sent, _ = _push_and_match(

@@ -19,13 +19,15 @@ from ._fitted import _fitted, _group_codes, _push_and_match, _soft_labels
 from ._support import warn_off_data
 
 
-def _checked_times(earlier, later, earlier_name: str, later_name: str, other: str) -> tuple[float, float]:
+def _checked_times(
+    earlier, later, earlier_name: str, later_name: str, other: str, hint: str = ""
+) -> tuple[float, float]:
     """Two finite times, ``earlier < later``, else a ``ValueError`` naming the arguments."""
     earlier, later = number(earlier_name, earlier), number(later_name, later)
     if not earlier < later:
         raise ValueError(
             f"{earlier_name}={earlier!r} must be earlier than {later_name}={later!r}; "
-            f"for the other direction use cellflow.tl.{other}"
+            f"for the other direction use cellflow.tl.{other}{hint}"
         )
     return earlier, later
 
@@ -79,8 +81,8 @@ def _group_probabilities(
     sources, probs, groups, record = _label_probabilities(
         adata, fitted, groupby, t_start, t_end, n_neighbors, solver, step_size, progress, desc, across
     )
-    warn_off_data(record["off_data_share"], desc, stacklevel=4)
-    chain.warn_disagreement(desc, record["disagreement"], stacklevel=4)
+    warn_off_data(record["off_data_share"], desc, stacklevel=5)
+    chain.warn_disagreement(desc, record["disagreement"], stacklevel=5)
     table = pd.DataFrame(np.nan, index=adata.obs_names.copy(), columns=pd.Index(groups, dtype=object))
     table.iloc[sources] = probs
     codes = np.full(adata.n_obs, -1)
@@ -177,8 +179,8 @@ def fate(
 @copy_option
 def ancestors(
     adata: AnnData,
-    to_time: float,
     from_time: float,
+    to_time: float,
     groupby: str = "cell_type",
     *,
     key: str = "cellflow",
@@ -191,22 +193,27 @@ def ancestors(
     progress: bool | None = None,
     across: str = "chain",
 ) -> pd.DataFrame | AnnData:
-    """Where each cell of ``to_time`` came from at ``from_time``, as probabilities over groups.
+    """Where each cell of ``from_time`` came from at the earlier ``to_time``, as probabilities over groups.
 
-    The pull-back of :func:`fate`: each cell of ``to_time`` is pushed backward through the flow
-    to ``from_time`` and its ancestor's groups are read off its nearest real cells there.
+    The pull-back of :func:`fate`: each cell of ``from_time`` is pushed backward through the flow
+    to ``to_time`` and its ancestor's groups are read off its nearest real cells there. As in
+    every tool, ``from_time`` is the time of the cells the tool starts from and ``to_time`` the
+    time they are carried to (here backward, as in :func:`cellflow.tl.pull`).
 
     Parameters
     ----------
     adata
         The AnnData that :func:`cellflow.tl.fit` wrote into.
-    to_time, from_time
-        Measured time points, ``from_time < to_time``: the cells of ``to_time`` get the
-        probabilities, over the groups of ``from_time``.
+    from_time, to_time
+        Measured time points, ``to_time < from_time``: the cells of ``from_time`` get the
+        probabilities, over the groups of ``to_time``. Changed in 0.2: the later time was called
+        ``to_time`` and came first, so positional calls (``ancestors(adata, 11, 10)``) read the
+        same as before, while calls by keyword must swap the two names (the times are checked:
+        a ``to_time`` later than ``from_time`` is an error, never a silent swap).
     groupby, key, n_neighbors, overwrite, model, solver, step_size, copy, progress
         As for :func:`fate`.
     across
-        As for :func:`fate`; the chain composes, from ``to_time`` back, each interval's neighbour
+        As for :func:`fate`; the chain composes, from ``from_time`` back, each interval's neighbour
         weights of cells pushed backward (each cell has one ancestor, so no mass).
     key_added
         ``obsm`` key to write; default ``"{key}_ancestors"``; the most likely group goes to
@@ -214,12 +221,17 @@ def ancestors(
 
     Returns
     -------
-    A DataFrame indexed by ``obs_names`` with one column per group of ``from_time``; rows of cells
-    not measured at ``to_time`` are NaN. Also written to ``adata.obsm[key_added]``; with
+    A DataFrame indexed by ``obs_names`` with one column per group of ``to_time``; rows of cells
+    not measured at ``from_time`` are NaN. Also written to ``adata.obsm[key_added]``, and the two
+    times to ``uns[f"{key_added}_params"]`` as given (``from_time`` the later); with
     ``copy=True``, the copy written into instead.
     """
-    from_time, to_time = _checked_times(from_time, to_time, "from_time", "to_time", "fate")
+    to_time, from_time = _checked_times(
+        to_time, from_time, "to_time", "from_time", "fate",
+        " (since cellflow 0.2 ancestors, like pull, reads from_time as the time of the cells, the later one: "
+        "ancestors(adata, from_time=11, to_time=10))",
+    )
     return _group_probabilities(
-        adata, key, key_added or f"{key}_ancestors", overwrite, model, groupby, to_time, from_time,
+        adata, key, key_added or f"{key}_ancestors", overwrite, model, groupby, from_time, to_time,
         n_neighbors, solver, step_size, progress, "ancestors", across,
     )

@@ -180,7 +180,21 @@ def fit(
 
 
 def load_model(adata: AnnData, key: str = "cellflow", device: str = "auto") -> CellFlow:
-    """Restore the model that :func:`fit` stored in ``adata.uns[key]``."""
+    """Restore the model that :func:`fit` stored in ``adata.uns[key]``.
+
+    Parameters
+    ----------
+    adata
+        The AnnData that :func:`fit` wrote into (in memory, backed, or read back from ``.h5ad``).
+    key
+        The ``key_added`` of the fit.
+    device
+        Where to put the network: ``"auto"`` (CUDA when present), ``"cpu"``, ``"cuda"``, ...
+
+    Returns
+    -------
+    The trained :class:`cellflow.CellFlow`; nothing is written.
+    """
     return _stored_model(adata, key, device)
 
 

@@ -105,7 +105,7 @@ def _group_codes(
     return codes, [str(n) for n in names]
 
 
-def neighbour_weights(points: np.ndarray, reference: np.ndarray, n_neighbors: int) -> tuple[np.ndarray, np.ndarray]:
+def neighbor_weights(points: np.ndarray, reference: np.ndarray, n_neighbors: int) -> tuple[np.ndarray, np.ndarray]:
     """The nearest reference cells of each point and their Gaussian weights.
 
     Parameters
@@ -158,7 +158,7 @@ def _push_and_match(
         pushed, mass = fitted.model.push(
             fitted.rep[rows], float(t_from), float(t_to), return_mass=True, method=solver, step_size=step_size
         )
-        index, weight = neighbour_weights(pushed, ref_points, n_neighbors)
+        index, weight = neighbor_weights(pushed, ref_points, n_neighbors)
         indices.append(index)
         weights.append(weight)
         masses.append(mass)

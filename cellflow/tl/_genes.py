@@ -1,6 +1,6 @@
 """Genes along the flow: mean expression over continuous time.
 
-Expression of a pushed cell (``expression="neighbours"``, the default): at a measured time point
+Expression of a pushed cell (``expression="neighbors"``, the default): at a measured time point
 it is the neighbour-weighted mean expression of the ``n_neighbors`` nearest real cells measured
 there (weights as in :mod:`cellflow.tl`); between two measured time points ``t_a < t < t_b``
 it is ``(1 - s) e_a + s e_b`` with ``s = (t - t_a) / (t_b - t_a)``, ``e_a`` and ``e_b`` the
@@ -12,6 +12,7 @@ still changes along the path.
 
 from __future__ import annotations
 
+import warnings
 from typing import Sequence
 
 import numpy as np
@@ -22,7 +23,7 @@ from anndata import AnnData
 from .._checks import choice, integer, number
 from ..model import CellFlow
 from . import _keys as keys
-from ._fitted import _fitted, neighbour_weights
+from ._fitted import _fitted, neighbor_weights
 from ._support import warn_off_data
 from ._trajectories import _follow
 
@@ -153,7 +154,7 @@ def _brackets(t: float, measured: np.ndarray) -> list[tuple[int, float]]:
     return [(later - 1, 1.0 - share), (later, share)]
 
 
-def _neighbour_readout(fitted, positions, grid, reference_expression, n_neighbors) -> list[np.ndarray]:
+def _neighbor_readout(fitted, positions, grid, reference_expression, n_neighbors) -> list[np.ndarray]:
     """Expression at every grid time of pushed cells ``positions`` ``(times, cells, d)``, by the module's rule."""
     course = fitted.course
     n_cells = positions.shape[1]
@@ -164,7 +165,7 @@ def _neighbour_readout(fitted, positions, grid, reference_expression, n_neighbor
         if not steps:
             continue
         points = positions[[i for i, _ in steps]].reshape(-1, positions.shape[2])
-        index, weights = neighbour_weights(points, course.populations[k], n_neighbors)
+        index, weights = neighbor_weights(points, course.populations[k], n_neighbors)
         for j, (i, share) in enumerate(steps):
             part = slice(j * n_cells, (j + 1) * n_cells)
             matrix = sp.csr_matrix(
@@ -189,7 +190,7 @@ def gene_trends(
     n_points: int = 50,
     key: str = "cellflow",
     layer: str | None = None,
-    expression: str = "neighbours",
+    expression: str = "neighbors",
     n_neighbors: int = 15,
     model: CellFlow | None = None,
     solver: str = "dopri5",
@@ -226,7 +227,8 @@ def gene_trends(
     layer
         Layer of expression to read; default ``X``.
     expression
-        ``"neighbours"`` (the rule above) or ``"pca"``: the linear reconstruction
+        ``"neighbors"`` (the rule above; the old spelling ``"neighbours"`` still works, with a
+        ``FutureWarning``, for one release) or ``"pca"``: the linear reconstruction
         ``mean + position @ varm["PCs"].T`` of a fit in ``use_rep="X_pca"`` (``mean``: the gene's
         mean over all cells, as scanpy centres before its PCA); exact only for genes the PCs
         describe, zero loadings give a flat line.
@@ -245,7 +247,11 @@ def gene_trends(
     the share of their pushed positions that left the data (:mod:`cellflow.tl`; an
     :class:`cellflow.tl._support.OffDataWarning` above 5%).
     """
-    expression = choice("expression", expression, ["neighbours", "pca"])
+    if expression == "neighbours":
+        warnings.warn('gene_trends(): expression="neighbours" is renamed expression="neighbors"; the old spelling '
+                      "still works in this release but will be removed in the next one", FutureWarning, stacklevel=2)
+        expression = "neighbors"
+    expression = choice("expression", expression, ["neighbors", "pca"])
     n_neighbors = integer("n_neighbors", n_neighbors)
     names, columns = _gene_columns(adata, genes)
     matrix = _expression(adata, layer)
@@ -261,7 +267,7 @@ def gene_trends(
             raise ValueError(
                 f'expression="pca" needs a fit in use_rep="X_pca" and adata.varm["PCs"]; this fit used '
                 f'use_rep={fitted.use_rep!r}{"" if "PCs" in adata.varm else " and varm has no PCs"}: use '
-                'expression="neighbours"'
+                'expression="neighbors"'
             )
         loadings = loadings[columns].astype(np.float64)
         gene_means = np.asarray(_select(matrix, np.arange(adata.n_obs), columns).mean(axis=0)).ravel()
@@ -279,7 +285,7 @@ def gene_trends(
         if expression == "pca":
             readout = [p @ loadings.T + gene_means for p in paths.positions]
         else:
-            readout = _neighbour_readout(fitted, paths.positions, grid, reference, n_neighbors)
+            readout = _neighbor_readout(fitted, paths.positions, grid, reference, n_neighbors)
         for i, values in enumerate(readout):
             mass[i] += weights[i].sum()
             first[i] += weights[i] @ values

@@ -7,7 +7,7 @@ import pandas as pd
 from anndata import AnnData
 
 from .. import _checks
-from .._utils import copy_option
+from .._utils import copy_option, renamed_arguments
 from ..model import CellFlow
 from . import _keys as keys
 from ._fate import _label_probabilities
@@ -15,10 +15,11 @@ from ._fitted import _fitted
 from ._mapping import _obs_column
 
 
+@renamed_arguments(label_key="groupby")
 @copy_option
 def transfer_labels(
     adata: AnnData,
-    label_key: str,
+    groupby: str,
     from_time: float,
     to_time: float,
     *,
@@ -43,20 +44,23 @@ def transfer_labels(
     ----------
     adata
         The AnnData that :func:`cellflow.tl.fit` wrote into.
-    label_key
-        ``obs`` column of labels; cells of ``from_time`` without a label are not used.
+    groupby
+        ``obs`` column of labels (formerly ``label_key``); cells of ``from_time`` without a label
+        are not used.
     from_time, to_time
         Two different measured time points: the labels of ``from_time`` go to the cells of
         ``to_time``.
     key, n_neighbors, model, solver, step_size, progress
         As for :func:`cellflow.tl.fate`.
     key_added
-        ``obs`` column of the labels (categorical, the categories of ``label_key``, NaN at cells
-        of other times); default ``f"{label_key}_transferred"``. The probability of each
+        ``obs`` column of the labels (categorical, the categories of ``groupby``, NaN at cells
+        of other times); default ``f"{groupby}_transferred"``. The probability of each
         assigned label goes to ``obs[f"{key_added}_probability"]``; both are recorded in the
         ledger of the fit.
     overwrite
         Replace ``obs`` columns of those names that another tool (or another fit) wrote.
+    copy
+        Work on a copy of ``adata``, write into it and return it (``adata`` is left as it was).
 
     Returns
     -------
@@ -67,19 +71,19 @@ def transfer_labels(
     from_time, to_time = _checks.number("from_time", from_time), _checks.number("to_time", to_time)
     if from_time == to_time:
         raise ValueError(f"from_time and to_time are both {from_time:g}; pass two different time points")
-    labels = _obs_column(adata, label_key, "label_key")
+    labels = _obs_column(adata, groupby, "groupby")
     if pd.api.types.is_float_dtype(labels):
         raise ValueError(
-            f"label_key={label_key!r} holds numbers, not labels; transfer a categorical column, "
+            f"groupby={groupby!r} holds numbers, not labels; transfer a categorical column, "
             "or carry numeric weights with cellflow.tl.push / cellflow.tl.pull"
         )
     n_neighbors = _checks.integer("n_neighbors", n_neighbors)
     fitted = _fitted(adata, key, model)
-    key_added = key_added or f"{label_key}_transferred"
+    key_added = key_added or f"{groupby}_transferred"
     written = [f"obs/{key_added}", f"obs/{key_added}_probability"]
     keys.claim(adata, key, written, overwrite)
     rows, probs, groups, _ = _label_probabilities(
-        adata, fitted, label_key, to_time, from_time, n_neighbors, solver, step_size, progress, "transfer"
+        adata, fitted, groupby, to_time, from_time, n_neighbors, solver, step_size, progress, "transfer"
     )
     categories = labels.astype("category").cat.categories
     by_name = {str(c): c for c in categories}

@@ -217,11 +217,11 @@ def _move(adata, source, from_time, to_time, later, key, key_added, n_neighbors,
         warnings.warn(
             f"pull: {result.unreached.max():.0%} of the weight sits on cells of from_time={from_time:g} that no cell "
             "of the earlier time reaches, and is left out; raise n_neighbors to reach more of them",
-            stacklevel=3,
+            stacklevel=4,
         )
-    warn_off_data(float(result.off_data_share.max()), direction, stacklevel=3)
+    warn_off_data(float(result.off_data_share.max()), direction, stacklevel=5)
     farthest = np.abs(np.log(total_ratio)).argmax()
-    chain.warn_disagreement(direction, np.nan_to_num(disagreement).max(), total_ratio[farthest], stacklevel=3)
+    chain.warn_disagreement(direction, np.nan_to_num(disagreement).max(), total_ratio[farthest], stacklevel=5)
     distribution = mass / mass.sum(axis=0)
     carriers = weights > 0
     for k, name in names.items():
@@ -289,6 +289,8 @@ def push(
         interval by interval on the measured cells (:mod:`cellflow.tl`), so population sizes
         are products of one-interval mass changes; ``points`` are then mass-weighted means of the
         descendants' positions.
+    copy
+        Work on a copy of ``adata``, write into it and return it (``adata`` is left as it was).
 
     Returns
     -------
@@ -329,7 +331,7 @@ def pull(
 
     Parameters
     ----------
-    adata, source, key, n_neighbors, overwrite, model, solver, step_size, progress, across
+    adata, source, key, n_neighbors, overwrite, model, solver, step_size, progress, across, copy
         As for :func:`push`.
     from_time
         A measured time point.

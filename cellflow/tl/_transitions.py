@@ -7,6 +7,7 @@ spread it over their nearest real cells of the later one (the neighbour weights 
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -15,6 +16,7 @@ import scipy.sparse as sp
 from anndata import AnnData
 
 from .._checks import integer
+from .._utils import renamed_arguments
 from ..model import CellFlow
 from . import _chain as chain
 from ._fate import _checked_times
@@ -28,39 +30,42 @@ class Transitions:
 
     Attributes
     ----------
-    t1, t2
-        The two time points.
+    from_time, to_time
+        The two time points, ``from_time < to_time``.
     groupby, groupby_target
-        The ``obs`` columns of the groups at ``t1`` (rows) and at ``t2`` (columns).
+        The ``obs`` columns of the groups at ``from_time`` (rows) and at ``to_time`` (columns).
     counts
-        Mass moving from each group of ``t1`` (rows) to each group of ``t2`` (columns), in cells
-        of ``t1`` (times their growth, for unbalanced methods).
-    row_normalised
-        Where the cells of a group at ``t1`` go: ``counts`` with rows summing to one.
-    column_normalised
-        Where the cells of a group at ``t2`` come from: ``counts`` with columns summing to one.
+        Mass moving from each group of ``from_time`` (rows) to each group of ``to_time`` (columns),
+        in cells of ``from_time`` (times their growth, for unbalanced methods).
+    row_normalized
+        Where the cells of a group at ``from_time`` go: ``counts`` with rows summing to one.
+    column_normalized
+        Where the cells of a group at ``to_time`` come from: ``counts`` with columns summing to one.
     coupling
-        AnnData of shape ``(n_t1, n_t2)``: ``X`` a sparse CSR matrix from each cell of ``t1``
-        (``obs_names``) to the real cells of ``t2`` (``var_names``) next to where it lands, rows
-        summing to the cell's pushed mass, and ``uns["{key}_coupling"]`` the two times, ``key`` and
-        ``n_neighbors``. CellRank takes it as it is:
-        ``RealTimeKernel(adata, time_key=..., couplings={(t1, t2): transitions.coupling})``.
+        AnnData of shape ``(n_from, n_to)``: ``X`` a sparse CSR matrix from each cell of
+        ``from_time`` (``obs_names``) to the real cells of ``to_time`` (``var_names``) next to where
+        it lands, rows summing to the cell's pushed mass, and ``uns["{key}_coupling"]`` the two
+        times (``from_time``, ``to_time``), ``key`` and ``n_neighbors``. CellRank takes it as it is:
+        ``RealTimeKernel(adata, time_key=..., couplings={(from_time, to_time): transitions.coupling})``.
     across
-        How measured times between ``t1`` and ``t2`` were crossed: ``"chain"`` (the coupling is the
-        product of the interval couplings) or ``"flow"`` (see :mod:`cellflow.tl`).
+        How measured times between ``from_time`` and ``to_time`` were crossed: ``"chain"`` (the
+        coupling is the product of the interval couplings) or ``"flow"`` (see :mod:`cellflow.tl`).
     off_data_share
         The share of the pushed cells behind the coupling that left the data (:mod:`cellflow.tl`).
     disagreement
         Across several intervals, the mean total-variation distance between the chain's and the
-        flow's per-cell distributions over the groups of ``t2``; 0 within one interval.
+        flow's per-cell distributions over the groups of ``to_time``; 0 within one interval.
+
+    The old names ``t1``, ``t2``, ``row_normalised`` and ``column_normalised`` still read the same
+    values, with a ``FutureWarning``, for one release.
     """
 
-    t1: float
-    t2: float
+    from_time: float
+    to_time: float
     groupby: str
     counts: pd.DataFrame
-    row_normalised: pd.DataFrame
-    column_normalised: pd.DataFrame
+    row_normalized: pd.DataFrame
+    column_normalized: pd.DataFrame
     coupling: AnnData
     groupby_target: str | None = None
     across: str = "flow"
@@ -72,13 +77,29 @@ class Transitions:
         if self.groupby_target not in (None, self.groupby):
             by += f" and {self.groupby_target!r}"
         return (
-            f"Transitions({self.t1:g} -> {self.t2:g} by {by}: {self.counts.shape[0]} x "
+            f"Transitions({self.from_time:g} -> {self.to_time:g} by {by}: {self.counts.shape[0]} x "
             f"{self.counts.shape[1]} groups; coupling {self.coupling.n_obs} x {self.coupling.n_vars} cells, "
             f"{self.coupling.X.nnz} entries)"
         )
 
 
-def _normalise(table: pd.DataFrame, axis: int) -> pd.DataFrame:
+def _renamed_attribute(old: str, new: str) -> property:
+    """A read-only attribute under its old name, which warns and reads the new one."""
+
+    def read(self):
+        warnings.warn(f"Transitions.{old} is renamed Transitions.{new}; {old} still works in this release but will "
+                      "be removed in the next one", FutureWarning, stacklevel=2)
+        return getattr(self, new)
+
+    return property(read, doc=f"Old name of :attr:`{new}` (deprecated).")
+
+
+for _old, _new in (("t1", "from_time"), ("t2", "to_time"), ("row_normalised", "row_normalized"),
+                   ("column_normalised", "column_normalized")):
+    setattr(Transitions, _old, _renamed_attribute(_old, _new))
+
+
+def _normalize(table: pd.DataFrame, axis: int) -> pd.DataFrame:
     totals = table.sum(axis=axis)
     return table.div(totals.where(totals > 0), axis=1 - axis)
 
@@ -114,10 +135,11 @@ def _in_subset(adata, subset, name: str, groupby: str, rows, codes, groups, time
     return keep
 
 
+@renamed_arguments(t1="from_time", t2="to_time")
 def transitions(
     adata: AnnData,
-    t1: float,
-    t2: float,
+    from_time: float,
+    to_time: float,
     groupby: str = "cell_type",
     *,
     groupby_target: str | None = None,
@@ -133,43 +155,43 @@ def transitions(
 ) -> Transitions:
     """Transitions between the groups of two time points, and a sparse cell-to-cell coupling.
 
-    The cells of ``t1`` are pushed through the flow to ``t2`` with their mass; each spreads its
-    mass over its ``n_neighbors`` nearest real cells of ``t2`` with Gaussian weights (see
-    :mod:`cellflow.tl`). Summing that coupling over groups gives the tables. Nothing is
-    written into ``adata``.
+    The cells of ``from_time`` are pushed through the flow to ``to_time`` with their mass; each
+    spreads its mass over its ``n_neighbors`` nearest real cells of ``to_time`` with Gaussian
+    weights (see :mod:`cellflow.tl`). Summing that coupling over groups gives the tables.
 
     Parameters
     ----------
     adata
         The AnnData that :func:`cellflow.tl.fit` wrote into.
-    t1, t2
-        Measured time points, ``t1 < t2``.
+    from_time, to_time
+        Measured time points, ``from_time < to_time`` (formerly ``t1``, ``t2``).
     groupby
         ``obs`` column of groups; cells without a label are left out of the group tables (not of
         the coupling).
     groupby_target
-        ``obs`` column of the groups at ``t2``, when they differ from those at ``t1`` (e.g.
-        clusters of each time point annotated apart); default ``groupby``.
+        ``obs`` column of the groups at ``to_time``, when they differ from those at ``from_time``
+        (e.g. clusters of each time point annotated apart); default ``groupby``.
     source_subset, target_subset
-        Keep only these cells of ``t1`` / ``t2``: a list of groups (of ``groupby`` /
+        Keep only these cells of ``from_time`` / ``to_time``: a list of groups (of ``groupby`` /
         ``groupby_target``) or a boolean mask over all cells. The coupling is that of all cells
         (the same numbers as without subsets), restricted to the rows of the kept cells of
-        ``t1``; the tables count only the mass that reaches kept cells of ``t2``, so
-        ``row_normalised`` reads "where they go, among the kept target cells".
+        ``from_time``; the tables count only the mass that reaches kept cells of ``to_time``, so
+        ``row_normalized`` reads "where they go, among the kept target cells".
     key, n_neighbors, model, solver, step_size, progress
         As for :func:`fate`.
     across
-        As for :func:`fate`: with ``"chain"`` (default) and measured times between ``t1`` and
-        ``t2`` the coupling is the product of the couplings of the measured intervals (mass
+        As for :func:`fate`: with ``"chain"`` (default) and measured times between
+        ``from_time`` and ``to_time`` the coupling is the product of the couplings of the measured intervals (mass
         multiplies along it), with ``"flow"`` the cells are pushed over the whole span. Both
         are computed across several intervals and compared (``disagreement``).
 
     Returns
     -------
-    A :class:`Transitions` with ``counts``, ``row_normalised`` (where cells go),
-    ``column_normalised`` (where cells come from) and ``coupling``.
+    A :class:`Transitions` with ``counts``, ``row_normalized`` (where cells go),
+    ``column_normalized`` (where cells come from) and ``coupling``. Nothing is
+    written into ``adata``, so there is no ``copy=``.
     """
-    t1, t2 = _checked_times(t1, t2, "t1", "t2", "transitions with the times swapped")
+    t1, t2 = _checked_times(from_time, to_time, "from_time", "to_time", "transitions with the times swapped")
     n_neighbors, across = integer("n_neighbors", n_neighbors), chain.checked_across(across)
     groupby_target = groupby if groupby_target is None else groupby_target
     fitted = _fitted(adata, key, model)
@@ -203,8 +225,8 @@ def transitions(
             disagreement = chain.mean_total_variation(*[f / f.sum(axis=1, keepdims=True) for f in fates])
         if across == "chain":
             matrix, off_data_share = chained, chain_off
-    warn_off_data(off_data_share, "transitions")
-    chain.warn_disagreement("transitions", disagreement)
+    warn_off_data(off_data_share, "transitions", stacklevel=4)  # past renamed_arguments, to the caller
+    chain.warn_disagreement("transitions", disagreement, stacklevel=4)
     matrix, sources, src_codes = matrix[src_kept], sources[src_kept], src_codes[src_kept]
     tgt_codes = np.where(tgt_kept, tgt_codes, -1)
     counts = pd.DataFrame(
@@ -218,14 +240,14 @@ def transitions(
     obs = adata.obs.iloc[sources][keep].copy()
     var = adata.obs.iloc[targets][keep].copy()
     coupling = AnnData(X=matrix, obs=obs, var=var)
-    coupling.uns[f"{key}_coupling"] = {"t1": t1, "t2": t2, "key": key, "n_neighbors": n_neighbors, "across": across}
+    coupling.uns[f"{key}_coupling"] = {"from_time": t1, "to_time": t2, "key": key, "n_neighbors": n_neighbors, "across": across}
     return Transitions(
-        t1=t1,
-        t2=t2,
+        from_time=t1,
+        to_time=t2,
         groupby=groupby,
         counts=counts,
-        row_normalised=_normalise(counts, axis=1),
-        column_normalised=_normalise(counts, axis=0),
+        row_normalized=_normalize(counts, axis=1),
+        column_normalized=_normalize(counts, axis=0),
         coupling=coupling,
         groupby_target=groupby_target,
         across=across,
