@@ -60,7 +60,7 @@ def scores(model, before, held, t_prev, t_held) -> dict:
     """W1 of the pushes with each solver, and the straightness of the adaptive paths."""
     row = {"straightness": model.straightness(before, t_prev, t_held)}
     for n in EULER_STEPS:
-        pushed = model.push(before, t_prev, t_held, method="euler", step_size=(t_held - t_prev) / n)
+        pushed = model.push(before, t_prev, t_held, solver="euler", step_size=(t_held - t_prev) / n)
         row[f"w1_euler{n}"] = cf.metrics.w1(pushed, held)
     row["w1_adaptive"] = cf.metrics.w1(model.push(before, t_prev, t_held), held)
     return row

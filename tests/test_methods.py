@@ -125,9 +125,9 @@ def test_times_and_solvers_are_checked(trained):
     with pytest.raises(ValueError, match="t=inf"):
         trained.velocity(x, np.inf)
     with pytest.raises(ValueError, match="solver='dopri'"):
-        trained.push(x, 0.0, 1.0, method="dopri")
+        trained.push(x, 0.0, 1.0, solver="dopri")
     with pytest.raises(ValueError, match="step_size"):
-        trained.push(x, 0.0, 1.0, method="rk4")
+        trained.push(x, 0.0, 1.0, solver="rk4")
     with pytest.raises(ValueError, match="model.s 2 dimensions"):
         trained.velocity(np.zeros((3, 3)), 0.0)
 

@@ -73,7 +73,7 @@ def test_reflow_straightens_an_independent_coupling_flow():
 
     def quality():
         adaptive = model.push(test, 0.0, 1.0)
-        one_step = model.push(test, 0.0, 1.0, method="euler", step_size=1.0)
+        one_step = model.push(test, 0.0, 1.0, solver="euler", step_size=1.0)
         return model.straightness(test, 0.0, 1.0) - 1, abs(cf.metrics.w1(one_step, x1) - cf.metrics.w1(adaptive, x1))
 
     error_before, gap_before = quality()

@@ -144,8 +144,8 @@ def test_stochastic_sampling_refuses_what_it_cannot_do(gaussian_bridge):
         model.push(start, 0.0, 2.5, stochastic=True)
     with pytest.raises(ValueError, match="t include -1, outside the measured times"):
         model.score(start, -1.0)
-    with pytest.raises(ValueError, match="method='rk4' is an ODE solver"):
-        model.push(start, 0.0, 1.0, stochastic=True, method="rk4")
+    with pytest.raises(ValueError, match="solver='rk4' is an ODE solver"):
+        model.push(start, 0.0, 1.0, stochastic=True, solver="rk4")
     course = TimeCourse(times=np.array([0.0, 1.0]), populations=[start[:100], start[:100] + 1], indices=[np.arange(100)] * 2)
     flow = cf.CellFlow("otcfm", n_steps=5, hidden=(8,)).fit(course, progress=False)
     with pytest.raises(ValueError, match=r"stochastic=True needs a learned score, but method 'otcfm'.*sbcfm"):

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from .. import _checks, metrics
-from .._utils import compute_threads
+from .._utils import compute_threads, renamed_arguments
 from ..fields import Clock, field_output
 from ..solvers import _sde as bridges
 from ..solvers import check_solver, integrate
@@ -124,17 +124,23 @@ class TrainedField:
         if self.net is None:
             raise RuntimeError("the model is not trained yet: call fit() first")
 
-    def straightness(self, x, t_from: float, t_to: float, *, method: str = "dopri5",
+    @renamed_arguments(t_from="from_time", t_to="to_time", method="solver")
+    def straightness(self, x, from_time: float, to_time: float, *, solver: str = "dopri5",
                      step_size: float | None = None) -> float:
-        """Straightness of the flow's paths from cells ``x`` at ``t_from`` to ``t_to``: kinetic energy over
-        squared displacement, one for straight paths at constant speed (:func:`cellflow.metrics.straightness`)."""
+        """Straightness of the flow's paths from cells ``x`` at ``from_time`` to ``to_time``.
+
+        Returns
+        -------
+        Kinetic energy over squared displacement: one for straight paths at constant speed
+        (:func:`cellflow.metrics.straightness`).
+        """
         self._check_fitted()
-        check_solver(method, step_size)
-        t_from, t_to = _checks.number("t_from", t_from), _checks.number("t_to", t_to)
-        side = "after" if t_to >= t_from else "before"
+        check_solver(solver, step_size)
+        from_time, to_time = _checks.number("from_time", from_time), _checks.number("to_time", to_time)
+        side = "after" if to_time >= from_time else "before"
         with compute_threads(self.device):
-            return metrics.straightness(lambda z, t: self._field(z, t, side)[0], self._to_internal(x), t_from, t_to,
-                                        method=method, step_size=step_size)
+            return metrics.straightness(lambda z, t: self._field(z, t, side)[0], self._to_internal(x), from_time,
+                                        to_time, method=solver, step_size=step_size)
 
     # -- using the field ---------------------------------------------------------------
     def _times(self, t, n: int, name: str = "t") -> torch.Tensor:
@@ -196,8 +202,9 @@ class TrainedField:
         v, g = self.evaluate(x, t)
         return np.zeros(len(v)) if g is None else g
 
+    @renamed_arguments(method="solver")
     def transport(
-        self, x, times, *, method: str = "dopri5", step_size: float | None = None, stochastic: bool = False,
+        self, x, times, *, solver: str = "dopri5", step_size: float | None = None, stochastic: bool = False,
         seed: int | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Positions and masses of cells starting at ``x`` at ``times[0]``, at every time of ``times``.
@@ -221,13 +228,13 @@ class TrainedField:
         times = np.atleast_1d(np.asarray(times, dtype=np.float64))
         if stochastic:
             self._check_score("stochastic=True")
-            if method != "dopri5":
-                raise ValueError(f"method={method!r} is an ODE solver; stochastic=True integrates the SDE by "
-                                 "Euler-Maruyama: leave method at its default and set step_size if needed")
+            if solver != "dopri5":
+                raise ValueError(f"solver={solver!r} is an ODE solver; stochastic=True integrates the SDE by "
+                                 "Euler-Maruyama: leave solver at its default and set step_size if needed")
             step = None if step_size is None else _checks.number("step_size", step_size, minimum=0, strict=True)
             seed = self.config.seed if seed is None else _checks.integer("seed", seed, 0)
         else:
-            step = check_solver(method, step_size)
+            step = check_solver(solver, step_size)
         real, times = times, self._times(times, len(times), "times").to(torch.float32)
         z = self._to_internal(x)
         side = "after" if len(times) < 2 or times[-1] >= times[0] else "before"  # the interval the cells move into
@@ -238,7 +245,7 @@ class TrainedField:
                 generator = torch.Generator(device=self.device).manual_seed(seed)
                 out = bridges.transport(self, state, real, step, generator)
             else:
-                out = integrate(lambda s, t: self._state_field(s, t, side), state, times, method=method,
+                out = integrate(lambda s, t: self._state_field(s, t, side), state, times, method=solver,
                                 step_size=step)
             z, log_mass = out[..., :-1], out[..., -1]
         positions = z.cpu().numpy().astype(np.float64) * self.scale + self.center
@@ -268,10 +275,16 @@ class TrainedField:
             score = self._field(z, self._times(t, len(z)), score=True)[2]
         return score.cpu().numpy().astype(np.float64) / self.scale
 
-    def push(self, x, t_from: float, t_to: float, *, return_mass: bool = False, **kwargs):
-        """Positions at ``t_to`` of cells at ``x`` at ``t_from`` (forward or backward in time).
+    @renamed_arguments(t_from="from_time", t_to="to_time")
+    def push(self, x, from_time: float, to_time: float, *, return_mass: bool = False, **kwargs):
+        """Positions at ``to_time`` of cells at ``x`` at ``from_time`` (forward or backward in time).
 
-        With ``return_mass=True`` also each cell's mass at ``t_to`` (one at ``t_from``).
+        ``kwargs`` go to :meth:`transport` (``solver``, ``step_size``, ``stochastic``, ``seed``).
+
+        Returns
+        -------
+        Positions ``(n, d)``; with ``return_mass=True`` also each cell's mass at ``to_time`` (one at
+        ``from_time``).
         """
-        positions, mass = self.transport(x, [t_from, t_to], **kwargs)
+        positions, mass = self.transport(x, [from_time, to_time], **kwargs)
         return (positions[-1], mass[-1]) if return_mass else positions[-1]

@@ -163,7 +163,7 @@ def carry(fitted: _Fitted, rows, from_time, times, solver, step_size, progress,
     for start in range(0, len(rows), _CHUNK):  # the chunks of _push_and_match: the same numbers
         chunk = slice(start, start + _CHUNK)
         path, mass = fitted.model.transport(
-            fitted.rep[rows[chunk]], np.r_[from_time, times[order]], method=solver, step_size=step_size
+            fitted.rep[rows[chunk]], np.r_[from_time, times[order]], solver=solver, step_size=step_size
         )
         points[order, chunk], masses[order, chunk] = path[1:], mass[1:]
         bar.update(len(rows[chunk]))

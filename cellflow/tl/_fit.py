@@ -259,7 +259,7 @@ def interpolate(
     loadings = keys.pca_loadings(adata, fitted.use_rep, fitted.course.n_dims)
     k = fitted.course.index_of(from_time)
     positions, mass = fitted.model.push(
-        fitted.course.populations[k], from_time, to_time, return_mass=True, method=solver, step_size=step_size,
+        fitted.course.populations[k], from_time, to_time, return_mass=True, solver=solver, step_size=step_size,
         stochastic=stochastic, seed=seed,
     )
     source = adata.obs_names[fitted.course.indices[k]]

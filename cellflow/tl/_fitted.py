@@ -156,7 +156,7 @@ def _push_and_match(
     for start in range(0, len(sources), _CHUNK):
         rows = sources[start : start + _CHUNK]
         pushed, mass = fitted.model.push(
-            fitted.rep[rows], float(t_from), float(t_to), return_mass=True, method=solver, step_size=step_size
+            fitted.rep[rows], float(t_from), float(t_to), return_mass=True, solver=solver, step_size=step_size
         )
         index, weight = neighbor_weights(pushed, ref_points, n_neighbors)
         indices.append(index)

@@ -152,7 +152,7 @@ def _follow(adata: AnnData, fitted, rows: np.ndarray, grid: np.ndarray, solver: 
             targets = np.unique(grid[side])
             if targets[0] < start:
                 targets = targets[::-1]  # backward in time: decreasing
-            path, mass = fitted.model.transport(x, np.r_[start, targets], method=solver, step_size=step_size)
+            path, mass = fitted.model.transport(x, np.r_[start, targets], solver=solver, step_size=step_size)
             for t, p, m in zip(targets, path[1:], mass[1:]):
                 hits = np.flatnonzero(side & (grid == t))
                 positions[np.ix_(hits, members)] = p
