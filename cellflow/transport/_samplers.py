@@ -254,4 +254,3 @@ def sample_chains(samplers: Sequence[PairSampler], n: int) -> list[Pairs]:
         links.append(pairs)
         i = pairs.j
     return links
-
