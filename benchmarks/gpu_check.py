@@ -32,9 +32,9 @@ on the large course the ``delta`` it cross-validated on the small one.
 
 ``--quick`` (seconds, for tests; with ``--device cpu`` it needs no GPU) runs every part for
 ``otcfm`` and ``wfr`` (a method with growth) unless ``--methods`` says otherwise, on a small course of
-30 cells and a large one of 100 cells per time point, ``n_steps="auto"`` stopping at 40 steps; its ``--write`` goes to ``BENCHMARKS_quick.md`` in ``benchmarks/results/`` unless ``--out``
-says otherwise. With so few steps the same-seed W1 comparison may fail; the exit status then says
-so, as for any run.
+30 cells and a large one of 100 cells per time point, ``n_steps="auto"`` stopping at 40 steps; its
+``--write`` goes to ``BENCHMARKS_quick.md`` in ``benchmarks/results/`` unless ``--out`` says otherwise.
+With so few steps the same-seed W1 comparison may fail; the exit status then says so, as for any run.
 
 Exits with an error when there is no CUDA device, and with status 1 when a check fails.
 """
@@ -170,7 +170,8 @@ def run_scale(method: str, adata, device: torch.device, settings: dict, log) -> 
     coupling, training = float(history["coupling_seconds"]), float(history["fit_seconds"] - history["coupling_seconds"])
     steps = len(history["loss"])
     row = dict(method=method, fit_seconds=fit_seconds, coupling_seconds=coupling, training_seconds=training,
-               steps=steps, step_ms=1e3 * training / steps, write_back_seconds=fit_seconds - float(history["fit_seconds"]),
+               steps=steps, step_ms=1e3 * training / steps,
+               write_back_seconds=fit_seconds - float(history["fit_seconds"]),
                interpolation_seconds=interpolation_seconds, cells_per_second=predicted.n_obs / interpolation_seconds,
                fit_memory_gb=fit_memory, interpolation_memory_gb=peak_memory(device))
     memory = "" if fit_memory is None else (f"; peak GPU memory fit {fit_memory:.2f} GB, "
@@ -235,7 +236,8 @@ def report(*, command, code, device, load, elapsed, small, scale, n_cells, step_
         "| steps CPU / GPU | fit s CPU / GPU | result |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---|",
         *[f"| {r['method']} | {r['worst_error']:.3g} | {r['w1_cpu']:.4f} | {r['w1_device']:.4f} | "
-          f"{100 * r['w1_difference']:.1f}% | {100 * r['w1_tolerance']:.0f}% | {r['cpu_steps']} / {r['device_steps']} | "
+          f"{100 * r['w1_difference']:.1f}% | {100 * r['w1_tolerance']:.0f}% | "
+          f"{r['cpu_steps']} / {r['device_steps']} | "
           f"{r['cpu_fit_seconds']:.1f} / {r['device_fit_seconds']:.1f} | "
           f"{'ok' if r['equal'] and r['agree'] else '**failed**'} |" for r in small],
         "",
@@ -276,7 +278,8 @@ def main(argv=None) -> int:
               "CUDA build of torch (pip install torch --index-url https://download.pytorch.org/whl/cu124, "
               "then pip install -e .).", file=sys.stderr)
         return 2
-    command = "python benchmarks/gpu_check.py" + "".join(" " + shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
+    command = "python benchmarks/gpu_check.py" + "".join(
+        " " + shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
     code = code_version()
     started = time.perf_counter()
 

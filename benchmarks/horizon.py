@@ -106,7 +106,8 @@ def held_out_index(times) -> int:
 
 def represent(course: TimeCourse, n_pcs: int | None, held_out: int | None) -> TimeCourse:
     """Every time point in the representation of a fit: with ``n_pcs``, a PCA fitted on every time point
-    but ``held_out`` (every one when ``None``), the held-out cells projected onto it too."""
+    but ``held_out`` (every one when ``None``), the held-out cells projected onto it too.
+    """
     if n_pcs is None:
         return course
     training = [x for k, x in enumerate(course.populations) if k != held_out]
@@ -117,7 +118,8 @@ def represent(course: TimeCourse, n_pcs: int | None, held_out: int | None) -> Ti
 
 class IntervalByInterval:
     """``transport(x, times)`` of a model that only pushes (``push(x, t_from, t_to)``, as TorchCFMRunner):
-    the positions at each time pushed on from those at the time before; masses stay one."""
+    the positions at each time pushed on from those at the time before; masses stay one.
+    """
 
     def __init__(self, model):
         self.model = model
@@ -145,7 +147,8 @@ def fit(method: str, training: TimeCourse, *, seed: int, rollout: str, steps, de
 
 def score(model, full: TimeCourse, held_out: int | None, max_cells: int, seed: int) -> pd.DataFrame:
     """The horizon table of ``model`` on every time point of ``full`` with the gain of the interval
-    ending at each time; held-out, only the held-out time and the later ones."""
+    ending at each time; held-out, only the held-out time and the later ones.
+    """
     table = horizon(model, full, max_cells=max_cells, seed=seed)
     table["gain"] = interval_gain(model, full, max_cells=max_cells, seed=seed)
     table["held_out_time"] = np.nan if held_out is None else float(full.times[held_out])
@@ -177,7 +180,8 @@ def append_rows(folder: Path, rows: pd.DataFrame) -> None:
 def summarise(rows: pd.DataFrame) -> pd.DataFrame:
     """Per dataset, protocol, method and rollout (mean over seeds): W1 from the first time point and
     one-interval W1 at the last time, the largest ratio and norm ratio over the scored times, the
-    mean mass error, the largest interval gain, steps and fit seconds."""
+    mean mass error, the largest interval gain, steps and fit seconds.
+    """
     out = []
     for (dataset, protocol, method, rollout), group in rows.groupby(["dataset", "protocol", "method", "rollout"],
                                                                     sort=False):
@@ -234,7 +238,8 @@ def per_time_table(rows: pd.DataFrame) -> list[str]:
 
 def write_report(path: Path, folder: Path, rows: pd.DataFrame, datasets, steps) -> str:
     """Write the horizon section of ``path`` from the cached ``rows``: every dataset they hold, and the
-    runs of ``datasets`` still missing."""
+    runs of ``datasets`` still missing.
+    """
     summary = summarise(rows)
     log = (folder / "runs.log").read_text().strip().splitlines() if (folder / "runs.log").exists() else []
     cache = folder.relative_to(ROOT) if folder.is_relative_to(ROOT) else folder
@@ -355,7 +360,7 @@ def main(argv=None) -> int:
     folder.mkdir(parents=True, exist_ok=True)
     command = invocation("horizon", argv)
     if not args.no_run:  # the invocations behind the cached rows, listed in the report
-        stamp = f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC"
+        stamp = f"{dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC"
         with open(folder / "runs.log", "a") as handle:
             handle.write(f"{stamp}  {command}\n    {code_version()}\n"
                          + "".join(f"    {line}\n" for line in machine_lines(device)))

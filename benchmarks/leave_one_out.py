@@ -61,17 +61,9 @@ from sections import (  # noqa: E402
 import cellflow  # noqa: E402
 from cellflow._utils import resolve_device  # noqa: E402
 from cellflow.benchmark import BASELINES, MMD_BANDWIDTHS, leave_one_out  # noqa: E402
-from cellflow.fields import (
-    Clock,  # noqa: E402
-    TimeMLP,  # noqa: E402
-)
+from cellflow.fields import Clock, TimeMLP  # noqa: E402
 from cellflow.io import read_time_course  # noqa: E402
-from cellflow.model import (  # noqa: E402
-    METHODS,  # noqa: E402
-    TimeCourse,
-    default_batch_size,
-    default_hidden,
-)
+from cellflow.model import METHODS, TimeCourse, default_batch_size, default_hidden  # noqa: E402
 from cellflow.solvers import integrate  # noqa: E402
 from cellflow.training import Batch, train  # noqa: E402
 
@@ -117,7 +109,8 @@ def load_course(name: str) -> tuple[TimeCourse, int | None, str]:
         return read_time_course(adata, "time", "X_pca"), None, note
     if name == "kouno_thp1":
         course = read_time_course(cellflow.datasets.kouno_thp1(), "time", "X")
-        note = f"log2 relative expression of 45 genes; each fold's PCA ({N_PCS} components) fitted on its training times"
+        note = (f"log2 relative expression of 45 genes; each fold's PCA ({N_PCS} components) fitted on its "
+                "training times")
         return course, N_PCS, note
     if name == "moscot_temporal":
         course = read_time_course(cellflow.datasets.moscot_temporal(), "time", "X")
@@ -201,12 +194,12 @@ class TorchCFMRunner:
         z = (np.asarray(x, dtype=np.float64) - self.center) / self.scale
         return torch.as_tensor(z, dtype=torch.float32, device=self.device)
 
-    def fit(self, course: TimeCourse) -> "TorchCFMRunner":
+    def fit(self, course: TimeCourse) -> TorchCFMRunner:
         start = time.perf_counter()
         # torch: initial weights, which cells enter a minibatch and TorchCFM's draws of s and
         # noise; np.random: TorchCFM's resampling of pairs from the minibatch plan.
         torch.manual_seed(self.seed)
-        np.random.seed(self.seed)
+        np.random.seed(self.seed)  # noqa: NPY002 (TorchCFM draws from numpy's global generator)
 
         pooled = np.concatenate(course.populations).astype(np.float64)
         self.center = pooled.mean(axis=0)
@@ -235,7 +228,8 @@ class TorchCFMRunner:
 
 def torchcfm_fitter(steps_of, device: str, ema_decay):
     """``fit(training, seed, held_out_time)`` of :class:`TorchCFMRunner` with cellflow's default widths and
-    pairs per step, for ``steps_of(seed, held_out_time)`` steps."""
+    pairs per step, for ``steps_of(seed, held_out_time)`` steps.
+    """
 
     def fit(training: TimeCourse, seed: int, held_out_time: float):
         runner = TorchCFMRunner(hidden=default_hidden(training.n_dims), n_steps=steps_of(seed, held_out_time),
@@ -281,7 +275,8 @@ def _pm(mean: float, sd: float, digits: int = 3) -> str:
 
 def summarise(rows: pd.DataFrame) -> pd.DataFrame:
     """Per dataset and method: mean and sd over seeds and held-out times, and the seed spread of W1
-    (the sd over seeds at each held-out time, averaged over the times)."""
+    (the sd over seeds at each held-out time, averaged over the times).
+    """
     out = []
     for (dataset, method), group in rows.groupby(["dataset", "method"], sort=False):
         per_time = group.groupby("held_out_time").w1.std(ddof=1)
@@ -301,7 +296,8 @@ def summarise(rows: pd.DataFrame) -> pd.DataFrame:
 
 def judge(summary: pd.DataFrame, dataset: str, method: str = DEFAULT_METHOD) -> tuple[bool | None, str]:
     """Whether ``method`` (the default unless named) beats both one-point baselines and TorchCFM on
-    ``dataset`` by more than the seed spread (on mean W1), and a sentence saying so."""
+    ``dataset`` by more than the seed spread (on mean W1), and a sentence saying so.
+    """
     s = summary.loc[dataset]
     rivals = [*BASELINE_PAIR, TORCHCFM]
     missing = [m for m in [method, *rivals] if m not in s.index]
@@ -383,7 +379,8 @@ def write_report(path: Path, folder: Path, rows: pd.DataFrame, steps: str, datas
         "partners (**barycentric map**) or toward one partner drawn from its own plan row (**interpolation",
         "drawn once per cell**); these two are the baselines. The **full-support interpolation** (every pair",
         "of the plan a weighted point, more points than cells) is shown as a reference only.",
-        f"Scores (`cellflow.benchmark.score`): exact W1 and W2, and MMD with RBF widths {', '.join(map(str, MMD_BANDWIDTHS))}",
+        "Scores (`cellflow.benchmark.score`): exact W1 and W2, and MMD with RBF widths "
+        f"{', '.join(map(str, MMD_BANDWIDTHS))}",
         "times the median distance between the held-out cells (the same kernel for every method of a fold);",
         "points weighted equally unless the method carries mass (wfr). Mean ± sd over seeds and held-out",
         "times. *Seed spread*: the sd over seeds at each held-out time, averaged over the times; the target",
@@ -528,7 +525,7 @@ def main(argv=None) -> int:
     folder = args.results / f"steps-{args.steps}"
     folder.mkdir(parents=True, exist_ok=True)
     command = invocation("leave_one_out", argv)
-    stamp = f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC"
+    stamp = f"{dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC"
     if not args.no_run:  # the invocations behind the cached rows, listed in the report
         with open(folder / "runs.log", "a") as handle:
             handle.write(f"{stamp}  {command}\n    {code_version()}\n"
@@ -549,7 +546,7 @@ def main(argv=None) -> int:
               f"{course.n_dims} input dimensions; {note}", flush=True)
         new_rows: list[dict] = []
 
-        def steps_of(seed, held_out_time, name=name):
+        def steps_of(seed, held_out_time, name=name, new_rows=new_rows, cached=cached):
             for row in new_rows[::-1]:
                 if (row["method"], row["seed"], row["held_out_time"]) == (DEFAULT_METHOD, seed, held_out_time):
                     return int(row["n_steps"])
@@ -557,7 +554,7 @@ def main(argv=None) -> int:
                            & np.isclose(cached.held_out_time.astype(float), held_out_time)]
             return int(match.n_steps.iloc[-1])
 
-        def on_row(row, name=name):
+        def on_row(row, name=name, new_rows=new_rows):
             row = dict(dataset=name, **row)
             new_rows.append(row)
             append_row(folder, row)
@@ -568,7 +565,7 @@ def main(argv=None) -> int:
         leave_one_out(
             course, methods, seeds=args.seeds, baseline="baselines" in args.methods, n_pcs=n_pcs,
             fitters={TORCHCFM: torchcfm_fitter(steps_of, device, args.torchcfm_ema)},
-            skip=lambda method, seed, t, name=name: (name, method, seed, t) in done,
+            skip=lambda method, seed, t, name=name, done=done: (name, method, seed, t) in done,
             on_row=on_row, progress=False, **model_kwargs,
         )
     if args.write:

@@ -93,7 +93,8 @@ def section(results: dict[str, pd.DataFrame], steps: int, seeds, minutes: float,
         "",
         f"`python benchmarks/multimarginal.py --steps {steps} --seeds {' '.join(map(str, seeds))} "
         f"--datasets {' '.join(results)} --threads {threads}` "
-        f"({code} when the run started; {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, {threads} thread"
+        f"({code} when the run started; {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+        f"{threads} thread"
         f"{'s' if threads > 1 else ''}; {minutes:.0f} min; load average at the end "
         f"{', '.join(f'{v:.2f}' for v in os.getloadavg())}). "
         "Mean ± std over seeds of the mean W1 over held-out times; ratio = W1 / pairwise otcfm's.",
@@ -126,9 +127,11 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=1000)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--datasets", nargs="+", default=["kouno_thp1", "emt", "mouse_hematopoiesis", "moscot_temporal"])
+    parser.add_argument("--datasets", nargs="+",
+                        default=["kouno_thp1", "emt", "mouse_hematopoiesis", "moscot_temporal"])
     parser.add_argument("--threads", type=int, default=1, help="torch threads of every fit")
-    parser.add_argument("--results", type=Path, default=RESULTS, help="folder of the rows (multimarginal_<dataset>.csv)")
+    parser.add_argument("--results", type=Path, default=RESULTS,
+                        help="folder of the rows (multimarginal_<dataset>.csv)")
     parser.add_argument("--out", type=Path, default=None,
                         help="report whose section is written (default BENCHMARKS.md; with --quick "
                              "BENCHMARKS_quick.md in --results)")

@@ -12,7 +12,8 @@ Run: ``python benchmarks/reflow.py [--steps 1000] [--seeds 0] [--methods icfm ot
 writes its section of BENCHMARKS.md (or ``--out``) and the rows to ``reflow.csv`` and
 ``reflow_fields.csv`` in ``--results`` (default ``benchmarks/results/``). ``--quick`` runs both tables
 on the small simulated course of ``leave_one_out.py`` alone, ``otcfm`` only, for a few steps (seconds,
-for tests), and writes its rows to ``reflow_quick.csv`` and ``reflow_fields_quick.csv`` and its section to ``BENCHMARKS_quick.md`` in ``--results`` unless ``--out`` says otherwise.
+for tests), and writes its rows to ``reflow_quick.csv`` and ``reflow_fields_quick.csv`` and its section to
+``BENCHMARKS_quick.md`` in ``--results`` unless ``--out`` says otherwise.
 """
 
 from __future__ import annotations
@@ -134,7 +135,8 @@ def section(reflow: pd.DataFrame, fields: pd.DataFrame, args, minutes: float, co
                      f"{r.w1_euler2:.3f} | {r.w1_euler4:.3f} | {r.w1_adaptive:.3f} | {r.seconds:.0f} |")
     lines += [
         "",
-        f"Gradient field against the direct one on {args.field_dataset} (otcfm, {args.steps} steps, every held-out time, "
+        f"Gradient field against the direct one on {args.field_dataset} (otcfm, {args.steps} steps, "
+        "every held-out time, "
         "W1 of the adaptive push; milliseconds per training step without the coupling):",
         "",
         "| field | W1 | ms per step |",
@@ -156,7 +158,8 @@ def main() -> int:
                         help="report whose section is written (default BENCHMARKS.md; with --quick "
                              "BENCHMARKS_quick.md in --results)")
     parser.add_argument("--quick", action="store_true",
-                        help=f"the simulated course {QUICK_DATASET} alone, otcfm, {QUICK_STEPS} steps: seconds (for tests)")
+                        help=f"the simulated course {QUICK_DATASET} alone, otcfm, {QUICK_STEPS} steps: "
+                        "seconds (for tests)")
     args = parser.parse_args()
     if args.quick:
         args.steps, args.methods = QUICK_STEPS, ["otcfm"]

@@ -81,7 +81,8 @@ def _status_bytes(field: str) -> int:
 
 class StageMemory:
     """Peak resident memory of each stage of a run: the high-water mark is read and reset whenever
-    the stage changes (Linux: ``VmHWM``, reset by writing 5 to ``/proc/self/clear_refs``)."""
+    the stage changes (Linux: ``VmHWM``, reset by writing 5 to ``/proc/self/clear_refs``).
+    """
 
     def __init__(self, stage: str = "start"):
         self.stage, self.peaks = stage, {}
@@ -139,7 +140,8 @@ def generate(n_cells: int, path: Path) -> dict:
 
 def bare_step_seconds(dim: int, hidden, batch: int, threads: int, n_steps: int = BARE_STEPS) -> tuple[float, float]:
     """Wall and CPU seconds per forward + backward + Adam step of a bare ``TimeMLP`` on one fixed random batch,
-    over ``n_steps`` steps after ``BARE_WARMUP``."""
+    over ``n_steps`` steps after ``BARE_WARMUP``.
+    """
     import torch
 
     from cellflow.fields import TimeMLP
@@ -441,7 +443,8 @@ def main(argv=None) -> int:
         row = generate(args.cells, args.h5ad) if args.role == "generate" else measure(args.h5ad, args.quick)
         args.json.write_text(json.dumps(row))
         return 0
-    command = "python benchmarks/scale.py" + "".join(" " + shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
+    command = "python benchmarks/scale.py" + "".join(
+        " " + shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
     code, load_start = code_version(), ", ".join(f"{v:.2f}" for v in os.getloadavg())
     print(f"$ {command}\ncode: {code}; load average at start: {load_start}", flush=True)
     for line in machine_lines():

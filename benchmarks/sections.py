@@ -55,7 +55,8 @@ def report_file(out: Path | None, quick: bool, results: Path = RESULTS) -> Path:
 
 def invocation(script: str, argv=None) -> str:
     """The command line that ran ``benchmarks/<script>.py``, as a shell would take it (``argv``: its
-    arguments when called from Python, else the process's own)."""
+    arguments when called from Python, else the process's own).
+    """
     return f"python benchmarks/{script}.py" + "".join(
         " " + shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
 

@@ -96,7 +96,8 @@ def main(argv=None) -> int:
     lines = [
         "## Seconds on small data (default settings)",
         "",
-        f"`python benchmarks/small_data_speed.py{' --quick' if args.quick else ''}` ({code}; {os.cpu_count()} cores; median of {args.repeats} runs; "
+        f"`python benchmarks/small_data_speed.py{' --quick' if args.quick else ''}` ({code}; "
+        f"{os.cpu_count()} cores; median of {args.repeats} runs; "
         "the 1-minute load average when each condition began is given; cellflow picks its CPU threads from the "
         "free cores, `cellflow._utils.cpu_threads`).",
         "",

@@ -142,8 +142,10 @@ def summarise(table: pd.DataFrame) -> pd.DataFrame:
         best = reached.fit_seconds.idxmin() if len(reached) else None
         out.append(dict(
             dataset=name, torchcfm_w1=peer.w1, torchcfm_seconds=peer.fit_seconds, target_w1=target,
-            cellflow_auto_w1=means.loc["cellflow auto"].w1, cellflow_auto_seconds=means.loc["cellflow auto"].fit_seconds,
-            fastest_run=best, fastest_w1=reached.w1.get(best, np.nan), fastest_seconds=reached.fit_seconds.get(best, np.nan),
+            cellflow_auto_w1=means.loc["cellflow auto"].w1,
+            cellflow_auto_seconds=means.loc["cellflow auto"].fit_seconds,
+            fastest_run=best, fastest_w1=reached.w1.get(best, np.nan),
+            fastest_seconds=reached.fit_seconds.get(best, np.nan),
             ratio=(reached.fit_seconds.get(best, np.nan) / peer.fit_seconds) if best else np.nan,
         ))
     return pd.DataFrame(out)
@@ -161,7 +163,8 @@ def report(command, args, device, started, load, table, summary) -> str:
         "cellflow otcfm: its defaults (`hidden='auto'`), with `n_steps='auto'` and with fixed budgets. "
         "Time = mean fit time (coupling + training) per held-out fit; target = 1.01 x TorchCFM's final W1.",
         "",
-        "| data | TorchCFM W1 | TorchCFM fit s | target W1 | cellflow auto W1 | cellflow auto s | fastest cellflow run at target | its W1 | its s | time ratio (cellflow / TorchCFM) |",
+        "| data | TorchCFM W1 | TorchCFM fit s | target W1 | cellflow auto W1 | cellflow auto s "
+        "| fastest cellflow run at target | its W1 | its s | time ratio (cellflow / TorchCFM) |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in summary.itertuples():
@@ -198,9 +201,10 @@ def main(argv=None) -> int:
         args.budgets, args.torchcfm_steps = [QUICK_STEPS // 2, QUICK_STEPS], QUICK_STEPS
         cellflow.model._model.MAX_AUTO_STEPS = QUICK_STEPS  # n_steps="auto" stops here at the latest
     args.out = report_file(args.out, args.quick, args.results)
-    command = "python benchmarks/time_to_accuracy.py" + "".join(" " + shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
+    command = "python benchmarks/time_to_accuracy.py" + "".join(
+        " " + shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
     device = str(cellflow._utils.resolve_device(args.device))
-    started, load = dt.datetime.now(dt.timezone.utc), ", ".join(f"{v:.2f}" for v in os.getloadavg())
+    started, load = dt.datetime.now(dt.UTC), ", ".join(f"{v:.2f}" for v in os.getloadavg())
     args.code = code_version()
     print(f"$ {command}\ncode: {args.code}; load {load}", flush=True)
     table = pd.concat([run_dataset(name, args, device, print) for name in args.datasets], ignore_index=True)

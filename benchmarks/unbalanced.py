@@ -122,7 +122,8 @@ def from_first(name: str, steps: int, seeds) -> pd.DataFrame:
                     mass_error=mass_error(masses[k].mean(), len(start), len(course.populations[k])),
                     growth_corr=corr, net_growth_corr=net, delta=model.params["delta"] or np.nan,
                 ))
-            print(f"  {name} in-sample  {label}  seed {seed}: mean W1 {np.mean([r['w1'] for r in rows[-len(course.times) + 1:]]):.4f}"
+            mean_w1 = np.mean([r["w1"] for r in rows[-len(course.times) + 1:]])
+            print(f"  {name} in-sample  {label}  seed {seed}: mean W1 {mean_w1:.4f}"
                   f"  fit {fit_seconds:.0f}s", flush=True)
     return pd.DataFrame(rows)
 
@@ -132,7 +133,8 @@ def held_out(name: str, steps: int, seeds) -> pd.DataFrame:
     course = load_time_course(name)
     tables = []
     for i, (label, (method, kwargs)) in enumerate(variants(name).items()):
-        table = leave_one_out(course, [method], seeds=seeds, baseline=i == 0, progress=False, **{"n_steps": steps, **kwargs})
+        table = leave_one_out(course, [method], seeds=seeds, baseline=i == 0, progress=False,
+                              **{"n_steps": steps, **kwargs})
         tables.append(table.assign(method=table.method.where(table.method != method, label)))
         print(f"  {name} leave-one-out  {label}: mean W1 {tables[-1].loc[tables[-1].method == label, 'w1'].mean():.4f}",
               flush=True)
@@ -190,7 +192,8 @@ def simulation_section(sim: pd.DataFrame, args, seconds: float) -> str:
         "Every model is fitted on all time points; the t=0 cells are pushed to every later time point and "
         "scored against the cells measured there, which the model was trained on: no time point is held out.",
         "",
-        "| method | delta | mean W1 | mean relative mass error | growth correlation | net growth correlation | fit seconds |",
+        "| method | delta | mean W1 | mean relative mass error | growth correlation | net growth correlation "
+        "| fit seconds |",
         "|---|---|---|---|---|---|---|",
     ]
     per_seed = sim.groupby(["method", "seed"]).agg(

@@ -6,7 +6,7 @@ from .model import CellFlow, TimeCourse
 from .tl._chain import DisagreementWarning
 from .tl._support import OffDataWarning
 
-__version__ = "0.1.0"
+__version__ = "0.1.0"  # the one place the version is written: pyproject.toml and the wheel read it here
 
 __all__ = [
     "CellFlow", "DisagreementWarning", "OffDataWarning", "TimeCourse", "datasets", "io", "metrics", "pl", "pp",

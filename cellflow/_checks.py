@@ -1,20 +1,22 @@
 """Checks of arguments at the public boundary, each raising an error that names the argument,
-the offending value and what to do instead."""
+the offending value and what to do instead.
+"""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from numbers import Integral, Real
-from typing import Iterable
+from typing import Any
 
 import numpy as np
 
 
-def integer(name: str, value, minimum: int = 1, maximum: int | None = None, hint: str = "") -> int:
+def integer(name: str, value: Any, minimum: int = 1, maximum: int | None = None, hint: str = "") -> int:
     """``value`` as an int in ``[minimum, maximum]``, else a ``ValueError`` naming ``name``."""
     if isinstance(value, bool) or not isinstance(value, Integral):
         raise ValueError(f"{name}={value!r} must be a whole number (at least {minimum}){hint}")
-    if value < minimum or (maximum is not None and value > maximum):
+    if int(value) < minimum or (maximum is not None and int(value) > maximum):
         bound = f"at least {minimum}" if maximum is None else f"between {minimum} and {maximum}"
         raise ValueError(f"{name}={value!r} must be {bound}{hint}")
     return int(value)
@@ -22,7 +24,7 @@ def integer(name: str, value, minimum: int = 1, maximum: int | None = None, hint
 
 def number(
     name: str,
-    value,
+    value: Any,
     *,
     minimum: float | None = None,
     maximum: float | None = None,
@@ -47,7 +49,7 @@ def number(
     return value
 
 
-def choice(name: str, value, options: Iterable[str]) -> str:
+def choice(name: str, value: Any, options: Iterable[str]) -> str:
     """``value`` if it is one of ``options``, else a ``ValueError`` listing them."""
     options = list(options)
     if not isinstance(value, str) or value not in options:
@@ -55,7 +57,7 @@ def choice(name: str, value, options: Iterable[str]) -> str:
     return value
 
 
-def flag(name: str, value, hint: str = "") -> bool:
+def flag(name: str, value: Any, hint: str = "") -> bool:
     """``value`` if it is ``True`` or ``False`` (NumPy's booleans too), else a ``ValueError``."""
     if not isinstance(value, (bool, np.bool_)):
         raise ValueError(f"{name}={value!r} must be True or False{hint}")

@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 
 import numpy as np
+import numpy.typing as npt
 import torch
 import torch.distributed as dist
 
@@ -51,11 +52,12 @@ def part() -> tuple[int, int]:
 
 def is_main() -> bool:
     """Whether this process writes the outputs: rank 0 (``RANK`` from ``torchrun`` before the
-    group is joined), or the only process."""
+    group is joined), or the only process.
+    """
     return part()[0] == 0 if active() else int(os.environ.get("RANK", "0")) == 0
 
 
-def mean(values) -> np.ndarray:
+def mean(values: npt.ArrayLike) -> np.ndarray:
     """The mean over all processes of a float array (``all_reduce``); the array itself when not distributed."""
     values = np.asarray(values, dtype=np.float64)
     if not active():

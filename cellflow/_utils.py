@@ -9,6 +9,8 @@ import os
 import sys
 import time
 import warnings
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -37,7 +39,8 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
 def show_progress(progress: bool | None) -> bool:
     """Whether to draw progress bars: ``progress`` when it is a bool, else (``None``) whether
     ``scanpy.settings.verbosity`` is at least :data:`PROGRESS_VERBOSITY` (yes when scanpy was
-    never imported, so its verbosity was never changed)."""
+    never imported, so its verbosity was never changed).
+    """
     if progress is not None:
         return bool(progress)
     scanpy = sys.modules.get("scanpy")
@@ -47,10 +50,11 @@ def show_progress(progress: bool | None) -> bool:
     return int(settings.verbosity) >= PROGRESS_VERBOSITY
 
 
-def _bar_class():
-    """tqdm's notebook bar in a Jupyter kernel that can draw it (ipywidgets importable, not a Qt
+def _bar_class() -> type:
+    """The notebook bar of tqdm in a Jupyter kernel that can draw it (ipywidgets importable, not a Qt
     console or Spyder), else the plain text bar; chosen at each call, never at import, and
-    without tqdm.auto's warning when ipywidgets is missing."""
+    without tqdm.auto's warning when ipywidgets is missing.
+    """
     in_kernel = "ipykernel.zmqshell" in sys.modules
     if in_kernel and not any(name == "QT_API" or name.startswith("SPYDER") for name in os.environ):
         try:
@@ -66,7 +70,7 @@ def _bar_class():
     return text_bar
 
 
-def progress_bar(total: int, desc: str, enabled: bool | None):
+def progress_bar(total: int, desc: str, enabled: bool | None) -> Any:
     """A tqdm bar over ``total`` items, silent unless :func:`show_progress` of ``enabled`` is true."""
     if not show_progress(enabled):
         from tqdm.std import tqdm as text_bar
@@ -75,7 +79,7 @@ def progress_bar(total: int, desc: str, enabled: bool | None):
     return _bar_class()(total=total, desc=desc, leave=False, dynamic_ncols=True)
 
 
-def copy_option(func):
+def copy_option(func: Callable[..., Any]) -> Callable[..., Any]:
     """Give ``func(adata, ...)``, a function that writes into ``adata``, scanpy's ``copy=`` keyword.
 
     ``copy=False`` (default) runs ``func`` on ``adata`` and returns what it returns;
@@ -84,7 +88,7 @@ def copy_option(func):
     """
 
     @functools.wraps(func)
-    def with_copy(adata, *args, copy: bool = False, **kwargs):
+    def with_copy(adata: Any, *args: Any, copy: bool = False, **kwargs: Any) -> Any:
         if not isinstance(copy, (bool, np.bool_)):
             raise ValueError(f"copy={copy!r} must be True (work on a copy of adata and return it) or False "
                              "(write into adata)")
@@ -103,7 +107,7 @@ def copy_option(func):
     parameters = list(signature.parameters.values())
     at = next((i for i, p in enumerate(parameters) if p.kind is p.VAR_KEYWORD), len(parameters))
     parameters.insert(at, inspect.Parameter("copy", inspect.Parameter.KEYWORD_ONLY, default=False, annotation="bool"))
-    with_copy.__signature__ = signature.replace(parameters=parameters)
+    with_copy.__signature__ = signature.replace(parameters=parameters)  # type: ignore[attr-defined]
     return with_copy
 
 
@@ -148,7 +152,8 @@ def seed_everything(seed: int) -> np.random.Generator:
 def _runnable_elsewhere() -> float:
     """Threads of other processes ready to run now: the median of five readings of the kernel's
     count of runnable threads (``/proc/stat``), less this one; the one-minute load average
-    where there is no ``/proc/stat``."""
+    where there is no ``/proc/stat``.
+    """
     readings = []
     try:
         for _ in range(5):
@@ -176,7 +181,7 @@ def cpu_threads() -> int:
 
 
 @contextlib.contextmanager
-def compute_threads(device: torch.device):
+def compute_threads(device: torch.device) -> Iterator[None]:
     """Run the block with :func:`cpu_threads` torch threads on a CPU device (unchanged on a GPU)."""
     if device.type != "cpu":
         yield

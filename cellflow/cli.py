@@ -10,8 +10,8 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 from ._checks import integer, number
 
@@ -57,7 +57,8 @@ def _read_input(path: str):
     try:
         return ad.read_h5ad(path)
     except OSError as err:
-        raise OSError(f"input {path!r} cannot be read as .h5ad ({err}); give a file written by AnnData.write_h5ad") from None
+        raise OSError(f"input {path!r} cannot be read as .h5ad ({err}); "
+                      "give a file written by AnnData.write_h5ad") from None
 
 
 def _require_writable_folder(folder: Path, flag: str, value: str) -> None:

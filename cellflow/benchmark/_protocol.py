@@ -9,14 +9,14 @@ full-support interpolation (one point per pair of the plan) is kept as a referen
 from __future__ import annotations
 
 import time
-from typing import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import ot
 import pandas as pd
 
-from .._utils import progress_bar
 from .. import metrics
+from .._utils import progress_bar
 from ..metrics import mass_error
 from ..model import METHODS, CellFlow, TimeCourse
 from ..transport import ExactOTCoupling
@@ -105,7 +105,8 @@ def baselines(x0, x1, fraction: float, *, block_size: int = 2048, seed: int = 0)
 def mmd_bandwidths(observed) -> tuple[float, ...]:
     """RBF widths of the benchmark's MMD: :data:`MMD_BANDWIDTHS` times the median distance between
     the observed cells (at most 2000 of them, drawn with a fixed seed). They depend on the held-out
-    cells only, so every method of a fold is scored with the same kernel."""
+    cells only, so every method of a fold is scored with the same kernel.
+    """
     observed = np.asarray(observed, dtype=np.float64)
     if len(observed) > 2000:
         observed = observed[np.random.default_rng(0).choice(len(observed), 2000, replace=False)]

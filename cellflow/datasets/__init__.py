@@ -1,5 +1,6 @@
 """Published time-course datasets (upstream files, checksum verified) and a simulated time course with known
-velocity and growth."""
+velocity and growth.
+"""
 
 from ._files import (
     CACHE_DIR_ENV,
@@ -15,6 +16,6 @@ from ._files import (
 from ._simulate import simulate, simulated_growth, simulated_velocity
 
 __all__ = [
-    "CACHE_DIR_ENV", "DATA_DIR_ENV", "SHA256", "URLS", "emt", "kouno_thp1", "moscot_temporal", "mouse_hematopoiesis", "simulate", "simulated_growth",
-    "simulated_velocity", "simulation_gene",
+    "CACHE_DIR_ENV", "DATA_DIR_ENV", "SHA256", "URLS", "emt", "kouno_thp1", "moscot_temporal", "mouse_hematopoiesis",
+    "simulate", "simulated_growth", "simulated_velocity", "simulation_gene",
 ]

@@ -2,10 +2,35 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any, Protocol, TypeVar
+
 import numpy as np
+import numpy.typing as npt
 import torch
 
 TARGET_DRAWS = 8  # batches drawn to measure the size of each interval's targets
+
+
+class Targets(Protocol):
+    """Real-time regression targets at times ``t``: velocity ``u`` and growth ``g`` (``None`` without
+    growth), as :class:`cellflow.training.Batch` holds them.
+    """
+
+    t: torch.Tensor
+    u: torch.Tensor
+    g: torch.Tensor | None
+
+
+class TargetSource(Protocol):
+    """Anything that draws batches of real-time targets (a training objective)."""
+
+    def draw(self) -> Targets:
+        """One batch of targets."""
+        ...
+
+
+BatchT = TypeVar("BatchT", bound=Targets)
 
 
 class Clock:
@@ -49,7 +74,7 @@ class Clock:
         Units that change smoothly between the intervals' middles rather than at measured times.
     """
 
-    def __init__(self, knots, units=None, continuous: bool = False):
+    def __init__(self, knots: npt.ArrayLike, units: npt.ArrayLike | None = None, continuous: bool = False):
         knots = np.asarray(knots, dtype=np.float64)
         if knots.ndim != 1 or knots.size < 2 or not np.all(np.diff(knots) > 0):
             raise ValueError(f"a clock needs at least two increasing times, got {knots.tolist()}")
@@ -65,7 +90,7 @@ class Clock:
         self._middles = (torch.arange(steps, dtype=torch.float64) + 0.5) / steps
 
     @classmethod
-    def from_targets(cls, knots, objective, continuous: bool = False) -> "Clock":
+    def from_targets(cls, knots: npt.ArrayLike, objective: TargetSource, continuous: bool = False) -> Clock:
         """A clock whose units are the typical size of each interval's targets.
 
         Draws :data:`TARGET_DRAWS` batches of ``objective`` (real-time targets) and takes, per
@@ -78,16 +103,17 @@ class Clock:
         knots = np.asarray(knots, dtype=np.float64)
         batches = [objective.draw() for _ in range(TARGET_DRAWS)]
         t = torch.cat([b.t for b in batches]).detach().cpu().numpy()
-        sizes = [(np.median, torch.cat([torch.linalg.vector_norm(b.u, dim=1) for b in batches]))]
-        if batches[0].g is not None:
-            sizes.append((np.mean, torch.cat([b.g.abs() for b in batches])))
+        sizes: list[tuple[Callable[..., Any], torch.Tensor]] = [
+            (np.median, torch.cat([torch.linalg.vector_norm(b.u, dim=1) for b in batches]))]
+        if batches[0].g is not None:  # an objective's batches all have growth targets or none
+            sizes.append((np.mean, torch.cat([b.g.abs() for b in batches if b.g is not None])))
         interval = np.clip(np.searchsorted(knots, t, side="right") - 1, 0, knots.size - 2)
         units = np.ones((knots.size - 1, len(sizes)))
         for c, (typical, size) in enumerate(sizes):
-            size = size.detach().cpu().numpy().astype(np.float64)
+            values = size.detach().cpu().numpy().astype(np.float64)
             for k in range(knots.size - 1):
                 if (interval == k).any():
-                    units[k, c] = typical(size[interval == k])
+                    units[k, c] = typical(values[interval == k])
             top = units[:, c].max()
             units[:, c] = np.maximum(units[:, c], 1e-3 * top) if top > 0 else 1.0
         return cls(knots, units, continuous)
@@ -122,18 +148,18 @@ class Clock:
         inverse = 1 / units[m] + x**2 * (3 - 2 * x) * (1 / units[m + 1] - 1 / units[m])
         return 1 / inverse
 
-    def __call__(self, t):
+    def __call__(self, t: torch.Tensor | npt.ArrayLike) -> torch.Tensor | np.ndarray:
         """Internal time of real times ``t`` (a tensor for a tensor, else a float64 array)."""
         if isinstance(t, torch.Tensor):
             return self.evaluate(t.reshape(-1))[0].reshape(t.shape)
         t = np.asarray(t, dtype=np.float64)
         return self.evaluate(torch.as_tensor(t.reshape(-1)))[0].numpy().reshape(t.shape)
 
-    def unit(self, t) -> np.ndarray:
+    def unit(self, t: npt.ArrayLike) -> np.ndarray:
         """Units ``(n, c)`` at real times ``t`` (see above)."""
         return self.evaluate(torch.as_tensor(np.asarray(t, dtype=np.float64).reshape(-1)))[1].numpy()
 
-    def to_network(self, batch):
+    def to_network(self, batch: BatchT) -> BatchT:
         """A batch of real-time targets (``t``, ``u = dx/dt``, ``g = d log m / dt``) in the network's units."""
         tau, unit = self.evaluate(batch.t, at_knots="after")
         batch.t, batch.u = tau, batch.u / unit[:, :1]

@@ -33,7 +33,7 @@ class TimeMLP(nn.Module):
         layers.append(nn.Linear(widths[-1], dim if out_dim is None else out_dim, bias=output_bias))
         self.net = nn.Sequential(*layers)
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, t: torch.Tensor | float) -> torch.Tensor:
         """Evaluate at positions ``x`` ``(n, dim)`` and times ``t`` (scalar, ``(n,)`` or ``(n, 1)``)."""
         t = torch.as_tensor(t, dtype=x.dtype, device=x.device).reshape(-1, 1).expand(x.shape[0], 1)
         return self.net(torch.cat([x, t], dim=1))
@@ -62,7 +62,7 @@ class GradientField(nn.Module):
         # gradient, as DistributedDataParallel requires
         self.potential = TimeMLP(dim, hidden, out_dim=1, output_bias=False)
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, t: torch.Tensor | float) -> torch.Tensor:
         """The velocity ``(n, dim)`` at positions ``x`` ``(n, dim)`` and times ``t``."""
         training = torch.is_grad_enabled()
         with torch.enable_grad():
@@ -77,20 +77,22 @@ FIELDS = {"direct": TimeMLP, "gradient": GradientField}  # how a velocity networ
 
 def velocity_network(dim: int, hidden: tuple[int, ...], field: str = "direct") -> nn.Module:
     """A velocity network of :data:`FIELDS`: ``"direct"`` (an MLP with ``dim`` outputs) or
-    ``"gradient"`` (the gradient of a scalar MLP, :class:`GradientField`)."""
+    ``"gradient"`` (the gradient of a scalar MLP, :class:`GradientField`).
+    """
     return FIELDS[field](dim, hidden)
 
 
 class FieldOutput(NamedTuple):
     """What a field network returns: velocity ``(n, dim)``, growth rate ``(n, 1)`` and score ``(n, dim)``,
-    each ``None`` where absent."""
+    each ``None`` where absent.
+    """
 
     velocity: torch.Tensor
     growth: torch.Tensor | None = None
     score: torch.Tensor | None = None
 
 
-def field_output(output) -> FieldOutput:
+def field_output(output: FieldOutput | torch.Tensor) -> FieldOutput:
     """A network's output as a :class:`FieldOutput` (a bare tensor is a velocity)."""
     return output if isinstance(output, FieldOutput) else FieldOutput(output)
 
@@ -115,7 +117,8 @@ class Fields(nn.Module):
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, score: bool = False) -> FieldOutput:
         """Velocity and growth at ``(x, t)``, and the score when ``score`` is set (training and
-        stochastic sampling; a deterministic flow does not need it)."""
+        stochastic sampling; a deterministic flow does not need it).
+        """
         return FieldOutput(
             self.velocity(x, t),
             None if self.growth is None else self.growth(x, t),

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from typing import Mapping
+from collections.abc import Mapping
 
 import numpy as np
 import pandas as pd
@@ -109,7 +109,8 @@ def _dense_rows(matrix, order: np.ndarray | None = None) -> np.ndarray:
 
 def _first_cell(rows: np.ndarray, order: np.ndarray | None) -> tuple[int, int]:
     """Of the result rows ``rows`` (``order`` as in :func:`_dense_rows`), the one whose cell comes first in
-    the AnnData: its position in ``rows`` and the AnnData row of its cell."""
+    the AnnData: its position in ``rows`` and the AnnData row of its cell.
+    """
     cells = rows if order is None else order[rows]
     position = int(np.argmin(cells))
     return position, int(cells[position])

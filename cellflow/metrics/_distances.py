@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
+
 import numpy as np
+import numpy.typing as npt
 import ot
 
+if TYPE_CHECKING:
+    import torch
 
-def _masses(weights, n: int) -> np.ndarray:
+
+def _masses(weights: npt.ArrayLike | None, n: int) -> np.ndarray:
     if weights is None:
         return np.full(n, 1.0 / n)
     weights = np.asarray(weights, dtype=np.float64)
@@ -15,7 +22,8 @@ def _masses(weights, n: int) -> np.ndarray:
     return weights / weights.sum()
 
 
-def wasserstein(x, y, p: int = 1, x_weights=None, y_weights=None) -> float:
+def wasserstein(x: npt.ArrayLike, y: npt.ArrayLike, p: int = 1, x_weights: npt.ArrayLike | None = None,
+                y_weights: npt.ArrayLike | None = None) -> float:
     """Exact ``p``-Wasserstein distance (``ot.emd2``) with Euclidean ground metric.
 
     Parameters
@@ -40,17 +48,20 @@ def wasserstein(x, y, p: int = 1, x_weights=None, y_weights=None) -> float:
     return float(value if p == 1 else np.sqrt(max(value, 0.0)))
 
 
-def w1(x, y, x_weights=None, y_weights=None) -> float:
+def w1(x: npt.ArrayLike, y: npt.ArrayLike, x_weights: npt.ArrayLike | None = None,
+       y_weights: npt.ArrayLike | None = None) -> float:
     """Exact earth mover's distance; see :func:`wasserstein`."""
     return wasserstein(x, y, 1, x_weights, y_weights)
 
 
-def w2(x, y, x_weights=None, y_weights=None) -> float:
+def w2(x: npt.ArrayLike, y: npt.ArrayLike, x_weights: npt.ArrayLike | None = None,
+       y_weights: npt.ArrayLike | None = None) -> float:
     """Exact 2-Wasserstein distance; see :func:`wasserstein`."""
     return wasserstein(x, y, 2, x_weights, y_weights)
 
 
-def mmd(x, y, x_weights=None, y_weights=None, bandwidths=None) -> float:
+def mmd(x: npt.ArrayLike, y: npt.ArrayLike, x_weights: npt.ArrayLike | None = None,
+        y_weights: npt.ArrayLike | None = None, bandwidths: Sequence[float] | None = None) -> float:
     """Maximum mean discrepancy with a sum of RBF kernels ``exp(-|a-b|^2 / (2 h^2))``.
 
     Parameters
@@ -90,7 +101,8 @@ def mmd(x, y, x_weights=None, y_weights=None, bandwidths=None) -> float:
     return float(np.sqrt(max(total, 0.0)))
 
 
-def energy_distance(x, x_weights, y, y_weights):
+def energy_distance(x: torch.Tensor, x_weights: torch.Tensor, y: torch.Tensor,
+                    y_weights: torch.Tensor) -> torch.Tensor:
     """Energy distance ``2 E|X - Y| - E|X - X'| - E|Y - Y'|`` of two weighted point clouds (torch tensors).
 
     Zero exactly when the two distributions agree; cheap (three distance matrices, no solver),
@@ -98,14 +110,15 @@ def energy_distance(x, x_weights, y, y_weights):
     """
     import torch
 
-    def mean_distance(a, wa, b, wb):
+    def mean_distance(a: torch.Tensor, wa: torch.Tensor, b: torch.Tensor, wb: torch.Tensor) -> torch.Tensor:
         return wa @ torch.cdist(a, b) @ wb
 
     return 2 * mean_distance(x, x_weights, y, y_weights) - mean_distance(x, x_weights, x, x_weights) - \
         mean_distance(y, y_weights, y, y_weights)
 
 
-def straightness(field, x, t0: float, t1: float, *, method: str = "dopri5", step_size: float | None = None) -> float:
+def straightness(field: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x: torch.Tensor, t0: float, t1: float,
+                 *, method: str = "dopri5", step_size: float | None = None) -> float:
     """Kinetic energy over squared displacement of the paths of ``dx/dt = field(x, t)`` from ``t0`` to ``t1``.
 
     ``E[integral |v|^2 dt] (t1 - t0) / E|x(t1) - x(t0)|^2``, the energy integrated along each
@@ -131,7 +144,7 @@ def straightness(field, x, t0: float, t1: float, *, method: str = "dopri5", step
 
     from ..solvers import integrate
 
-    def with_energy(state, t):
+    def with_energy(state: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         v = field(state[:, :-1], t)
         return torch.cat([v, (v**2).sum(dim=1, keepdim=True)], dim=1)
 

@@ -1,9 +1,12 @@
 """The entropy-controlled path: straight lines with the least bridge noise that keeps the entropy of the cells
-on them from falling faster than a given rate."""
+on them from falling faster than a given rate.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 import torch
@@ -12,11 +15,14 @@ from .. import _distributed as distributed
 from ._entropy import displacement_factor, noise_level
 from ._paths import BrownianBridgePath, PathSample
 
+if TYPE_CHECKING:
+    from ..transport import PairSampler
+
 CALIBRATION_PAIRS = 1024  # most coupled pairs per interval on which the entropy-controlled path sets its noise
 FEWEST_PAIRS = 16  # fewest distinct pairs whose entropy it estimates
 
 
-def distinct_pairs(sampler, n_source: int, n_target: int):
+def distinct_pairs(sampler: PairSampler, n_source: int, n_target: int) -> tuple[np.ndarray, np.ndarray]:
     """Pairs drawn from ``sampler`` in which no cell appears twice, at most :data:`CALIBRATION_PAIRS`.
 
     Four times as many pairs as the larger population are drawn in proportion to the plan; of
@@ -57,16 +63,18 @@ class EntropyControlledPath(BrownianBridgePath):
         per dimension per unit of real time (see :mod:`cellflow.paths`).
     """
 
-    settings = ("entropy_rate",)
-    makes_score = False  # the noise is shaped per interval: -eps is not its score
+    settings: ClassVar[tuple[str, ...]] = ("entropy_rate",)
+    makes_score: ClassVar[bool] = False  # the noise is shaped per interval: -eps is not its score
 
     def __init__(self, entropy_rate: float):
         if not entropy_rate >= 0:
             raise ValueError(f"entropy_rate must be >= 0, got {entropy_rate}")
         self.entropy_rate, self.sigma = float(entropy_rate), 0.0
-        self.levels = self.factors = None
+        self.levels: np.ndarray | None = None
+        self.factors: torch.Tensor | None = None
 
-    def calibrate(self, populations, times, samplers) -> None:
+    def calibrate(self, populations: Sequence[torch.Tensor], times: Sequence[float] | np.ndarray,
+                  samplers: Sequence[PairSampler]) -> None:
         """Choose ``c_k`` and ``L_k`` of every interval from its coupled cells."""
         widths = np.diff(np.asarray(times, dtype=np.float64))
         levels, factors = [], []
@@ -90,7 +98,8 @@ class EntropyControlledPath(BrownianBridgePath):
         self.factors = torch.as_tensor(side_by_side, dtype=populations[0].dtype, device=populations[0].device)
         self.sigma = 1.0 if self.levels.any() else 0.0  # a unit bridge whose eps carries the level
 
-    def sample(self, points, segment, s, eps, m0=None, m1=None) -> PathSample:
+    def sample(self, points: torch.Tensor, segment: torch.Tensor, s: torch.Tensor, eps: torch.Tensor,
+               m0: torch.Tensor | None = None, m1: torch.Tensor | None = None) -> PathSample:
         """Points and targets, the noise of each sample shaped and scaled for its interval (``segment``)."""
         if self.factors is None:
             raise RuntimeError("the entropy-controlled path sets its noise from the coupled cells: call calibrate()")

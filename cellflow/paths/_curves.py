@@ -1,8 +1,12 @@
 """Curves through every time point of a chain: a natural cubic spline and a shape-preserving cubic Hermite
-curve, both in real time."""
+curve, both in real time.
+"""
 
 from __future__ import annotations
 
+from typing import ClassVar
+
+import numpy.typing as npt
 import torch
 
 from ._paths import ConditionalPath, PathSample, _ends
@@ -40,7 +44,8 @@ def monotone_tangents(values: torch.Tensor, widths: torch.Tensor) -> torch.Tenso
     return tangents
 
 
-def hermite(lo, hi, d_lo, d_hi, s):
+def hermite(lo: torch.Tensor, hi: torch.Tensor, d_lo: torch.Tensor, d_hi: torch.Tensor,
+            s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Cubic Hermite curve and its derivative ``d/ds`` at ``s``, from values and ``d/ds`` slopes at both ends."""
     s2, s3 = s**2, s**3
     x = (2 * s3 - 3 * s2 + 1) * lo + (s3 - 2 * s2 + s) * d_lo + (-2 * s3 + 3 * s2) * hi + (s3 - s2) * d_hi
@@ -67,11 +72,11 @@ class CubicSplinePath(ConditionalPath):
         path gives score targets.
     """
 
-    settings = ("times", "sigma")
-    through_knots = True
-    makes_score = True
+    settings: ClassVar[tuple[str, ...]] = ("times", "sigma")
+    through_knots: ClassVar[bool] = True
+    makes_score: ClassVar[bool] = True
 
-    def __init__(self, times, sigma: float = 0.0):
+    def __init__(self, times: npt.ArrayLike | torch.Tensor, sigma: float = 0.0):
         tau = torch.as_tensor(times, dtype=torch.float64)
         if tau.ndim != 1 or tau.numel() < 2 or not bool((tau[1:] > tau[:-1]).all()):
             raise ValueError("a curve through the time points needs at least two increasing knot times")
@@ -93,7 +98,8 @@ class CubicSplinePath(ConditionalPath):
             curvature[1:-1] = torch.linalg.solve(system, slopes)
         self.curvature = curvature  # second derivatives at the knots = curvature @ knot values
 
-    def sample(self, points, segment, s, eps, m0=None, m1=None) -> PathSample:
+    def sample(self, points: torch.Tensor, segment: torch.Tensor, s: torch.Tensor, eps: torch.Tensor,
+               m0: torch.Tensor | None = None, m1: torch.Tensor | None = None) -> PathSample:
         curvature = self.curvature.to(device=points.device, dtype=points.dtype)
         h = self.widths.to(device=points.device, dtype=points.dtype)[segment][:, None]
         x_lo, x_hi = _ends(points, segment)
@@ -122,7 +128,8 @@ class MonotoneHermitePath(CubicSplinePath):
         Noise of a Brownian bridge within each segment (as for :class:`CubicSplinePath`).
     """
 
-    def sample(self, points, segment, s, eps, m0=None, m1=None) -> PathSample:
+    def sample(self, points: torch.Tensor, segment: torch.Tensor, s: torch.Tensor, eps: torch.Tensor,
+               m0: torch.Tensor | None = None, m1: torch.Tensor | None = None) -> PathSample:
         h = self.widths.to(device=points.device, dtype=points.dtype)[segment][:, None]
         d_lo, d_hi = _ends(monotone_tangents(points, self.widths), segment)
         x_lo, x_hi = _ends(points, segment)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import numpy.typing as npt
 import torch
 
 NEIGHBOUR = 3  # the k of the k-th nearest neighbour
@@ -68,7 +69,7 @@ def knn_entropy(points: torch.Tensor, k: int = NEIGHBOUR) -> float:
     return float(digamma[0] - digamma[1] + log_ball + d * torch.cat(logs).mean())
 
 
-def default_entropy_rate(times) -> float:
+def default_entropy_rate(times: npt.ArrayLike) -> float:
     """``entropy_rate`` when none is given: ``2 log(1 / 0.95) / median interval``.
 
     By the middle of an interval of median length the geometric-mean spread of the cells may

@@ -24,6 +24,8 @@ cells of an interval are up to :data:`REFERENCE_CELLS` cells of each of its two 
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
@@ -32,6 +34,9 @@ from torch import nn
 
 from .. import _distributed as distributed
 from ._paths import ConditionalPath, PathSample, _ends, _with_linear_mass
+
+if TYPE_CHECKING:
+    from ..transport import PairSampler
 
 REFERENCE_CELLS = 256  # most cells of each of an interval's two time points that build its metric
 PHI_STEPS = 400  # Adam steps that fit the path correction phi (every interval in each step)
@@ -45,12 +50,11 @@ ENERGY_PAIRS = 2048  # pairs per interval on which the straight and the fitted e
 
 
 def squared_distances(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """``|x_i - y_j|^2`` ``(n, m)`` as ``|x|^2 - 2 x.y + |y|^2`` (cheaper to differentiate than
-    :func:`torch.cdist`), clamped at zero against rounding."""
+    """``|x_i - y_j|^2`` ``(n, m)`` as ``|x|^2 - 2 x.y + |y|^2`` (cheaper to differentiate than cdist), clamped at 0."""
     return (x.square().sum(dim=1, keepdim=True) - 2 * x @ y.T + y.square().sum(dim=1)).clamp(min=0)
 
 
-def gaussian_kernel(squared: torch.Tensor, width) -> torch.Tensor:
+def gaussian_kernel(squared: torch.Tensor, width: float | torch.Tensor) -> torch.Tensor:
     """``exp(-squared / (2 width^2))`` with the exponent capped at :data:`KERNEL_FLOOR_EXPONENT`.
 
     Far values stay at ``exp(-30)`` (about ``1e-13``) instead of becoming subnormal floats,
@@ -183,7 +187,7 @@ class RBFMetric:
         widths = widths * width_scale
         bumps = np.exp(-((cells[:, None] - centres[None]) ** 2).sum(axis=2) / (2 * widths**2))
         weights, _ = nnls(bumps, np.ones(m))
-        like = dict(dtype=reference.dtype, device=reference.device)
+        like: dict[str, Any] = dict(dtype=reference.dtype, device=reference.device)
         self.centres, self.widths = torch.as_tensor(centres, **like), torch.as_tensor(widths, **like)
         self.weights, self.eps = torch.as_tensor(weights, **like), float(eps)
 
@@ -197,6 +201,7 @@ class RBFMetric:
 
 
 METRICS = {"land": LANDMetric, "rbf": RBFMetric}
+Metric = LANDMetric | RBFMetric  # the diagonal of G(x), (n, d), from points (n, d)
 
 
 class PathCorrection(nn.Module):
@@ -210,6 +215,8 @@ class PathCorrection(nn.Module):
     both can be differentiated with respect to the weights.
     """
 
+    bent: torch.Tensor  # a buffer
+
     def __init__(self, n_dims: int, n_intervals: int):
         super().__init__()
         self.first = nn.Linear(2 * n_dims + 1, PHI_WIDTH)
@@ -217,29 +224,32 @@ class PathCorrection(nn.Module):
         nn.init.zeros_(self.interval_bias.weight)
         self.rest = nn.ModuleList([nn.Linear(PHI_WIDTH, PHI_WIDTH), nn.Linear(PHI_WIDTH, PHI_WIDTH),
                                    nn.Linear(PHI_WIDTH, n_dims)])
-        nn.init.zeros_(self.rest[-1].weight)
-        nn.init.zeros_(self.rest[-1].bias)
+        nn.init.zeros_(cast(nn.Linear, self.rest[-1]).weight)
+        nn.init.zeros_(cast(nn.Linear, self.rest[-1]).bias)
         self.register_buffer("bent", torch.ones(n_intervals))  # 0 where an interval keeps its straight lines
 
-    def correction(self, x0, x1, s, segment):
+    def correction(self, x0: torch.Tensor, x1: torch.Tensor, s: torch.Tensor,
+                   segment: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``phi`` and ``d phi / ds`` at ``s`` ``(n, 1)`` for the intervals ``segment`` ``(n,)``, ``(n, d)`` each."""
         value = self.first(torch.cat([x0, x1, s], dim=1)) + self.interval_bias(segment)
         rate = self.first.weight[:, -1].expand_as(value)  # d/ds of the first layer: its weights on s
-        for layer in self.rest:
+        for layer in cast(list[nn.Linear], self.rest):
             squashed = torch.tanh(value)
             rate = (1 - squashed.square()) * rate
             value, rate = layer(squashed), rate @ layer.weight.T
         gate = self.bent[segment][:, None]
         return gate * value, gate * rate
 
-    def curve(self, x0, x1, s, segment):
+    def curve(self, x0: torch.Tensor, x1: torch.Tensor, s: torch.Tensor,
+              segment: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Position ``x_s`` and velocity ``d x_s / ds`` of the bent path, ``(n, d)`` each."""
         phi, phi_rate = self.correction(x0, x1, s, segment)
         bend, bend_rate = 2 * s * (1 - s), 2 - 4 * s
         return (1 - s) * x0 + s * x1 + bend * phi, x1 - x0 + bend_rate * phi + bend * phi_rate
 
 
-def _pair_cells(sampler, populations, k, n):
+def _pair_cells(sampler: PairSampler, populations: Sequence[torch.Tensor], k: int,
+                n: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``n`` coupled pairs of interval ``k`` as cells ``(x0, x1)``; a cell that dies stays where it is."""
     pairs = sampler.sample(n)
     x0, x1 = populations[k][pairs.i], populations[k + 1][pairs.j]
@@ -285,7 +295,8 @@ class MetricPath(ConditionalPath):
         self.sigma, self.metric = float(sigma), metric
         self.correction: PathCorrection | None = None
 
-    def calibrate(self, populations, times, samplers) -> None:
+    def calibrate(self, populations: Sequence[torch.Tensor], times: Sequence[float] | np.ndarray,
+                  samplers: Sequence[PairSampler]) -> None:
         """Build each interval's metrics from its two time points and fit ``phi`` to their least energy."""
         start = time.perf_counter()
         like = populations[0]
@@ -307,6 +318,7 @@ class MetricPath(ConditionalPath):
                 relative.sum().backward()
                 if distributed.active():
                     for p in parameters:
+                        assert p.grad is not None, "every weight of phi has a gradient after backward()"
                         torch.distributed.all_reduce(p.grad)
                         p.grad /= distributed.part()[1]
                 optimiser.step()
@@ -323,7 +335,8 @@ class MetricPath(ConditionalPath):
             "metric_seconds": np.array(time.perf_counter() - start),
         }
 
-    def _metric_stages(self, populations, samplers) -> list[list]:
+    def _metric_stages(self, populations: Sequence[torch.Tensor],
+                       samplers: Sequence[PairSampler]) -> list[list[Metric]]:
         """Per stage, every interval's metric, the kernels shrinking geometrically to the metric's own.
 
         Where the kernels are narrow, a straight line that passes farther than a few widths from
@@ -332,41 +345,44 @@ class MetricPath(ConditionalPath):
         its coupled pairs (the distance from a straight line's midpoint to its ends), and every
         later stage narrows them by the same factor, down to the metric's own widths in the last.
         """
-        stages = [[] for _ in range(PHI_STAGES)]
+        stages: list[list[Metric]] = [[] for _ in range(PHI_STAGES)]
         for k, sampler in enumerate(samplers):
             reference = torch.cat([z[torch.randperm(len(z), device=z.device)[:REFERENCE_CELLS]]
                                    for z in populations[k : k + 2]])
             x0, x1 = _pair_cells(sampler, populations, k, ENERGY_PAIRS)
             reach = 0.5 * float(torch.linalg.vector_norm(x1 - x0, dim=1).median())
+            own: Metric
             if self.metric == "land":
                 own = LANDMetric(reference, ceiling=LAND_CEILING)
-                build = (lambda factor, reference=reference, gamma=own.gamma:
-                         LANDMetric(reference, gamma=gamma * factor, ceiling=LAND_CEILING))
                 width = own.gamma
             else:
                 seed = int(torch.randint(2**31 - 1, (1,)))
                 own = RBFMetric(reference, seed=seed)
-                build = (lambda factor, reference=reference, seed=seed: RBFMetric(reference, seed=seed,
-                                                                                 width_scale=factor))
                 width = float(own.widths.median())
             widest = max(1.0, reach / width)
             for j in range(PHI_STAGES - 1):
-                stages[j].append(build(widest ** (1 - j / (PHI_STAGES - 1))))
+                factor = widest ** (1 - j / (PHI_STAGES - 1))
+                stages[j].append(LANDMetric(reference, gamma=width * factor, ceiling=LAND_CEILING)
+                                 if self.metric == "land" else RBFMetric(reference, seed=seed, width_scale=factor))
             stages[-1].append(own)
         return stages
 
-    def _energies(self, populations, samplers, metrics, n: int, bent: bool = True) -> torch.Tensor:
+    def _energies(self, populations: Sequence[torch.Tensor], samplers: Sequence[PairSampler],
+                  metrics: Sequence[Metric], n: int, bent: bool = True) -> torch.Tensor:
         """Mean kinetic energy of every interval, ``(K,)``, over ``n`` coupled pairs each at uniform ``s``,
-        on the bent paths or (``bent=False``) on the straight lines."""
+        on the bent paths or (``bent=False``) on the straight lines.
+        """
         ends = [_pair_cells(sampler, populations, k, n) for k, sampler in enumerate(samplers)]
         x0, x1 = torch.cat([pair[0] for pair in ends]), torch.cat([pair[1] for pair in ends])
         s = torch.rand(len(x0), 1, device=x0.device, dtype=x0.dtype)
         segment = torch.arange(len(samplers), device=x0.device).repeat_interleave(n)
-        x, u = self.correction.curve(x0, x1, s, segment) if bent else ((1 - s) * x0 + s * x1, x1 - x0)
+        curve = cast(PathCorrection, self.correction).curve if bent else None  # calibrate() built the correction
+        x, u = curve(x0, x1, s, segment) if curve else ((1 - s) * x0 + s * x1, x1 - x0)
         return torch.stack([(metric(x_k) * u_k.square()).sum(dim=1).mean()
                             for metric, x_k, u_k in zip(metrics, x.split(n), u.split(n))])
 
-    def sample(self, points, segment, s, eps, m0=None, m1=None) -> PathSample:
+    def sample(self, points: torch.Tensor, segment: torch.Tensor, s: torch.Tensor, eps: torch.Tensor,
+               m0: torch.Tensor | None = None, m1: torch.Tensor | None = None) -> PathSample:
         """Points and targets on the bent path of each sample's interval (``segment``)."""
         if self.correction is None:
             raise RuntimeError("the metric path fits its bend to the coupled cells: call calibrate() first")

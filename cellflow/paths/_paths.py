@@ -39,9 +39,15 @@ the stochastic sampler then divides by ``lambda(s)``). A :class:`PathSample` car
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar
 
+import numpy as np
 import torch
+
+if TYPE_CHECKING:
+    from ..transport import PairSampler
 
 
 @dataclass
@@ -61,17 +67,19 @@ class PathSample:
     noise_scale: torch.Tensor | None = None
 
 
-def _with_linear_mass(point: PathSample, s, m0, m1) -> PathSample:
+def _with_linear_mass(point: PathSample, s: torch.Tensor, m0: torch.Tensor | None,
+                      m1: torch.Tensor | None) -> PathSample:
     """Add the growth target of the mass ``(1-s) m0 + s m1`` to a path sample."""
     if m0 is None:
         return point
+    assert m1 is not None, "a pair's masses come at both ends"
     mass = (1 - s[:, 0]) * m0 + s[:, 0] * m1
     point.g = (m1 - m0) / mass
     point.weight = mass / m0
     return point
 
 
-def _ends(points, segment):
+def _ends(points: torch.Tensor, segment: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The cells at the start and the end of each sample's segment, ``(n, d)`` each."""
     if len(points) == 2:  # a pair: its two rows bound every sample's segment
         return points[0], points[1]
@@ -99,36 +107,41 @@ class ConditionalPath:
         score targets (see the module's notes) and a stochastic sampler (:mod:`cellflow.solvers`).
     """
 
-    settings: tuple[str, ...] = ("sigma",)
-    default_sigma = 0.1
-    through_knots = False
-    makes_growth = False
-    makes_score = False
-    sigma = 0.0
-    calibration: dict = {}
+    settings: ClassVar[tuple[str, ...]] = ("sigma",)
+    default_sigma: ClassVar[float] = 0.1
+    through_knots: ClassVar[bool] = False
+    makes_growth: ClassVar[bool] = False
+    makes_score: ClassVar[bool] = False
+    sigma: float = 0.0
+    calibration: dict[str, np.ndarray] = {}  # replaced by calibrate, never changed in place
 
     def noise(self, like: torch.Tensor) -> torch.Tensor:
         """The ``eps`` of :meth:`sample`: standard normal noise shaped like ``like``, or zeros when
-        the path has none (``sigma = 0``), which spares drawing it."""
+        the path has none (``sigma = 0``), which spares drawing it.
+        """
         return torch.randn_like(like) if self.sigma > 0 else torch.zeros_like(like)
 
-    def calibrate(self, populations, times, samplers) -> None:
+    def calibrate(self, populations: Sequence[torch.Tensor], times: Sequence[float] | np.ndarray,
+                  samplers: Sequence[PairSampler]) -> None:
         """Set whatever the path takes from the coupled cells, once before training (most paths: nothing).
 
         ``populations``: the cells of each time point (tensors); ``times``: their real times;
         ``samplers``: one pair sampler per interval (:mod:`cellflow.transport`).
         """
 
-    def sample(self, points, segment, s, eps, m0=None, m1=None) -> PathSample:
+    def sample(self, points: torch.Tensor, segment: torch.Tensor, s: torch.Tensor, eps: torch.Tensor,
+               m0: torch.Tensor | None = None, m1: torch.Tensor | None = None) -> PathSample:
         """Points and targets; see the module's notes for the shapes."""
         raise NotImplementedError
 
-    def pair(self, x0, x1, s, eps, m0=None, m1=None) -> PathSample:
+    def pair(self, x0: torch.Tensor, x1: torch.Tensor, s: torch.Tensor, eps: torch.Tensor,
+             m0: torch.Tensor | None = None, m1: torch.Tensor | None = None) -> PathSample:
         """:meth:`sample` for single pairs ``x0``, ``x1`` ``(n, d)`` (a segment each)."""
         segment = torch.zeros(len(x0), dtype=torch.long, device=x0.device)
         return self.sample(torch.stack([x0, x1]), segment, s, eps, m0, m1)
 
-    def _with_bridge(self, mean, velocity, s, eps, m0, m1) -> PathSample:
+    def _with_bridge(self, mean: torch.Tensor, velocity: torch.Tensor, s: torch.Tensor, eps: torch.Tensor,
+                     m0: torch.Tensor | None, m1: torch.Tensor | None) -> PathSample:
         """The sample ``mean + sigma sqrt(s (1-s)) eps`` with its velocity and score target (see the module's notes)."""
         if self.sigma == 0:
             return _with_linear_mass(PathSample(x=mean, u=velocity), s, m0, m1)
@@ -146,7 +159,8 @@ class LinearPath(ConditionalPath):
     def __init__(self, sigma: float = 0.0):
         self.sigma = float(sigma)
 
-    def sample(self, points, segment, s, eps, m0=None, m1=None) -> PathSample:
+    def sample(self, points: torch.Tensor, segment: torch.Tensor, s: torch.Tensor, eps: torch.Tensor,
+               m0: torch.Tensor | None = None, m1: torch.Tensor | None = None) -> PathSample:
         x0, x1 = _ends(points, segment)
         return _with_linear_mass(PathSample(x=(1 - s) * x0 + s * x1 + self.sigma * eps, u=x1 - x0), s, m0, m1)
 
@@ -158,14 +172,15 @@ class BrownianBridgePath(ConditionalPath):
     ``sigma^2 s (1-s)`` per coordinate in between; gives score targets.
     """
 
-    makes_score = True
+    makes_score: ClassVar[bool] = True
 
     def __init__(self, sigma: float = 0.1):
         if not sigma > 0:
             raise ValueError(f"the Brownian bridge needs sigma > 0, got sigma={sigma}; use path='linear' for no noise")
         self.sigma = float(sigma)
 
-    def sample(self, points, segment, s, eps, m0=None, m1=None) -> PathSample:
+    def sample(self, points: torch.Tensor, segment: torch.Tensor, s: torch.Tensor, eps: torch.Tensor,
+               m0: torch.Tensor | None = None, m1: torch.Tensor | None = None) -> PathSample:
         x0, x1 = _ends(points, segment)
         return self._with_bridge((1 - s) * x0 + s * x1, x1 - x0, s, eps, m0, m1)
 
@@ -176,7 +191,8 @@ class VariancePreservingPath(ConditionalPath):
     def __init__(self, sigma: float = 0.0):
         self.sigma = float(sigma)
 
-    def sample(self, points, segment, s, eps, m0=None, m1=None) -> PathSample:
+    def sample(self, points: torch.Tensor, segment: torch.Tensor, s: torch.Tensor, eps: torch.Tensor,
+               m0: torch.Tensor | None = None, m1: torch.Tensor | None = None) -> PathSample:
         x0, x1 = _ends(points, segment)
         angle = 0.5 * math.pi * s
         x = torch.cos(angle) * x0 + torch.sin(angle) * x1 + self.sigma * eps
@@ -203,16 +219,17 @@ class WFRPath(ConditionalPath):
         Optional Gaussian noise added to the position (not to the targets).
     """
 
-    settings = ("delta", "sigma")
-    default_sigma = 0.0
-    makes_growth = True
+    settings: ClassVar[tuple[str, ...]] = ("delta", "sigma")
+    default_sigma: ClassVar[float] = 0.0
+    makes_growth: ClassVar[bool] = True
 
     def __init__(self, delta: float, sigma: float = 0.0):
         if not delta > 0:
             raise ValueError(f"delta must be positive, got {delta}")
         self.delta, self.sigma = float(delta), float(sigma)
 
-    def sample(self, points, segment, s, eps, m0=None, m1=None) -> PathSample:
+    def sample(self, points: torch.Tensor, segment: torch.Tensor, s: torch.Tensor, eps: torch.Tensor,
+               m0: torch.Tensor | None = None, m1: torch.Tensor | None = None) -> PathSample:
         x0, x1 = _ends(points, segment)
         ones = torch.ones(x0.shape[0], dtype=x0.dtype, device=x0.device)
         m0 = ones if m0 is None else m0

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable, Iterable
 
 import torch
 from torchdiffeq import odeint
@@ -62,7 +62,7 @@ def integrate(
     if times.numel() == 1 or bool((times[1:] == times[:-1]).all()):
         return x.unsqueeze(0).expand(times.numel(), *x.shape).clone()
 
-    def rhs(t, state):
+    def rhs(t: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
         return field(state, t)
 
     out = [
@@ -76,8 +76,8 @@ def euler_maruyama(
     drift: Callable[[torch.Tensor, float, float], torch.Tensor],
     diffusion: Callable[[float, float], torch.Tensor],
     x: torch.Tensor,
-    grid,
-    marks,
+    grid: Iterable[float],
+    marks: Iterable[int],
     generator: torch.Generator,
     chunk_size: int = 65536,
 ) -> torch.Tensor:

@@ -20,8 +20,10 @@ Positions ``z`` and ``sigma`` are in the model's internal units (see :class:`cel
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import torch
 
 from ._ode import euler_maruyama
@@ -29,7 +31,7 @@ from ._ode import euler_maruyama
 DEFAULT_STEPS = 100  # Euler-Maruyama steps per measured interval when no step size is given
 
 
-def _interval(knots: np.ndarray, t) -> np.ndarray:
+def _interval(knots: np.ndarray, t: npt.ArrayLike) -> np.ndarray:
     """Index of the measured interval holding each time ``t`` (the last one for ``t = t_K``)."""
     return np.clip(np.searchsorted(knots, t, side="right") - 1, 0, len(knots) - 2)
 
@@ -68,7 +70,7 @@ def sde_grid(knots: np.ndarray, times: np.ndarray, step_size: float | None = Non
     return np.asarray(grid), marks
 
 
-def transport(model, state: torch.Tensor, times: np.ndarray, step_size: float | None,
+def transport(model: Any, state: torch.Tensor, times: np.ndarray, step_size: float | None,
               generator: torch.Generator) -> torch.Tensor:
     """Sample the SDE (see the module's notes) from states ``(n, d + 1)`` (internal positions and
     log-mass) at ``times[0]``; returns the states at every entry of ``times``, ``(len(times), n, d + 1)``.

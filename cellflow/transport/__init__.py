@@ -1,5 +1,6 @@
 """Couplings between the cells of neighbouring time points (optimal transport, balanced or unbalanced) and
-the samplers that draw coupled pairs and chains from them."""
+the samplers that draw coupled pairs and chains from them.
+"""
 
 from ._couplings import (
     BLOCK_ORDERS,
@@ -15,6 +16,7 @@ from ._potentials import PotentialCoupling, PotentialMapCoupling, solve_potentia
 from ._samplers import (
     IndependentSampler,
     Pairs,
+    PairSampler,
     PlanSampler,
     StackedPlans,
     WFRSampler,
@@ -23,6 +25,6 @@ from ._samplers import (
 
 __all__ = [
     "BLOCK_ORDERS", "Coupling", "EntropicOTCoupling", "ExactOTCoupling", "IndependentCoupling", "IndependentSampler",
-    "Pairs", "PlanSampler", "PotentialCoupling", "PotentialMapCoupling", "StackedPlans", "WFRCoupling", "WFRSampler",
-    "blocks", "entropic_potentials", "sample_chains", "solve_potentials",
+    "PairSampler", "Pairs", "PlanSampler", "PotentialCoupling", "PotentialMapCoupling", "StackedPlans", "WFRCoupling",
+    "WFRSampler", "blocks", "entropic_potentials", "sample_chains", "solve_potentials",
 ]

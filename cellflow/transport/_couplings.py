@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import math
 import warnings
+from typing import ClassVar
 
 import numpy as np
+import numpy.typing as npt
 import ot
 import scipy.sparse as sp
 import torch
@@ -24,7 +26,7 @@ from scipy.special import logsumexp
 
 from .._checks import choice
 from .._utils import progress_bar
-from ._samplers import IndependentSampler, PlanSampler, WFRSampler
+from ._samplers import Device, IndependentSampler, PairSampler, PlanSampler, WFRSampler
 
 BLOCK_ORDERS = ("random", "projection")
 KEPT_MASS = 1 - 1e-4  # share of each row's mass that a stored plan keeps (see _support)
@@ -53,7 +55,8 @@ def _principal_axis(x0: np.ndarray, x1: np.ndarray, rng: np.random.Generator) ->
     return np.linalg.svd(centred, full_matrices=False)[2][0]
 
 
-def blocks(x0: np.ndarray, x1: np.ndarray, block_size: int, rng: np.random.Generator, order: str = "random"):
+def blocks(x0: np.ndarray, x1: np.ndarray, block_size: int, rng: np.random.Generator,
+           order: str = "random") -> list[tuple[np.ndarray, np.ndarray]]:
     """Split two populations into the same number of blocks of at most ``block_size`` cells per side.
 
     The number of blocks is ``ceil(max(n0, n1) / block_size)``; both sides are cut into that many
@@ -91,16 +94,17 @@ class Coupling:
         Pairs carry masses (``m0``, ``m1``): a method with this coupling learns growth.
     """
 
-    settings: tuple[str, ...] = ()
-    unbalanced = False
+    settings: ClassVar[tuple[str, ...]] = ()
+    unbalanced: ClassVar[bool] = False
 
     @staticmethod
     def default_reg(sigma: float) -> float | None:
         """Entropic regularisation when none is given (``None``: the coupling has none)."""
         return None
 
-    def sampler(self, x0, x1, a=None, b=None, *, rng=None, source_mass=None, device="cpu", part=(0, 1),
-                progress=False):
+    def sampler(self, x0: np.ndarray, x1: np.ndarray, a: npt.ArrayLike | None = None, b: npt.ArrayLike | None = None,
+                *, rng: np.random.Generator | None = None, source_mass: npt.ArrayLike | None = None,
+                device: Device = "cpu", part: tuple[int, int] = (0, 1), progress: bool = False) -> PairSampler:
         """A pair sampler between ``x0`` and ``x1`` with cell masses ``a`` and ``b``.
 
         ``source_mass`` is the mass each source cell carries where it differs from the
@@ -114,7 +118,7 @@ class Coupling:
 class _BlockwiseOT(Coupling):
     """Shared machinery: solve a plan on each block and assemble one sparse plan."""
 
-    settings = ("block_size", "block_order")
+    settings: ClassVar[tuple[str, ...]] = ("block_size", "block_order")
 
     def __init__(self, block_size: int = 2048, block_order: str = "random"):
         if block_size < 2:
@@ -129,7 +133,8 @@ class _BlockwiseOT(Coupling):
         """Ground cost between two blocks of cells: squared Euclidean distance."""
         return ot.dist(x0, x1)
 
-    def plan(self, x0: np.ndarray, x1: np.ndarray, a=None, b=None, *, rng=None, part=(0, 1),
+    def plan(self, x0: np.ndarray, x1: np.ndarray, a: npt.ArrayLike | None = None, b: npt.ArrayLike | None = None,
+             *, rng: np.random.Generator | None = None, part: tuple[int, int] = (0, 1),
              progress: bool = False) -> sp.csr_matrix:
         """The transport plan between ``x0`` and ``x1`` as a sparse ``(n0, n1)`` matrix.
 
@@ -175,8 +180,9 @@ class _BlockwiseOT(Coupling):
             (np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(n0, n1)
         )
 
-    def sampler(self, x0, x1, a=None, b=None, *, rng=None, source_mass=None, device="cpu", part=(0, 1),
-                progress=False) -> PlanSampler:
+    def sampler(self, x0: np.ndarray, x1: np.ndarray, a: npt.ArrayLike | None = None, b: npt.ArrayLike | None = None,
+                *, rng: np.random.Generator | None = None, source_mass: npt.ArrayLike | None = None,
+                device: Device = "cpu", part: tuple[int, int] = (0, 1), progress: bool = False) -> PlanSampler:
         """A pair sampler over the plan between ``x0`` and ``x1``."""
         return PlanSampler(self.plan(x0, x1, a, b, rng=rng, part=part, progress=progress), device)
 
@@ -184,8 +190,9 @@ class _BlockwiseOT(Coupling):
 class IndependentCoupling(Coupling):
     """The product coupling: every source cell with every target cell (I-CFM)."""
 
-    def sampler(self, x0, x1, a=None, b=None, *, rng=None, source_mass=None, device="cpu", part=(0, 1),
-                progress=False) -> IndependentSampler:
+    def sampler(self, x0: np.ndarray, x1: np.ndarray, a: npt.ArrayLike | None = None, b: npt.ArrayLike | None = None,
+                *, rng: np.random.Generator | None = None, source_mass: npt.ArrayLike | None = None,
+                device: Device = "cpu", part: tuple[int, int] = (0, 1), progress: bool = False) -> IndependentSampler:
         """A sampler of independent pairs."""
         a = np.ones(len(x0)) if a is None else np.asarray(a, dtype=float)
         b = np.ones(len(x1)) if b is None else np.asarray(b, dtype=float)
@@ -203,7 +210,8 @@ class ExactOTCoupling(_BlockwiseOT):
         How larger populations are cut into blocks (:func:`blocks`).
     """
 
-    def solve_block(self, a, b, cost):
+    def solve_block(self, a: np.ndarray, b: np.ndarray, cost: np.ndarray) -> np.ndarray:
+        """The exact plan of one block."""
         return ot.emd(a, b, cost, numItermax=10_000_000)
 
 
@@ -211,7 +219,8 @@ MARGINAL_ERROR = 1e-3  # L1 error of an entropic plan's marginals accepted (0.1%
 SINKHORN_ITERATIONS = 5000  # the most updates at one temperature
 
 
-def _annealed_sinkhorn(cost: torch.Tensor, log_a: torch.Tensor, log_b: torch.Tensor, reg: float):
+def _annealed_sinkhorn(cost: torch.Tensor, log_a: torch.Tensor, log_b: torch.Tensor,
+                       reg: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Log-domain Sinkhorn with the temperature annealed down to ``reg`` (each stage warm-starts the next).
 
     Solves for ``f``, ``g`` with plan ``P_ij = a_i b_j exp((f_i + g_j - cost_ij) / reg)``; each
@@ -237,9 +246,10 @@ def _annealed_sinkhorn(cost: torch.Tensor, log_a: torch.Tensor, log_b: torch.Ten
         temperature = max(reg, temperature / 2)
 
 
-def _row_error(f, g, a, b, cost, reg) -> float:
+def _row_error(f: np.ndarray, g: np.ndarray, a: np.ndarray, b: np.ndarray, cost: np.ndarray, reg: float) -> float:
     """L1 error of the row sums of the plan ``a_i b_j exp((f_i + g_j - cost_ij) / reg)`` against ``a``, computed
-    from the potentials (where the scaling form's kernel underflows, its own plan is not this one)."""
+    from the potentials (where the scaling form's kernel underflows, its own plan is not this one).
+    """
     with np.errstate(divide="ignore"):
         rows = logsumexp((f[:, None] + g[None, :] - cost) / reg + np.log(b)[None, :], axis=1)
     return float(np.abs(a * (np.exp(rows) - 1))[a > 0].sum())
@@ -258,7 +268,8 @@ def entropic_potentials(a: np.ndarray, b: np.ndarray, cost: np.ndarray, reg: flo
             warnings.simplefilter("ignore")  # a breakdown is caught below
             _, log = ot.sinkhorn(a, b, cost, reg, numItermax=5000, stopThr=1e-6, log=True)
             f, g = reg * np.log(log["u"] / a), reg * np.log(log["v"] / b)
-        if np.isfinite(f[a > 0]).all() and np.isfinite(g[b > 0]).all() and _row_error(f, g, a, b, cost, reg) < MARGINAL_ERROR:
+        finite = np.isfinite(f[a > 0]).all() and np.isfinite(g[b > 0]).all()
+        if finite and _row_error(f, g, a, b, cost, reg) < MARGINAL_ERROR:
             return f, g
     with np.errstate(divide="ignore"):  # a cell without mass has log-mass -inf and no row in the plan
         log_a, log_b = torch.as_tensor(np.log(a)), torch.as_tensor(np.log(b))
@@ -280,7 +291,7 @@ class EntropicOTCoupling(_BlockwiseOT):
         How larger populations are cut into blocks (:func:`blocks`).
     """
 
-    settings = ("reg", "block_size", "block_order")
+    settings: ClassVar[tuple[str, ...]] = ("reg", "block_size", "block_order")
 
     @staticmethod
     def default_reg(sigma: float) -> float:
@@ -293,7 +304,8 @@ class EntropicOTCoupling(_BlockwiseOT):
             raise ValueError(f"reg must be positive, got {reg}")
         self.reg = float(reg)
 
-    def solve_block(self, a, b, cost):
+    def solve_block(self, a: np.ndarray, b: np.ndarray, cost: np.ndarray) -> np.ndarray:
+        """The entropic plan of one block, with the block's total mass."""
         total = a.sum()
         a, b = a / total, b / b.sum()
         f, g = entropic_potentials(a, b, cost, self.reg)
@@ -325,8 +337,8 @@ class WFRCoupling(_BlockwiseOT):
         How larger populations are cut into blocks (:func:`blocks`).
     """
 
-    unbalanced = True
-    settings = ("delta", "reg", "block_size", "block_order")
+    unbalanced: ClassVar[bool] = True
+    settings: ClassVar[tuple[str, ...]] = ("delta", "reg", "block_size", "block_order")
 
     @staticmethod
     def default_reg(sigma: float) -> float:
@@ -340,12 +352,14 @@ class WFRCoupling(_BlockwiseOT):
             raise ValueError(f"delta must be positive, got {delta}")
         self.delta, self.reg, self.marginal_penalty = float(delta), float(reg), float(marginal_penalty)
 
-    def cost(self, x0, x1):
+    def cost(self, x0: np.ndarray, x1: np.ndarray) -> np.ndarray:
+        """The WFR cost ``-log cos^2(min(|x - y| / (2 delta), pi/2))``, floored where transport is impossible."""
         angle = np.minimum(np.sqrt(ot.dist(x0, x1)) / (2 * self.delta), np.pi / 2)
         # cos^2 floored at 1e-30: a finite stand-in for infinity, removed after solving.
         return -np.log(np.maximum(np.cos(angle) ** 2, 1e-30))
 
-    def solve_block(self, a, b, cost):
+    def solve_block(self, a: np.ndarray, b: np.ndarray, cost: np.ndarray) -> np.ndarray:
+        """The unbalanced entropic plan of one block."""
         # A cell whose every partner lies at (or numerically at) the transport horizon has a
         # kernel row exp(-cost / reg) of zeros, which would stall Sinkhorn for the whole block:
         # such cells take no part in the problem (sources die in place, targets are not reached).
@@ -360,8 +374,9 @@ class WFRCoupling(_BlockwiseOT):
         plan[~reachable] = 0.0
         return np.nan_to_num(plan, nan=0.0)
 
-    def sampler(self, x0, x1, a=None, b=None, *, rng=None, source_mass=None, device="cpu", part=(0, 1),
-                progress=False) -> WFRSampler:
+    def sampler(self, x0: np.ndarray, x1: np.ndarray, a: npt.ArrayLike | None = None, b: npt.ArrayLike | None = None,
+                *, rng: np.random.Generator | None = None, source_mass: npt.ArrayLike | None = None,
+                device: Device = "cpu", part: tuple[int, int] = (0, 1), progress: bool = False) -> WFRSampler:
         """A sampler of pairs with semi-coupling masses.
 
         ``a``, ``b`` are the marginals the plan is fitted to (e.g. a growth prior on ``a``);

@@ -24,15 +24,18 @@ the definitions above, without the paper's text.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
+import numpy.typing as npt
 import ot
 import scipy.sparse as sp
 
 from .._utils import progress_bar
 from ._couplings import Coupling, EntropicOTCoupling, _support, entropic_potentials
-from ._samplers import PlanSampler
+from ._samplers import Device, PlanSampler
 
 CHUNK_ENTRIES = 2**22  # entries of one chunk of (points x support) logits: 32 MB in float64
 
@@ -56,7 +59,7 @@ class Potential:
     values: np.ndarray
     eps: float
 
-    def _chunks(self, x: np.ndarray):
+    def _chunks(self, x: npt.ArrayLike) -> Iterator[tuple[int, np.ndarray]]:
         """Logits ``(g_j - c(x, y_j)) / eps`` of consecutive chunks of ``x``, as ``(start, logits)``."""
         x = np.asarray(x, dtype=np.float64)
         if x.ndim != 2 or x.shape[1] != self.support.shape[1]:
@@ -67,14 +70,14 @@ class Potential:
             cost = 0.5 * ot.dist(x[start : start + rows], self.support)
             yield start, (self.values - cost) / self.eps
 
-    def partners(self, x) -> np.ndarray:
+    def partners(self, x: np.ndarray) -> np.ndarray:
         """Index of the support cell of each point's Laguerre cell: the arg-min of the hard c-transform."""
         out = np.empty(len(x), dtype=np.int64)
         for start, logits in self._chunks(x):
             out[start : start + len(logits)] = logits.argmax(axis=1)
         return out
 
-    def c_transform(self, x, hard: bool = False) -> np.ndarray:
+    def c_transform(self, x: np.ndarray, hard: bool = False) -> np.ndarray:
         """The source potential ``f(x)`` at the points ``x`` ``(n, d)``: soft-min (or min, ``hard``)."""
         out = np.empty(len(x))
         for start, logits in self._chunks(x):
@@ -82,7 +85,7 @@ class Potential:
             out[start : start + len(logits)] = -self.eps * value
         return out
 
-    def transport(self, x, hard: bool = False) -> np.ndarray:
+    def transport(self, x: np.ndarray, hard: bool = False) -> np.ndarray:
         """The map ``T(x) = x - grad f(x)``: the mean of the soft assignment, or the Laguerre cell's cell."""
         if hard:
             return self.support[self.partners(x)]
@@ -92,11 +95,12 @@ class Potential:
             out[start : start + len(logits)] = (weights @ self.support) / weights.sum(axis=1, keepdims=True)
         return out
 
-    def displacement(self, x, hard: bool = False) -> np.ndarray:
+    def displacement(self, x: np.ndarray, hard: bool = False) -> np.ndarray:
         """``-grad f(x) = T(x) - x`` at the points ``x`` ``(n, d)``."""
         return self.transport(x, hard) - np.asarray(x, dtype=np.float64)
 
-    def rows(self, x, mass=None, hard: bool = False, progress: bool = False) -> sp.csr_matrix:
+    def rows(self, x: np.ndarray, mass: npt.ArrayLike | None = None, hard: bool = False,
+             progress: bool = False) -> sp.csr_matrix:
         """The coupling of the points ``x`` with the support, one row per point, as a sparse matrix.
 
         Row ``i`` is ``mass_i`` times the soft assignment ``pi(x_i)`` (its entries holding all but
@@ -126,7 +130,8 @@ class Potential:
                              shape=(len(x), len(self.support)))
 
 
-def solve_potentials(x0, x1, a=None, b=None, reg: float = 0.05) -> tuple[Potential, Potential]:
+def solve_potentials(x0: npt.ArrayLike, x1: npt.ArrayLike, a: npt.ArrayLike | None = None,
+                     b: npt.ArrayLike | None = None, reg: float = 0.05) -> tuple[Potential, Potential]:
     """Entropic OT between ``x0`` and ``x1``, returned as its two dual potentials.
 
     Parameters
@@ -148,11 +153,11 @@ def solve_potentials(x0, x1, a=None, b=None, reg: float = 0.05) -> tuple[Potenti
     x0, x1 = np.asarray(x0, dtype=np.float64), np.asarray(x1, dtype=np.float64)
     if not reg > 0:
         raise ValueError(f"reg must be positive, got {reg}")
-    a = np.full(len(x0), 1.0) if a is None else np.asarray(a, dtype=np.float64)
-    b = np.full(len(x1), 1.0) if b is None else np.asarray(b, dtype=np.float64)
-    a, b = a / a.sum(), b / b.sum()
-    f, g = entropic_potentials(a, b, ot.dist(x0, x1), reg)
-    log_a, log_b = np.log(a), np.log(b)
+    mass0 = np.full(len(x0), 1.0) if a is None else np.asarray(a, dtype=np.float64)
+    mass1 = np.full(len(x1), 1.0) if b is None else np.asarray(b, dtype=np.float64)
+    mass0, mass1 = mass0 / mass0.sum(), mass1 / mass1.sum()
+    f, g = entropic_potentials(mass0, mass1, ot.dist(x0, x1), reg)
+    log_a, log_b = np.log(mass0), np.log(mass1)
     # exp((f + g - |x - y|^2) / reg) = exp((f / 2 + g / 2 - |x - y|^2 / 2) / eps), eps = reg / 2
     eps = reg / 2
     forward = (g + reg * log_b) / 2
@@ -194,8 +199,8 @@ class PotentialCoupling(Coupling):
         Largest number of cells per side of the problem that is solved.
     """
 
-    settings = ("reg", "block_size")
-    hard = False
+    settings: ClassVar[tuple[str, ...]] = ("reg", "block_size")
+    hard: ClassVar[bool] = False
 
     @staticmethod
     def default_reg(sigma: float) -> float:
@@ -209,7 +214,9 @@ class PotentialCoupling(Coupling):
             raise ValueError(f"block_size must be at least 2, got {block_size}")
         self.reg, self.block_size = float(reg), int(block_size)
 
-    def potential(self, x0, x1, a=None, b=None, *, rng=None) -> tuple[Potential, np.ndarray]:
+    def potential(self, x0: np.ndarray, x1: np.ndarray, a: npt.ArrayLike | None = None,
+                  b: npt.ArrayLike | None = None, *,
+                  rng: np.random.Generator | None = None) -> tuple[Potential, np.ndarray]:
         """The forward potential of the interval and the indices of ``x1`` it is known on."""
         rng = np.random.default_rng(0) if rng is None else rng
         a = np.full(len(x0), 1.0) if a is None else np.asarray(a, dtype=np.float64)
@@ -218,16 +225,20 @@ class PotentialCoupling(Coupling):
         forward, _ = solve_potentials(x0[rows], x1[cols], a[rows], b[cols], self.reg)
         return forward, cols
 
-    def plan(self, x0, x1, a=None, b=None, *, rng=None, part=(0, 1), progress: bool = False) -> sp.csr_matrix:
+    def plan(self, x0: np.ndarray, x1: np.ndarray, a: npt.ArrayLike | None = None, b: npt.ArrayLike | None = None,
+             *, rng: np.random.Generator | None = None, part: tuple[int, int] = (0, 1),
+             progress: bool = False) -> sp.csr_matrix:
         """The ``(n0, n1)`` sparse coupling: every source cell's row from the extended potential,
-        weighted by the cell's mass ``a`` (normalised to one)."""
+        weighted by the cell's mass ``a`` (normalised to one).
+        """
         forward, cols = self.potential(x0, x1, a, b, rng=rng)
         mass = np.full(len(x0), 1.0) if a is None else np.asarray(a, dtype=np.float64)
         rows = forward.rows(x0, mass / mass.sum(), hard=self.hard, progress=progress).tocoo()
         return sp.csr_matrix((rows.data, (rows.row, cols[rows.col])), shape=(len(x0), len(x1)))
 
-    def sampler(self, x0, x1, a=None, b=None, *, rng=None, source_mass=None, device="cpu", part=(0, 1),
-                progress=False) -> PlanSampler:
+    def sampler(self, x0: np.ndarray, x1: np.ndarray, a: npt.ArrayLike | None = None, b: npt.ArrayLike | None = None,
+                *, rng: np.random.Generator | None = None, source_mass: npt.ArrayLike | None = None,
+                device: Device = "cpu", part: tuple[int, int] = (0, 1), progress: bool = False) -> PlanSampler:
         """A sampler of the pairs (and, chained, the tuples) the potentials define."""
         return PlanSampler(self.plan(x0, x1, a, b, rng=rng, progress=progress), device)
 
@@ -244,4 +255,4 @@ class PotentialMapCoupling(PotentialCoupling):
     between neighbouring cells), so the tuples' later marginals are only close to the populations.
     """
 
-    hard = True
+    hard: ClassVar[bool] = True

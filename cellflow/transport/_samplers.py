@@ -8,11 +8,16 @@ the host. :class:`StackedPlans` draws every interval's pairs with one lookup.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
+import numpy.typing as npt
 import scipy.sparse as sp
 import torch
+
+Device = str | torch.device
 
 
 @dataclass
@@ -31,7 +36,7 @@ class Pairs:
     died: torch.Tensor | None = None
 
 
-def _cumulative(weights, device) -> torch.Tensor:
+def _cumulative(weights: npt.ArrayLike, device: Device) -> torch.Tensor:
     """Cumulative sums of non-negative weights, float64 on ``device`` (the draws' lookup table)."""
     return torch.as_tensor(np.cumsum(np.asarray(weights, dtype=np.float64)), device=device)
 
@@ -42,6 +47,22 @@ def _lookup(cdf: torch.Tensor, n: int) -> torch.Tensor:
     return torch.searchsorted(cdf, u, right=True).clamp_(max=cdf.numel() - 1)
 
 
+class PairSampler(Protocol):
+    """What every sampler of :mod:`cellflow.transport` offers training (and what paths calibrate on)."""
+
+    def sample(self, n: int) -> Pairs:
+        """Draw ``n`` pairs."""
+        ...
+
+    def sources(self, n: int) -> torch.Tensor:
+        """Draw ``n`` source cells."""
+        ...
+
+    def conditional(self, i: torch.Tensor) -> Pairs:
+        """A partner for each source cell ``i``."""
+        ...
+
+
 class IndependentSampler:
     """Pairs drawn from the product of the two marginals (no plan stored).
 
@@ -49,7 +70,7 @@ class IndependentSampler:
     copies indices from the host.
     """
 
-    def __init__(self, a: np.ndarray, b: np.ndarray, device="cpu"):
+    def __init__(self, a: np.ndarray, b: np.ndarray, device: Device = "cpu"):
         self._cdf_a, self._cdf_b = _cumulative(a, device), _cumulative(b, device)
 
     def sample(self, n: int) -> Pairs:
@@ -76,13 +97,14 @@ class PlanSampler:
         Where the plan's lookup tables live and pairs are drawn.
     """
 
-    def __init__(self, plan: sp.spmatrix, device="cpu"):
+    def __init__(self, plan: sp.spmatrix, device: Device = "cpu"):
         self.plan = sp.csr_matrix(plan)
         self.plan.eliminate_zeros()
         coo = self.plan.tocoo()  # row-major order, so each row's entries are contiguous
         self._set_entries(coo.row, coo.col, coo.data, self.plan.shape[0], device)
 
-    def _set_entries(self, rows, cols, weights, n_rows: int, device) -> None:
+    def _set_entries(self, rows: np.ndarray, cols: np.ndarray, weights: np.ndarray, n_rows: int,
+                     device: Device) -> None:
         """Store row-sorted entries with their weights as the device's lookup tables."""
         self.n_entries = len(rows)
         self._rows = torch.as_tensor(rows, dtype=torch.long, device=device)
@@ -125,7 +147,7 @@ class WFRSampler(PlanSampler):
     proportion to their mass with ``m1 = 0``.
     """
 
-    def __init__(self, plan: sp.spmatrix, a: np.ndarray, b: np.ndarray, device="cpu"):
+    def __init__(self, plan: sp.spmatrix, a: np.ndarray, b: np.ndarray, device: Device = "cpu"):
         plan = sp.csr_matrix(plan)
         plan.eliminate_zeros()
         coo = plan.tocoo()
@@ -181,7 +203,8 @@ class StackedPlans:
         Pairs drawn per interval.
     """
 
-    def __init__(self, samplers, source_offsets, target_offsets, batch_size: int):
+    def __init__(self, samplers: Sequence[PlanSampler], source_offsets: Sequence[int],
+                 target_offsets: Sequence[int], batch_size: int):
         self.n_intervals = len(samplers)
         self._cdf = torch.cat([s._cdf / s._cdf[-1] + k for k, s in enumerate(samplers)])
         self._rows = torch.cat([s._rows + off for s, off in zip(samplers, source_offsets)])
@@ -194,7 +217,7 @@ class StackedPlans:
         self._interval = intervals.repeat_interleave(int(batch_size))
 
     @staticmethod
-    def stacks(samplers) -> bool:
+    def stacks(samplers: Sequence[PairSampler]) -> bool:
         """Whether :class:`StackedPlans` can take these samplers (plans of one kind)."""
         kinds = {type(s) for s in samplers}
         return len(kinds) == 1 and kinds <= {PlanSampler, WFRSampler}
@@ -203,13 +226,16 @@ class StackedPlans:
         """``batch_size`` pairs of every interval, interval after interval."""
         u = torch.rand(len(self._interval), dtype=self._cdf.dtype, device=self._cdf.device).add_(self._interval)
         k = torch.searchsorted(self._cdf, u, right=True).clamp_(max=self._cdf.numel() - 1)
-        pick = (lambda table: table.index_select(0, k))
+
+        def pick(table: torch.Tensor) -> torch.Tensor:
+            return table.index_select(0, k)
+
         if not self.unbalanced:
             return Pairs(pick(self._rows), pick(self._cols))
         return Pairs(pick(self._rows), pick(self._cols), pick(self._m0), pick(self._m1), pick(self._died))
 
 
-def sample_chains(samplers, n: int) -> list[Pairs]:
+def sample_chains(samplers: Sequence[PairSampler], n: int) -> list[Pairs]:
     """Chain the plans of consecutive intervals into ``n`` tuples ``(x_0, ..., x_K)``.
 
     ``x_0`` is drawn in proportion to the first plan's source marginal; each next cell is
@@ -228,4 +254,3 @@ def sample_chains(samplers, n: int) -> list[Pairs]:
         links.append(pairs)
         i = pairs.j
     return links
-
