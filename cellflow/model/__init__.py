@@ -1,5 +1,6 @@
 """The model: a method (coupling, path, objective) fitted to a time course, its settings and what a fit
-resolves from the data, and the trust signals every fit records."""
+resolves from the data, and the trust signals every fit records.
+"""
 
 from ._config import Config, Resolved
 from ._course import TimeCourse
@@ -10,7 +11,7 @@ from ._model import CellFlow
 from ._resolve import default_batch_size, default_hidden
 
 __all__ = [
-    "COUPLINGS", "HISTORY_KEYS", "METHODS", "PATHS", "CellFlow", "Config", "Method", "Resolved", "TimeCourse", "cross_validated_delta",
-    "default_batch_size", "default_delta", "default_hidden", "horizon", "horizon_history", "interval_gain",
-    "resolve_method", "wfr_interpolation",
+    "COUPLINGS", "HISTORY_KEYS", "METHODS", "PATHS", "CellFlow", "Config", "Method", "Resolved", "TimeCourse",
+    "cross_validated_delta", "default_batch_size", "default_delta", "default_hidden", "horizon", "horizon_history",
+    "interval_gain", "resolve_method", "wfr_interpolation",
 ]

@@ -98,7 +98,8 @@ class Config:
         delta = _optional("delta", delta, minimum=0, strict=True,
                           hint=" (a length in the representation's units; None chooses it from the data)")
         rate = _optional("entropy_rate", entropy_rate, minimum=0, hint=" (nats per dimension per time unit)")
-        if hidden != "auto" and (isinstance(hidden, (str, bytes)) or not hasattr(hidden, "__len__") or len(hidden) == 0):
+        widths = not isinstance(hidden, (str, bytes)) and hasattr(hidden, "__len__") and len(hidden) > 0
+        if hidden != "auto" and not widths:
             raise ValueError(f"hidden={hidden!r} must be 'auto' or a list of layer widths, e.g. (256, 256, 256)")
         return cls(
             method=method, coupling=chosen.coupling, path=chosen.path, objective=chosen.objective,

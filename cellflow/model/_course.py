@@ -51,7 +51,7 @@ class TimeCourse:
             )
         return int(hits[0])
 
-    def without(self, k: int) -> "TimeCourse":
+    def without(self, k: int) -> TimeCourse:
         """The same course with time point ``k`` left out (for leave-one-out)."""
         keep = [i for i in range(len(self.times)) if i != k]
         return TimeCourse(

@@ -38,7 +38,8 @@ class TrainedField:
     @property
     def has_score(self) -> bool:
         """Whether the model learns a score (a path with bridge noise and ``sigma > 0``), so that it can
-        sample its stochastic bridges (``transport(..., stochastic=True)``)."""
+        sample its stochastic bridges (``transport(..., stochastic=True)``).
+        """
         return self.method.path_class.makes_score and (self.config.sigma or 0.0) > 0
 
     @property

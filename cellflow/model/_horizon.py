@@ -52,7 +52,8 @@ def _check(model, course: TimeCourse, max_cells: int) -> None:
 
 def _subsamples(course: TimeCourse, max_cells: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
     """Cells and masses of each time point: at most ``max_cells`` drawn without replacement, each
-    time point from its own stream of ``seed`` (so one time point's draw does not depend on another's)."""
+    time point from its own stream of ``seed`` (so one time point's draw does not depend on another's).
+    """
     streams = [np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(len(course.times))]
     out = []
     for k, (cells, rng) in enumerate(zip(course.populations, streams)):
@@ -67,7 +68,8 @@ def _subsamples(course: TimeCourse, max_cells: int, seed: int) -> list[tuple[np.
 
 def _w1(predicted: np.ndarray, masses: np.ndarray, observed: np.ndarray, observed_masses: np.ndarray) -> float:
     """Exact W1 with predicted points weighted by their normalised masses; ``inf`` when the push diverged
-    (positions or masses that are not finite, or no mass left)."""
+    (positions or masses that are not finite, or no mass left).
+    """
     if not (np.isfinite(predicted).all() and np.isfinite(masses).all() and masses.sum() > 0):
         return float("inf")
     return metrics.w1(predicted, observed, masses, observed_masses)
@@ -131,7 +133,6 @@ def horizon(model, course: TimeCourse, *, max_cells: int = DEFAULT_MAX_CELLS, se
 
 def _table(model, course: TimeCourse, samples, pushes) -> pd.DataFrame:
     """The rows of :func:`horizon` from the subsamples and the one-interval pushes of :func:`_interval_pushes`."""
-
     pooled = np.concatenate([np.asarray(x, dtype=np.float64) for x in course.populations])
     centre = pooled.mean(axis=0)
     data_norm = float(np.linalg.norm(pooled - centre, axis=1).max()) or 1.0
@@ -202,7 +203,8 @@ def interval_gain(model, course: TimeCourse, *, offset: float = DEFAULT_OFFSET, 
 def _interval_pushes(model, course: TimeCourse, samples, offset: float | None, seed: int) -> list[tuple]:
     """For each interval ``[t_{k-1}, t_k]``: the positions and masses of the subsampled cells of
     ``t_{k-1}`` pushed over it and, with ``offset``, the gain of its map (else ``None``), the moved
-    copies pushed in the same solver call as the cells."""
+    copies pushed in the same solver call as the cells.
+    """
     if offset is not None and not float(offset) > 0:
         raise ValueError(f"offset={offset!r} must be positive (a fraction of the nearest-neighbour distance)")
     directions_rng = np.random.default_rng(np.random.SeedSequence(seed).spawn(len(course.times) + 1)[-1])

@@ -125,7 +125,8 @@ class CellFlow(TrainedField):
         the network of the best check (:func:`cellflow.training.transport_stopping`,
         :class:`cellflow.training.EarlyStopping`). An integer runs exactly that many steps.
     batch_size, lr, lr_schedule, ema_decay
-        Training: pairs per interval and step (``"auto"``: :func:`cellflow.model.default_batch_size`), Adam learning rate, its schedule
+        Training: pairs per interval and step (``"auto"``: :func:`cellflow.model.default_batch_size`),
+        Adam learning rate, its schedule
         (``"constant"`` or ``"cosine"`` decay to ``lr / 100``), weight averaging (in
         ``[0, 1)``; ``None`` or 0 to switch off).
     block_size
@@ -155,7 +156,6 @@ class CellFlow(TrainedField):
     net, history
         The trained network and the training history.
     """
-
 
     def __init__(
         self,
@@ -216,9 +216,9 @@ class CellFlow(TrainedField):
         if self.has_growth:
             raise ValueError(
                 f"{name}={value!r} needs a balanced method, but {self.config.method!r} (coupling "
-                f"{self.method.coupling!r}, path {self.method.path!r}) learns a growth field: rectified flow pairs each "
-                "cell with the end of its own trajectory as a straight path of constant mass, which would discard the "
-                "growth learned along it; use reflow=0 with this method, or a balanced one (e.g. 'otcfm')"
+                f"{self.method.coupling!r}, path {self.method.path!r}) learns a growth field: rectified flow pairs "
+                "each cell with the end of its own trajectory as a straight path of constant mass, which would discard "
+                "the growth learned along it; use reflow=0 with this method, or a balanced one (e.g. 'otcfm')"
             )
 
     # -- training --------------------------------------------------------------------------
@@ -248,7 +248,8 @@ class CellFlow(TrainedField):
         cpu = [z.numpy() if z.device.type == "cpu" else ((np.asarray(x) - self.center) / self.scale).astype(np.float32)
                for z, x in zip(internal, course.populations)]
         with compute_threads(self.device):
-            coupling, mass, part = build_coupling(self.config, self.method, self.resolved), course.weights or [np.ones(len(z)) for z in cpu], distributed.part()
+            coupling, part = build_coupling(self.config, self.method, self.resolved), distributed.part()
+            mass = course.weights or [np.ones(len(z)) for z in cpu]
             samplers = [coupling.sampler(cpu[k], cpu[k + 1], sources[k], mass[k + 1], rng=rng, source_mass=mass[k],
                                          device=self.device, part=part, progress=progress)
                         for k in range(len(cpu) - 1)]

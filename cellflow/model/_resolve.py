@@ -15,7 +15,8 @@ MAX_LOG_GROWTH = 50.0  # largest |prior growth rate x interval| accepted (a fact
 
 def pooled_moments(populations: list[np.ndarray]) -> tuple[np.ndarray, float]:
     """Mean of all cells and one overall scale (root mean variance over coordinates), in one pass
-    of float64 sums per population (no pooled copy)."""
+    of float64 sums per population (no pooled copy).
+    """
     n = sum(len(x) for x in populations)
     total = sum(np.asarray(x, dtype=np.float64).sum(axis=0) for x in populations)
     center = total / n
@@ -26,13 +27,15 @@ def pooled_moments(populations: list[np.ndarray]) -> tuple[np.ndarray, float]:
 def default_batch_size(course: TimeCourse) -> int:
     """Pairs per interval and step of ``batch_size="auto"``: 256, or the number of cells of the smallest
     source population when that is smaller (at least 64). A balanced plan between ``n`` cells and the next
-    time point has about ``n`` entries, so a larger batch only draws the same pairs again."""
+    time point has about ``n`` entries, so a larger batch only draws the same pairs again.
+    """
     return int(min(256, max(64, min(len(x) for x in course.populations[:-1]))))
 
 
 def default_hidden(n_dims: int) -> list[int]:
     """Hidden widths of ``hidden="auto"``: three layers of ``16 (d + 1)`` units, rounded up to a power
-    of two, between 64 and 256 (64 up to 3 dimensions, 128 up to 7, 256 from 15)."""
+    of two, between 64 and 256 (64 up to 3 dimensions, 128 up to 7, 256 from 15).
+    """
     width = 2 ** int(np.ceil(np.log2(16 * (n_dims + 1))))
     return [int(min(256, max(64, width)))] * 3
 

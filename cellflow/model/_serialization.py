@@ -151,8 +151,8 @@ def check_state(state) -> dict:
     config = _plain(state["config"]) if isinstance(state.get("config"), Mapping) else dict(params)
     history = state.get("history", {})
     history = {str(k): np.asarray(v) for k, v in history.items()} if isinstance(history, Mapping) else {}
-    return dict(params=params, config=config, center=center, scale=scale, times=times, clock_units=units, weights=weights,
-                history=history)
+    return dict(params=params, config=config, center=center, scale=scale, times=times, clock_units=units,
+                weights=weights, history=history)
 
 
 def model_state(model) -> dict:

@@ -153,6 +153,7 @@ def velocity(
         Which two dimensions to draw.
     ax, show, save
         Target axes; show the figure; save it to this path.
+
     Returns
     -------
     The axes, unless the figure is shown (``show=True``, or ``show=None`` without ``save``, as
@@ -206,6 +207,7 @@ def growth(
         Dot area (as for :func:`velocity`); axes title (default ``"growth rate"``).
     ax, show, save
         Target axes; show the figure; save it to this path.
+
     Returns
     -------
     The axes, unless the figure is shown (``show=True``, or ``show=None`` without ``save``, as

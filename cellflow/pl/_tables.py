@@ -74,6 +74,7 @@ def transitions(
         Axes title (default: the two times and what the values mean).
     show, save
         Show the figure; save it to this path.
+
     Returns
     -------
     The axes, unless the figure is shown (``show=True``, or ``show=None`` without ``save``, as
@@ -88,7 +89,8 @@ def transitions(
         if from_time is None or to_time is None:
             raise ValueError("with an AnnData, pass from_time= and to_time= (the two measured times) to compute the "
                              "transitions")
-        table = compute(transitions_or_adata, from_time, to_time, groupby, key=key, n_neighbors=n_neighbors, progress=False)
+        table = compute(transitions_or_adata, from_time, to_time, groupby, key=key, n_neighbors=n_neighbors,
+                        progress=False)
         time_key = style.fit_time_key(transitions_or_adata, key)
     elif isinstance(transitions_or_adata, Transitions):
         table = transitions_or_adata
@@ -168,6 +170,7 @@ def sankey(
         Axes title (default: the groups and the times, e.g. ``"cell_type: day 10 -> day 11"``).
     ax, show, save
         Target axes; show the figure; save it to this path.
+
     Returns
     -------
     The axes, unless the figure is shown (``show=True``, or ``show=None`` without ``save``, as
@@ -259,6 +262,7 @@ def loss(
         Target axes; default a new figure.
     show, save
         Show the figure; save it to this path.
+
     Returns
     -------
     The axes, unless the figure is shown (``show=True``, or ``show=None`` without ``save``, as

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import warnings
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -176,7 +176,7 @@ def score_growth(
     min_genes: int = 10,
     seed: int = 0,
 ) -> AnnData | None:
-    """Score proliferation and apoptosis, and turn them into a prior growth rate.
+    r"""Score proliferation and apoptosis, and turn them into a prior growth rate.
 
     This is the prior that Waddington-OT (Schiebinger et al. 2019, Cell 176:928) and moscot
     derive from gene signatures. Each cell gets a proliferation score and an apoptosis score
@@ -187,8 +187,8 @@ def score_growth(
 
     .. math::
 
-        \\beta(p) = 0.3 + \\frac{1.7 - 0.3}{1 + \\exp(-4 (p - 0.25) / 0.5)}, \\qquad
-        \\delta(a) = 0.3 + \\frac{1.7 - 0.3}{1 + \\exp(-4 (a - 0.1) / 0.2)},
+        \beta(p) = 0.3 + \frac{1.7 - 0.3}{1 + \exp(-4 (p - 0.25) / 0.5)}, \qquad
+        \delta(a) = 0.3 + \frac{1.7 - 0.3}{1 + \exp(-4 (a - 0.1) / 0.2)},
 
     i.e. ``low + (high - low) / (1 + exp(-4 (score - centre) / width))``, rising from 0.3 to
     1.7 with slope ``(high - low) / width`` at the centre. Waddington-OT's growth factor over

@@ -1,5 +1,6 @@
 """Tools on AnnData: fit a flow, then read fates, ancestors, pushes and pulls, transitions, trajectories and
-gene trends from it, and hand it to CellRank."""
+gene trends from it, and hand it to CellRank.
+"""
 
 from ._drivers import fate_drivers
 from ._fate import ancestors, fate

@@ -155,7 +155,8 @@ class Carried:
 def carry(fitted: _Fitted, rows, from_time, times, solver, step_size, progress,
           desc) -> tuple[np.ndarray, np.ndarray]:
     """Positions ``(len(times), n, d)`` and masses ``(len(times), n)`` of the cells ``rows`` of
-    ``from_time`` integrated to ``times`` (in any order, all on one side of ``from_time``)."""
+    ``from_time`` integrated to ``times`` (in any order, all on one side of ``from_time``).
+    """
     order = np.argsort(times if times[0] > from_time else -times)
     points = np.empty((len(times), len(rows), fitted.rep.shape[1]))
     masses = np.empty((len(times), len(rows)))
@@ -178,7 +179,8 @@ def _spread(index: np.ndarray, amounts: np.ndarray, n: int) -> np.ndarray:
 
 def _pull_step(fitted, earlier: int, later: int, n_neighbors, solver, step_size, progress):
     """The pull of one interval as a matrix from the cells of ``later`` to those of ``earlier``
-    (``diag(1 / c) W^T``, see :mod:`cellflow.tl`), and which cells of ``later`` nothing reaches."""
+    (``diag(1 / c) W^T``, see :mod:`cellflow.tl`), and which cells of ``later`` nothing reaches.
+    """
     coupling, _ = interval_step(fitted, earlier, later, n_neighbors, solver, step_size, progress)
     reach = np.asarray(coupling.sum(axis=0)).ravel()
     weights = coupling.multiply(1.0 / np.asarray(coupling.sum(axis=1))).tocsr()  # W: rows of diag(m) W over m
@@ -215,7 +217,8 @@ def flow_carry(fitted: _Fitted, rows, weights, times, measured, later, n_neighbo
 def compare_carried(answers: dict, weights, several, measured) -> tuple[np.ndarray, np.ndarray]:
     """Per target time, the total-variation distance between the ``"chain"`` and ``"flow"`` answers'
     distributions (NaN at a time not measured, 0 within one interval) and the ratio of the flow's
-    total mass to the chain's (1 within one interval)."""
+    total mass to the chain's (1 within one interval).
+    """
     disagreement, total_ratio = np.zeros(len(several)), np.ones(len(several))
     for k in np.flatnonzero(several):
         flow, chained = answers["flow"], answers["chain"]

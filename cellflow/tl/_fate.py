@@ -72,7 +72,8 @@ def _group_probabilities(
     """Per cell of ``t_start``, the probability of each group of ``t_end``, written to ``obsm[key_added]``,
     the most likely group to ``obs[f"{key_added}_label"]`` and the two times (``from_time``: the cells',
     ``to_time``: the groups') with ``groupby`` and the record of :func:`_label_probabilities` to
-    ``uns[f"{key_added}_params"]``."""
+    ``uns[f"{key_added}_params"]``.
+    """
     n_neighbors = integer("n_neighbors", n_neighbors)
     across = chain.checked_across(across)
     fitted = _fitted(adata, key, model)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -131,9 +131,10 @@ def fit(
 
     Returns
     -------
-    The trained model, or with ``copy=True`` the AnnData written into. Writes ``obsm["{key_added}_velocity_{basis}"]`` (velocity in the
-    representation, per unit of time), ``layers["{key_added}_velocity"]`` (gene space, when
-    ``use_rep="X"``, or ``use_rep="X_pca"`` and ``varm["PCs"]`` exist), ``uns["{key_added}_velocity_params"]``
+    The trained model, or with ``copy=True`` the AnnData written into. Writes
+    ``obsm["{key_added}_velocity_{basis}"]`` (velocity in the representation, per unit of time),
+    ``layers["{key_added}_velocity"]`` (gene space, when ``use_rep="X"``, or ``use_rep="X_pca"``
+    and ``varm["PCs"]`` exist), ``uns["{key_added}_velocity_params"]``
     and ``uns[key_added]`` (the model as plain arrays, with ``written_keys``, the keys written:
     an ``.h5ad`` round trip restores both); for methods with growth also
     ``obs["{key_added}_growth_rate"]`` (``d log m / dt`` per time unit). Every key is checked
@@ -158,7 +159,8 @@ def fit(
         written.append(f"obs/{growth_key_added}")
     keys.claim(adata, key_added, [*written, f"uns/{key_added}"], overwrite)
 
-    model.fit(course, progress=progress if distributed.is_main() else False)  # under torchrun rank 0 alone shows progress
+    # under torchrun rank 0 alone shows progress
+    model.fit(course, progress=progress if distributed.is_main() else False)
     velocity, growth = _evaluate_cells(model, course, adata.n_obs)
     gene_velocity = _to_gene_space(velocity, use_rep, loadings)
     _check_finite(use_rep, velocity=velocity, gene_space_velocity=gene_velocity, growth_rate=growth)

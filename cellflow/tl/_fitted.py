@@ -88,7 +88,8 @@ def _group_codes(
     adata: AnnData, groupby: str, rows: np.ndarray, name: str = "groupby"
 ) -> tuple[np.ndarray, list[str]]:
     """Integer group of each row (-1 where the label is missing) and the group names present;
-    errors name the argument ``name``."""
+    errors name the argument ``name``.
+    """
     if groupby not in adata.obs:
         raise KeyError(
             f"{name}={groupby!r} is not a column of adata.obs (columns: {list(adata.obs.columns)}); "
@@ -149,7 +150,8 @@ def _push_and_match(
     desc: str,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Push ``sources`` (rows of the representation) and match them with ``reference`` rows: the
-    neighbours' indices and weights, each pushed cell's mass and whether it is off the data."""
+    neighbours' indices and weights, each pushed cell's mass and whether it is off the data.
+    """
     ref_points = fitted.rep[reference]
     indices, weights, masses, off = [], [], [], []
     bar = progress_bar(len(sources), desc, progress)

@@ -12,7 +12,7 @@ holds a fit state, or with ``overwrite=True``.
 
 from __future__ import annotations
 
-from typing import Iterable, Mapping
+from collections.abc import Iterable, Mapping
 
 import numpy as np
 from anndata import AnnData

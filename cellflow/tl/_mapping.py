@@ -102,9 +102,11 @@ class Moved:
 
     def to_frame(self) -> pd.DataFrame:
         """The population's trajectory: one row per target time with ``time``, ``measured``, its
-        total ``mass`` and its mass-weighted mean position (one column per dimension)."""
+        total ``mass`` and its mass-weighted mean position (one column per dimension).
+        """
         total = self.masses.sum(axis=1)
-        centre = np.einsum("tn,tnd->td", self.masses, np.nan_to_num(self.points)) / np.where(total > 0, total, np.nan)[:, None]
+        weighted = np.einsum("tn,tnd->td", self.masses, np.nan_to_num(self.points))
+        centre = weighted / np.where(total > 0, total, np.nan)[:, None]
         basis = self.use_rep[2:] if self.use_rep.startswith("X_") else self.use_rep
         frame = pd.DataFrame({"time": self.times, "measured": self.measured, "mass": total})
         coords = pd.DataFrame(centre, columns=[f"{basis}{i + 1}" for i in range(centre.shape[1])])

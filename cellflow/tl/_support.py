@@ -12,7 +12,7 @@ records the share (:func:`off_data_share`) and warns (:class:`OffDataWarning`) a
 from __future__ import annotations
 
 import warnings
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

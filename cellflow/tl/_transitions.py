@@ -240,7 +240,8 @@ def transitions(
     obs = adata.obs.iloc[sources][keep].copy()
     var = adata.obs.iloc[targets][keep].copy()
     coupling = AnnData(X=matrix, obs=obs, var=var)
-    coupling.uns[f"{key}_coupling"] = {"from_time": t1, "to_time": t2, "key": key, "n_neighbors": n_neighbors, "across": across}
+    coupling.uns[f"{key}_coupling"] = {"from_time": t1, "to_time": t2, "key": key, "n_neighbors": n_neighbors,
+                                       "across": across}
     return Transitions(
         from_time=t1,
         to_time=t2,

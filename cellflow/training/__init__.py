@@ -1,5 +1,6 @@
 """Training: objectives that draw batches from couplings along paths, the one loop, its stopping rule and the
-rollout term."""
+rollout term.
+"""
 
 from ._loop import LR_SCHEDULES, learning_rate, train
 from ._objectives import (

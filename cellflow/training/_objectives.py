@@ -17,7 +17,8 @@ class Batch:
     (``lambda(s)``), the score network being fitted by ``|lambda(s) s_net + eps|^2`` (see
     :mod:`cellflow.paths`), with per-point loss weights ``weight``. Objectives give them in real
     time; :meth:`cellflow.fields.Clock.to_network` turns them into the network's units (positions
-    keep theirs, so the score is left as it is)."""
+    keep theirs, so the score is left as it is).
+    """
 
     x: torch.Tensor
     t: torch.Tensor

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -55,8 +55,11 @@ def rectify(net: torch.nn.Module, field: Callable, populations: list[torch.Tenso
         log["straightness"].append(straightness(net))
     for _ in range(rounds):
         start = time.perf_counter()
+        def velocity(z: torch.Tensor, t: torch.Tensor, current: torch.nn.Module = net) -> torch.Tensor:
+            return field(z, t, current)[0]
+
         with torch.no_grad():
-            ends = [integrate(lambda z, t: field(z, t, net)[0], z, torch.tensor([t0, t1], dtype=torch.float32))[-1]
+            ends = [integrate(velocity, z, torch.tensor([t0, t1], dtype=torch.float32))[-1]
                     for z, (t0, t1) in zip(populations[:-1], spans)]
         objective = EndpointObjective(populations[:-1], ends, times, LinearPath(), batch_size, masses)
         net, round_log = train(net.requires_grad_(True), objective, clock, n_steps=n_steps, lr=lr,

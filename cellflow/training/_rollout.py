@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import copy
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -97,7 +97,8 @@ class RolloutLoss:
 
     def _sample(self) -> torch.Tensor:
         """``n_cells`` training cells per time point, drawn with replacement in proportion to their
-        mass: ``(K + 1, n_cells, d)``, so that every divergence of a step is solved in one batch."""
+        mass: ``(K + 1, n_cells, d)``, so that every divergence of a step is solved in one batch.
+        """
         return torch.stack([z.index_select(0, torch.as_tensor(self.rng.choice(len(z), self.n_cells, p=m),
                                                               device=self.device))
                             for z, m in zip(self.train_cells, self.train_mass)])
@@ -150,7 +151,8 @@ class RolloutLoss:
     def start(self, net, matching_loss: float) -> float:
         """Fix the scales the stage's loss is measured in, from the network it starts with: each
         divergence's starting value (over a few training samples, and on the cells kept out).
-        Returns the starting network's :meth:`check_score`."""
+        Returns the starting network's :meth:`check_score`.
+        """
         with torch.no_grad():
             draws = [self.terms(net, self._sample())[0] for _ in range(START_SAMPLES)]
             self.scales = torch.stack(draws).mean(0).detach().clamp_min(1e-8)  # geomloss may keep a graph
@@ -168,7 +170,8 @@ class RolloutLoss:
 
     def check_score(self, net) -> float:
         """The rollout term on the cells kept out of training (lower is better; one when the stage starts
-        without growth)."""
+        without growth).
+        """
         with torch.no_grad():
             return float(self._combined(self.terms(net, self.check_cells), self.check_scales).detach())
 
