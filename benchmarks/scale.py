@@ -20,7 +20,7 @@ What it runs, for each size ``n`` (cells per time point; default 2,000, 20,000 a
   widths doing forward + backward + Adam on a random batch of the same size (``batch_size`` x
   intervals), with the threads cellflow chose for the fit.
 
-Writes the ``scale`` section of ``BENCHMARKS.md`` and ``docs/scale.png``, and the raw rows as
+Writes the ``scale`` section of ``BENCHMARKS.md`` and ``docs/figures/scale.png``, and the raw rows as
 ``scale.csv`` in ``--results`` (default ``benchmarks/results/``). ``--quick`` (seconds, for tests)
 measures one size of 300 cells per time point, its fit and the bare network for a few steps, and
 writes ``scale_quick.csv``, ``scale_quick.png`` and its section in ``BENCHMARKS_quick.md``, all in
@@ -432,7 +432,7 @@ def parse_args(argv=None):
         return args
     results = args.results or RESULTS
     args.out = report_file(args.out, args.quick, results)
-    args.figure = results / "scale_quick.png" if args.quick else ROOT / "docs" / "scale.png"
+    args.figure = results / "scale_quick.png" if args.quick else ROOT / "docs" / "figures" / "scale.png"
     args.csv = results / ("scale_quick.csv" if args.quick else "scale.csv")
     return args
 

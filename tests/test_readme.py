@@ -1,4 +1,5 @@
-"""The README's Python snippets run as written: each imports what it uses and builds its own AnnData."""
+"""The Python snippets of the README and of the documentation pages run as written: each imports what it uses and
+builds its own AnnData."""
 
 from __future__ import annotations
 
@@ -10,11 +11,19 @@ from pathlib import Path
 
 import pytest
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+# the documentation's own pages (not the build, nor the notebooks' copies, which tests/test_tutorials.py runs)
+DOC_PAGES = sorted(p for p in (ROOT / "docs").rglob("*.md") if not {"_build", "tutorials"} & set(p.parts))
+
+
+def _python_blocks(path: Path) -> list[str]:
+    return re.findall(r"^```python\n(.*?)^```", path.read_text(), flags=re.S | re.M)
 
 
 def _snippets() -> list[str]:
-    return re.findall(r"^```python\n(.*?)^```", README.read_text(), flags=re.S | re.M)
+    """Every distinct Python snippet of the README and the documentation pages, in order."""
+    return list(dict.fromkeys(code for path in [README, *DOC_PAGES] for code in _python_blocks(path)))
 
 
 def _undefined_names(code: str) -> set[str]:
@@ -28,8 +37,9 @@ def _undefined_names(code: str) -> set[str]:
     return read - bound
 
 
-def test_readme_has_python_snippets():
-    assert len(_snippets()) >= 3
+def test_readme_and_docs_have_python_snippets():
+    assert _python_blocks(README) and DOC_PAGES
+    assert len(_snippets()) >= 5
 
 
 @pytest.mark.parametrize("index", range(len(_snippets())))
@@ -53,7 +63,7 @@ def test_snippet_runs(index, tmp_path, monkeypatch):
         if importlib.util.find_spec(module) is None:
             pytest.skip(f"the snippet needs {module}, which is not installed")
     monkeypatch.chdir(tmp_path)
-    exec(compile(code, f"README.md snippet {index}", "exec"), {"__name__": "__readme__"})
+    exec(compile(code, f"README.md or docs snippet {index}", "exec"), {"__name__": "__readme__"})
 
 
 def _ten_lines() -> str:

@@ -34,7 +34,7 @@ BatchT = TypeVar("BatchT", bound=Targets)
 
 
 class Clock:
-    """Internal time ``tau(t)`` and output units ``r(t)`` of the measured times ``t_0 < ... < t_K``.
+    """Internal time ``tau(t)`` and output units ``r(t)`` of the measured times ``t_0``, ..., ``t_K``.
 
     Time courses are often sampled densely where cells change fast (1 h, 6 h, 12 h, ... 96 h),
     so the training targets (velocities, growth rates in real time) differ between intervals by

@@ -32,7 +32,7 @@ from ..transport import (
     WFRCoupling,
 )
 
-#: The conditional paths by name (:mod:`cellflow.paths`, :mod:`cellflow.paths`).
+#: The conditional paths by name (:mod:`cellflow.paths`).
 PATHS = {
     "linear": LinearPath,
     "brownian": BrownianBridgePath,
@@ -45,7 +45,7 @@ PATHS = {
     "metric_rbf": RBFMetricPath,
 }
 
-#: The couplings by name (:mod:`cellflow.transport`, :mod:`cellflow.transport`).
+#: The couplings by name (:mod:`cellflow.transport`).
 COUPLINGS = {
     "independent": IndependentCoupling,
     "exact": ExactOTCoupling,
@@ -97,6 +97,7 @@ class Method:
         return "delta" in self.coupling_class.settings or "delta" in self.path_class.settings
 
 
+#: The named methods, each a coupling, a conditional path and an objective (:class:`Method`).
 METHODS = {
     "icfm": Method("independent", "linear", "pairs"),
     "otcfm": Method("exact", "linear", "pairs"),
