@@ -12,6 +12,7 @@ import torch
 import cellflow as cf
 from cellflow.model import cross_validated_delta, default_delta, wfr_interpolation
 from cellflow.model._delta import DELTA_FACTORS
+from cellflow.model._resolve import source_masses
 from cellflow.paths import LinearPath, WFRPath
 from cellflow.transport import ExactOTCoupling, WFRCoupling
 
@@ -218,7 +219,7 @@ def test_prior_growth_reweights_the_source_marginal():
     adata = cf.datasets.simulate(n_cells=80, times=(0, 1), seed=0)
     adata.obs["prior"] = np.where(adata.obsm["X_pca"][:, 1] > 0, 1.0, -1.0)
     course = cf.read_time_course(adata, "time", growth_key="prior")
-    masses = cf.CellFlow("otcfm", n_steps=1)._source_masses(course)
+    masses = source_masses(course)
     sampler = ExactOTCoupling().sampler(*course.populations, masses[0], np.ones(len(course.populations[1])))
     rows = np.asarray(sampler.plan.sum(axis=1)).ravel()
     up = adata.obs["prior"].to_numpy()[course.indices[0]] > 0

@@ -150,9 +150,7 @@ class CellFlow(TrainedField):
     resolved
         What the last fit chose from its time course (:class:`cellflow.model.Resolved`: delta,
         entropy rate, batch size, widths, frame, clock); ``None`` before a fit. Fitting again,
-        on the same or another time course, chooses them afresh.
-    params
-        Both as one dict: the settings with the resolved values filled in.
+        on the same or another time course, chooses them afresh (:attr:`params` shows both as one dict).
     net, history
         The trained network and the training history.
     """
