@@ -10,7 +10,7 @@ import sys
 import time
 import warnings
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import numpy as np
 import torch
@@ -18,6 +18,8 @@ import torch
 #: Lowest ``scanpy.settings.verbosity`` at which ``progress=None`` draws bars: 1, "warning", scanpy's
 #: default; ``scanpy.settings.verbosity = 0`` ("error": print errors only) hides them.
 PROGRESS_VERBOSITY = 1
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -111,7 +113,7 @@ def copy_option(func: Callable[..., Any]) -> Callable[..., Any]:
     return with_copy
 
 
-def renamed_arguments(**renames: str):
+def renamed_arguments(**renames: str) -> Callable[[F], F]:
     """Keep the old names of renamed keyword arguments working for one release.
 
     ``@renamed_arguments(old="new", ...)`` maps each keyword ``old=`` given by a caller to
@@ -121,11 +123,11 @@ def renamed_arguments(**renames: str):
     :func:`copy_option` (outermost), so that the warning points at the caller's line.
     """
 
-    def decorate(func):
+    def decorate(func: F) -> F:
         name = f"{func.__module__.split('._')[0]}.{func.__name__}" if func.__module__ else func.__name__
 
         @functools.wraps(func)
-        def with_old_names(*args, **kwargs):
+        def with_old_names(*args: Any, **kwargs: Any) -> Any:
             for old, new in renames.items():
                 if old not in kwargs:
                     continue
@@ -137,8 +139,9 @@ def renamed_arguments(**renames: str):
                 kwargs[new] = kwargs.pop(old)
             return func(*args, **kwargs)
 
-        with_old_names.renamed_arguments = {**getattr(func, "renamed_arguments", {}), **renames}
-        return with_old_names
+        renamed = {**getattr(func, "renamed_arguments", {}), **renames}
+        with_old_names.renamed_arguments = renamed  # type: ignore[attr-defined]  # not an attribute functions declare
+        return cast(F, with_old_names)
 
     return decorate
 

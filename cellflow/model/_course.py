@@ -34,7 +34,7 @@ class TimeCourse:
     growth: list[np.ndarray] | None = None
     use_rep: str = "X_pca"
     time_key: str = "time"
-    obs_times: np.ndarray = field(default=None, repr=False)
+    obs_times: np.ndarray | None = field(default=None, repr=False)
 
     @property
     def n_dims(self) -> int:

@@ -8,8 +8,10 @@ Unit: every function here takes positions in one unit (e.g. the representation's
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 
 import numpy as np
+import numpy.typing as npt
 import torch
 
 from ..metrics import w1
@@ -17,7 +19,8 @@ from ..paths import WFRPath
 from ..transport import ExactOTCoupling, WFRCoupling
 
 
-def default_delta(populations, quantile: float = 0.9, block_size: int = 2048, seed: int = 0) -> float:
+def default_delta(populations: Sequence[npt.ArrayLike], quantile: float = 0.9, block_size: int = 2048,
+                  seed: int = 0) -> float:
     """Default ``delta`` of the WFR cost, from the data.
 
     The exact balanced OT plan between each pair of neighbouring populations gives
@@ -45,15 +48,16 @@ def default_delta(populations, quantile: float = 0.9, block_size: int = 2048, se
         plan = ExactOTCoupling(block_size).plan(np.asarray(x0), np.asarray(x1), rng=rng).tocoo()
         lengths.append(np.linalg.norm(np.asarray(x0)[plan.row] - np.asarray(x1)[plan.col], axis=1))
         masses.append(plan.data / plan.data.sum())
-    lengths, masses = np.concatenate(lengths), np.concatenate(masses)
-    order = np.argsort(lengths)
-    cumulative = np.cumsum(masses[order]) / masses.sum()
-    q = lengths[order][min(np.searchsorted(cumulative, quantile), lengths.size - 1)]
+    length, mass = np.concatenate(lengths), np.concatenate(masses)
+    order = np.argsort(length)
+    cumulative = np.cumsum(mass[order]) / mass.sum()
+    q = length[order][min(int(np.searchsorted(cumulative, quantile)), length.size - 1)]
     return float(2 * q / np.pi) if q > 0 else 1.0
 
 
-def wfr_interpolation(x0, x1, s: float, delta: float, *, reg: float | None = None, n_points: int = 1000,
-                      block_size: int = 2048, rng: np.random.Generator | None = None):
+def wfr_interpolation(x0: npt.ArrayLike, x1: npt.ArrayLike, s: float, delta: float, *, reg: float | None = None,
+                      n_points: int = 1000, block_size: int = 2048,
+                      rng: np.random.Generator | None = None) -> tuple[np.ndarray, float]:
     """Cells on the static WFR geodesic between two populations, at fraction ``s`` of the interval.
 
     Solves the WFR coupling (unit mass per cell), follows every pair, and every source cell that
@@ -68,6 +72,7 @@ def wfr_interpolation(x0, x1, s: float, delta: float, *, reg: float | None = Non
     x0, x1 = np.asarray(x0, dtype=np.float64), np.asarray(x1, dtype=np.float64)
     reg = WFRCoupling.default_reg(0.0) if reg is None else reg
     pairs = WFRCoupling(delta, reg=reg, block_size=block_size).sampler(x0, x1, rng=rng).all_pairs()
+    assert pairs.m0 is not None and pairs.m1 is not None and pairs.died is not None, "WFR pairs carry masses"
     i, j, died = pairs.i.numpy(), pairs.j.numpy(), pairs.died.numpy()
     start = torch.from_numpy(x0[i])
     end = torch.from_numpy(np.where(died[:, None], x0[i], x1[j]))
@@ -75,6 +80,7 @@ def wfr_interpolation(x0, x1, s: float, delta: float, *, reg: float | None = Non
     point = WFRPath(delta).pair(
         start, end, torch.full((len(start), 1), float(s), dtype=torch.float64), torch.zeros_like(start), m0, pairs.m1,
     )
+    assert point.weight is not None, "a path with masses weighs its points"
     mass = (point.weight * m0).numpy()
     pick = rng.choice(mass.size, n_points, p=mass / mass.sum())
     return point.x.numpy()[pick], float(mass.sum())
@@ -83,7 +89,8 @@ def wfr_interpolation(x0, x1, s: float, delta: float, *, reg: float | None = Non
 DELTA_FACTORS = tuple(2.0 ** (k / 2) for k in range(-2, 5))  # 0.5 to 4 times the displacement rule
 
 
-def cross_validated_delta(populations, times, factors=DELTA_FACTORS, *, reg: float | None = None,
+def cross_validated_delta(populations: Sequence[npt.ArrayLike], times: Sequence[float] | np.ndarray,
+                          factors: Sequence[float] = DELTA_FACTORS, *, reg: float | None = None,
                           n_points: int = 1000, block_size: int = 2048, seed: int = 0) -> float:
     """The ``delta`` whose WFR geodesics best predict every inner time point from its neighbours.
 
@@ -101,7 +108,7 @@ def cross_validated_delta(populations, times, factors=DELTA_FACTORS, *, reg: flo
         return base
     rng = np.random.default_rng(seed)
 
-    def subsample(x, n):
+    def subsample(x: npt.ArrayLike, n: int) -> np.ndarray:
         x = np.asarray(x, dtype=np.float64)
         return x if len(x) <= n else x[rng.choice(len(x), n, replace=False)]
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any, Literal, overload
+
 import numpy as np
+import numpy.typing as npt
 import torch
 
 from .. import _checks, metrics
@@ -12,6 +15,7 @@ from ..solvers import _sde as bridges
 from ..solvers import check_solver, integrate
 from ._config import Config, Resolved
 from ._methods import Method
+from ._pieces import build_network
 
 EVALUATION_CHUNK = 65536  # cells evaluated together when writing velocity and growth
 
@@ -29,6 +33,15 @@ class TrainedField:
     device: torch.device
     net: torch.nn.Module | None
     resolved: Resolved | None
+    history: dict[str, np.ndarray]
+
+    @property
+    def params(self) -> dict[str, Any]:
+        """The settings as the last fit used them: :attr:`config` with :attr:`resolved` filled in (a copy)."""
+        out = self.config.as_dict()
+        if self.resolved is not None:
+            out.update(self.resolved.settings())
+        return out
 
     @property
     def has_growth(self) -> bool:
@@ -108,8 +121,11 @@ class TrainedField:
             raise RuntimeError("the model is not trained yet: call fit() first")
         return clock
 
+    def _network(self, n_dims: int, hidden: tuple[int, ...]) -> torch.nn.Module:
+        return build_network(self.config.field, n_dims, hidden, self.has_growth, self.has_score)
+
     # -- coordinates -----------------------------------------------------------------------
-    def _to_internal(self, x) -> torch.Tensor:
+    def _to_internal(self, x: npt.ArrayLike) -> torch.Tensor:
         x = np.asarray(x)
         if x.ndim != 2 or x.shape[1] != self.center.size:
             raise ValueError(f"positions of shape {x.shape} do not match the model's {self.center.size} "
@@ -121,12 +137,16 @@ class TrainedField:
             z[start : start + rows] = torch.from_numpy(block.astype(np.float32))
         return z
 
-    def _check_fitted(self) -> None:
+    def _fitted_net(self) -> torch.nn.Module:
         if self.net is None:
             raise RuntimeError("the model is not trained yet: call fit() first")
+        return self.net
+
+    def _check_fitted(self) -> None:
+        self._fitted_net()
 
     @renamed_arguments(t_from="from_time", t_to="to_time", method="solver")
-    def straightness(self, x, from_time: float, to_time: float, *, solver: str = "dopri5",
+    def straightness(self, x: npt.ArrayLike, from_time: float, to_time: float, *, solver: str = "dopri5",
                      step_size: float | None = None) -> float:
         """Straightness of the flow's paths from cells ``x`` at ``from_time`` to ``to_time``.
 
@@ -144,14 +164,23 @@ class TrainedField:
                                         to_time, method=solver, step_size=step_size)
 
     # -- using the field ---------------------------------------------------------------
-    def _times(self, t, n: int, name: str = "t") -> torch.Tensor:
+    def _times(self, t: npt.ArrayLike, n: int, name: str = "t") -> torch.Tensor:
         """Real times broadcast to ``n`` cells, checked finite, as float64 on the model's device."""
         t = np.broadcast_to(np.asarray(t, dtype=np.float64), (n,))
         if not np.isfinite(t).all():
             raise ValueError(f"{name}={float(t[~np.isfinite(t)][0])!r}: times must be finite numbers")
         return torch.as_tensor(t.copy(), device=self.device)
 
-    def _field(self, z: torch.Tensor, t: torch.Tensor, at_knots: str = "mean", net=None, score: bool = False):
+    @overload
+    def _field(self, z: torch.Tensor, t: torch.Tensor, at_knots: str = ..., net: torch.nn.Module | None = ...,
+               score: Literal[False] = ...) -> tuple[torch.Tensor, torch.Tensor | None]: ...
+
+    @overload
+    def _field(self, z: torch.Tensor, t: torch.Tensor, at_knots: str = ..., net: torch.nn.Module | None = ..., *,
+               score: Literal[True]) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]: ...
+
+    def _field(self, z: torch.Tensor, t: torch.Tensor, at_knots: str = "mean", net: torch.nn.Module | None = None,
+               score: bool = False) -> tuple[torch.Tensor | None, ...]:
         """Internal velocity and growth (``None`` without) per unit of real time at internal positions
         ``z`` and real times ``t``; with ``score=True`` also the score network's output as a third entry.
 
@@ -159,18 +188,19 @@ class TrainedField:
         ``net``: a network other than the model's (one in training).
         """
         tau, unit = self.clock.evaluate(t.to(torch.float64).expand(len(z)), at_knots)
-        net = self.net if net is None else net
+        net = self._fitted_net() if net is None else net
         out = field_output(net(z, tau.to(z.dtype), score=True) if score else net(z, tau.to(z.dtype)))
         unit = unit.to(z.dtype)
         growth = None if out.growth is None else out.growth * unit[:, -1:]
         return (out.velocity * unit[:, :1], growth, out.score) if score else (out.velocity * unit[:, :1], growth)
 
-    def _state_field(self, state: torch.Tensor, t: torch.Tensor, at_knots: str, net=None) -> torch.Tensor:
+    def _state_field(self, state: torch.Tensor, t: torch.Tensor, at_knots: str,
+                     net: torch.nn.Module | None = None) -> torch.Tensor:
         """``d(z, log m)/dt`` of states ``(n, d + 1)`` holding the log-mass in the last column."""
         v, g = self._field(state[:, :-1], t, at_knots, net)
         return torch.cat([v, g if g is not None else torch.zeros_like(v[:, :1])], dim=1)
 
-    def evaluate(self, x, t) -> tuple[np.ndarray, np.ndarray | None]:
+    def evaluate(self, x: npt.ArrayLike, t: npt.ArrayLike) -> tuple[np.ndarray, np.ndarray | None]:
         """Velocity and growth rate at positions ``x`` ``(n, d)`` and times ``t`` in one pass of the network.
 
         Returns
@@ -191,22 +221,23 @@ class TrainedField:
                 v, g = self._field(z, self._times(t[rows], len(z)))
                 velocity[rows] = v.cpu().numpy() * self.scale
                 if growth is not None:
+                    assert g is not None, "a model with growth has a growth network"
                     growth[rows] = g[:, 0].cpu().numpy()
         return velocity, growth
 
-    def velocity(self, x, t) -> np.ndarray:
+    def velocity(self, x: npt.ArrayLike, t: npt.ArrayLike) -> np.ndarray:
         """Velocity ``dx/dt`` in the user's units at positions ``x`` ``(n, d)`` and times ``t`` (one or ``(n,)``)."""
         return self.evaluate(x, t)[0]
 
-    def growth(self, x, t) -> np.ndarray:
+    def growth(self, x: npt.ArrayLike, t: npt.ArrayLike) -> np.ndarray:
         """Growth rate ``d log m / dt`` (per unit of the user's time); zeros for balanced methods."""
         v, g = self.evaluate(x, t)
         return np.zeros(len(v)) if g is None else g
 
     @renamed_arguments(method="solver")
     def transport(
-        self, x, times, *, solver: str = "dopri5", step_size: float | None = None, stochastic: bool = False,
-        seed: int | None = None,
+        self, x: npt.ArrayLike, times: npt.ArrayLike, *, solver: str = "dopri5", step_size: float | None = None,
+        stochastic: bool = False, seed: int | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Positions and masses of cells starting at ``x`` at ``times[0]``, at every time of ``times``.
 
@@ -226,7 +257,8 @@ class TrainedField:
         Positions ``(len(times), n, d)`` and masses ``(len(times), n)``.
         """
         self._check_fitted()
-        times = np.atleast_1d(np.asarray(times, dtype=np.float64))
+        real = np.atleast_1d(np.asarray(times, dtype=np.float64))
+        generator = None
         if stochastic:
             self._check_score("stochastic=True")
             if solver != "dopri5":
@@ -234,19 +266,19 @@ class TrainedField:
                                  "Euler-Maruyama: leave solver at its default and set step_size if needed")
             step = None if step_size is None else _checks.number("step_size", step_size, minimum=0, strict=True)
             seed = self.config.seed if seed is None else _checks.integer("seed", seed, 0)
+            generator = torch.Generator(device=self.device).manual_seed(seed)
         else:
             step = check_solver(solver, step_size)
-        real, times = times, self._times(times, len(times), "times").to(torch.float32)
+        knots = self._times(real, len(real), "times").to(torch.float32)
         z = self._to_internal(x)
-        side = "after" if len(times) < 2 or times[-1] >= times[0] else "before"  # the interval the cells move into
+        side = "after" if len(knots) < 2 or knots[-1] >= knots[0] else "before"  # the interval the cells move into
 
         with torch.no_grad(), compute_threads(self.device):
             state = torch.cat([z, torch.zeros(len(z), 1, device=z.device)], dim=1)
-            if stochastic:
-                generator = torch.Generator(device=self.device).manual_seed(seed)
+            if generator is not None:  # stochastic
                 out = bridges.transport(self, state, real, step, generator)
             else:
-                out = integrate(lambda s, t: self._state_field(s, t, side), state, times, method=solver,
+                out = integrate(lambda s, t: self._state_field(s, t, side), state, knots, method=solver,
                                 step_size=step)
             z, log_mass = out[..., :-1], out[..., -1]
         positions = z.cpu().numpy().astype(np.float64) * self.scale + self.center
@@ -262,22 +294,33 @@ class TrainedField:
                 "method='sbcfm', or method='mmfm' with sigma > 0"
             )
 
-    def score(self, x, t) -> np.ndarray:
+    def score(self, x: npt.ArrayLike, t: npt.ArrayLike) -> np.ndarray:
         """Score ``grad log p_t`` of the model's population at positions ``x`` ``(n, d)`` and times ``t``
         (one or ``(n,)``, between the first and the last measured time), per unit of the user's
         representation; only for models with a score (:attr:`has_score`).
         """
         self._check_fitted()
         self._check_score("score()")
+        x = np.asarray(x)
         t = np.broadcast_to(np.asarray(t, dtype=np.float64), (len(x),))
         bridges.check_range(self.times, t, "t")
         with torch.no_grad(), compute_threads(self.device):
             z = self._to_internal(x)
             score = self._field(z, self._times(t, len(z)), score=True)[2]
+        assert score is not None, "a model with a score has a score network"
         return score.cpu().numpy().astype(np.float64) / self.scale
 
+    @overload
+    def push(self, x: npt.ArrayLike, from_time: float, to_time: float, *, return_mass: Literal[False] = ...,
+             **kwargs: Any) -> np.ndarray: ...
+
+    @overload
+    def push(self, x: npt.ArrayLike, from_time: float, to_time: float, *, return_mass: Literal[True],
+             **kwargs: Any) -> tuple[np.ndarray, np.ndarray]: ...
+
     @renamed_arguments(t_from="from_time", t_to="to_time")
-    def push(self, x, from_time: float, to_time: float, *, return_mass: bool = False, **kwargs):
+    def push(self, x: npt.ArrayLike, from_time: float, to_time: float, *, return_mass: bool = False,
+             **kwargs: Any) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
         """Positions at ``to_time`` of cells at ``x`` at ``from_time`` (forward or backward in time).
 
         ``kwargs`` go to :meth:`transport` (``solver``, ``step_size``, ``stochastic``, ``seed``).

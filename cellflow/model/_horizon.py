@@ -18,6 +18,8 @@ model was fitted on. Costs are bounded by ``max_cells`` per time point (a seeded
 
 from __future__ import annotations
 
+from typing import Protocol
+
 import numpy as np
 import ot
 import pandas as pd
@@ -35,7 +37,21 @@ DEFAULT_MAX_CELLS = 1000
 DEFAULT_OFFSET = 0.5
 
 
-def _check(model, course: TimeCourse, max_cells: int) -> None:
+class Transporter(Protocol):
+    """What the trust signals push cells with: a fitted :class:`cellflow.CellFlow`, or any model with this method."""
+
+    def transport(self, x: np.ndarray, times: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Positions ``(len(times), n, d)`` and masses ``(len(times), n)`` (starting at one) of cells ``x``."""
+        ...
+
+
+#: Cells and masses of each time point's subsample; the positions, masses and gain (``None`` without an offset)
+#: of each interval's push.
+Samples = list[tuple[np.ndarray, np.ndarray]]
+Pushes = list[tuple[np.ndarray, np.ndarray, float | None]]
+
+
+def _check(model: Transporter, course: TimeCourse, max_cells: int) -> None:
     """Raise unless ``course`` has two time points or more inside the model's time range."""
     if not hasattr(model, "transport"):
         raise TypeError(f"model must have a transport(x, times) method (e.g. a fitted cellflow.CellFlow); "
@@ -50,7 +66,7 @@ def _check(model, course: TimeCourse, max_cells: int) -> None:
                          f"[{fitted[0]:g}, {fitted[-1]:g}]; pass the time course the model was fitted on")
 
 
-def _subsamples(course: TimeCourse, max_cells: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+def _subsamples(course: TimeCourse, max_cells: int, seed: int) -> Samples:
     """Cells and masses of each time point: at most ``max_cells`` drawn without replacement, each
     time point from its own stream of ``seed`` (so one time point's draw does not depend on another's).
     """
@@ -80,7 +96,8 @@ def _measured_mass(course: TimeCourse, k: int) -> float:
     return float(len(course.populations[k]) if course.weights is None else np.sum(course.weights[k]))
 
 
-def horizon(model, course: TimeCourse, *, max_cells: int = DEFAULT_MAX_CELLS, seed: int = 0) -> pd.DataFrame:
+def horizon(model: Transporter, course: TimeCourse, *, max_cells: int = DEFAULT_MAX_CELLS,
+            seed: int = 0) -> pd.DataFrame:
     """In-sample horizon: the first time point pushed through every later one, against one-interval pushes.
 
     Parameters
@@ -131,7 +148,7 @@ def horizon(model, course: TimeCourse, *, max_cells: int = DEFAULT_MAX_CELLS, se
     return _table(model, course, samples, _interval_pushes(model, course, samples, None, seed))
 
 
-def _table(model, course: TimeCourse, samples, pushes) -> pd.DataFrame:
+def _table(model: Transporter, course: TimeCourse, samples: Samples, pushes: Pushes) -> pd.DataFrame:
     """The rows of :func:`horizon` from the subsamples and the one-interval pushes of :func:`_interval_pushes`."""
     pooled = np.concatenate([np.asarray(x, dtype=np.float64) for x in course.populations])
     centre = pooled.mean(axis=0)
@@ -165,8 +182,8 @@ def _median_neighbour_distance(cells: np.ndarray) -> float:
     return float(np.sqrt(np.median(squared.min(axis=1))))
 
 
-def interval_gain(model, course: TimeCourse, *, offset: float = DEFAULT_OFFSET, max_cells: int = DEFAULT_MAX_CELLS,
-                  seed: int = 0) -> np.ndarray:
+def interval_gain(model: Transporter, course: TimeCourse, *, offset: float = DEFAULT_OFFSET,
+                  max_cells: int = DEFAULT_MAX_CELLS, seed: int = 0) -> np.ndarray:
     """Gain of each interval's map on cells moved slightly off the data.
 
     For each interval ``[t_k, t_{k+1}]``: every cell of ``t_k`` (a subsample of at most
@@ -200,7 +217,8 @@ def interval_gain(model, course: TimeCourse, *, offset: float = DEFAULT_OFFSET, 
     return np.array([gain for _, _, gain in _interval_pushes(model, course, samples, offset, seed)])
 
 
-def _interval_pushes(model, course: TimeCourse, samples, offset: float | None, seed: int) -> list[tuple]:
+def _interval_pushes(model: Transporter, course: TimeCourse, samples: Samples, offset: float | None,
+                     seed: int) -> Pushes:
     """For each interval ``[t_{k-1}, t_k]``: the positions and masses of the subsampled cells of
     ``t_{k-1}`` pushed over it and, with ``offset``, the gain of its map (else ``None``), the moved
     copies pushed in the same solver call as the cells.
@@ -208,7 +226,7 @@ def _interval_pushes(model, course: TimeCourse, samples, offset: float | None, s
     if offset is not None and not float(offset) > 0:
         raise ValueError(f"offset={offset!r} must be positive (a fraction of the nearest-neighbour distance)")
     directions_rng = np.random.default_rng(np.random.SeedSequence(seed).spawn(len(course.times) + 1)[-1])
-    pushes = []
+    pushes: Pushes = []
     for k in range(1, len(course.times)):
         cells = samples[k - 1][0]
         batch, length = cells, None
@@ -224,15 +242,15 @@ def _interval_pushes(model, course: TimeCourse, samples, offset: float | None, s
         positions, masses = model.transport(batch, course.times[k - 1 : k + 1])
         ends, n = positions[-1], len(cells)
         gain = None
-        if offset is not None:
+        if length is not None:  # an offset was given
             separation = np.linalg.norm(ends[:n] - ends[n:], axis=1)
             gain = float(np.median(separation)) / length if np.isfinite(ends).all() else float("inf")
         pushes.append((ends[:n], masses[-1][:n], gain))
     return pushes
 
 
-def horizon_history(model, course: TimeCourse, *, offset: float = DEFAULT_OFFSET, max_cells: int = DEFAULT_MAX_CELLS,
-                    seed: int = 0) -> dict[str, np.ndarray]:
+def horizon_history(model: Transporter, course: TimeCourse, *, offset: float = DEFAULT_OFFSET,
+                    max_cells: int = DEFAULT_MAX_CELLS, seed: int = 0) -> dict[str, np.ndarray]:
     """The trust signals of a fit, as ``model.history`` stores them (the keys of :data:`HISTORY_KEYS`).
 
     ``horizon_times`` are the time points after the first; ``horizon_w1_first``,

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from .._checks import choice
 from ..paths import (
     BrownianBridgePath,
+    ConditionalPath,
     CubicSplinePath,
     EntropyControlledPath,
     LinearPath,
@@ -24,6 +25,7 @@ from ..paths import (
 )
 from ..training import OBJECTIVES
 from ..transport import (
+    Coupling,
     EntropicOTCoupling,
     ExactOTCoupling,
     IndependentCoupling,
@@ -33,7 +35,7 @@ from ..transport import (
 )
 
 #: The conditional paths by name (:mod:`cellflow.paths`).
-PATHS = {
+PATHS: dict[str, type[ConditionalPath]] = {
     "linear": LinearPath,
     "brownian": BrownianBridgePath,
     "vp": VariancePreservingPath,
@@ -46,7 +48,7 @@ PATHS = {
 }
 
 #: The couplings by name (:mod:`cellflow.transport`).
-COUPLINGS = {
+COUPLINGS: dict[str, type[Coupling]] = {
     "independent": IndependentCoupling,
     "exact": ExactOTCoupling,
     "entropic": EntropicOTCoupling,
@@ -77,12 +79,12 @@ class Method:
     objective: str
 
     @property
-    def coupling_class(self):
+    def coupling_class(self) -> type[Coupling]:
         """The coupling's class."""
         return COUPLINGS[self.coupling]
 
     @property
-    def path_class(self):
+    def path_class(self) -> type[ConditionalPath]:
         """The path's class."""
         return PATHS[self.path]
 

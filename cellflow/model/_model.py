@@ -28,7 +28,7 @@ from ._config import Config, Resolved
 from ._course import TimeCourse
 from ._field import TrainedField
 from ._horizon import horizon_history
-from ._pieces import build_coupling, build_network, build_path
+from ._pieces import build_coupling, build_path
 from ._resolve import resolve, source_masses
 
 MAX_AUTO_STEPS = 4000  # the most steps n_steps="auto" takes
@@ -166,7 +166,7 @@ class CellFlow(TrainedField):
         reg: float | None = None,
         delta: float | None = None,
         entropy_rate: float | None = None,
-        hidden: tuple[int, ...] | str = "auto",
+        hidden: tuple[int, ...] | list[int] | str = "auto",
         n_steps: int | str = "auto",
         batch_size: int | str = "auto",
         lr: float = 1e-3,
@@ -179,7 +179,7 @@ class CellFlow(TrainedField):
         rollout: bool | str = "auto",
         seed: int = 0,
         device: str = "auto",
-    ):
+    ) -> None:
         self.config = Config.create(
             method, coupling=coupling, path=path, objective=objective, sigma=sigma, reg=reg, delta=delta,
             entropy_rate=entropy_rate, hidden=hidden, n_steps=n_steps, batch_size=batch_size, lr=lr,
@@ -195,20 +195,9 @@ class CellFlow(TrainedField):
         self._path(np.array([0.0, 1.0]), 1.0)  # the path checks its own settings (e.g. the bridge's sigma > 0)
         self.device = distributed.local_device(resolve_device(device))
 
-    @property
-    def params(self) -> dict[str, Any]:
-        """The settings as the last fit used them: :attr:`config` with :attr:`resolved` filled in (a copy)."""
-        out = self.config.as_dict()
-        if self.resolved is not None:
-            out.update(self.resolved.settings())
-        return out
-
     # -- the pieces a method is made of (cellflow.model._pieces) ---------------------------
     def _path(self, times: np.ndarray, internal_delta: float | None = None) -> ConditionalPath:
         return build_path(self.config, self.method, self.resolved, times, internal_delta)
-
-    def _network(self, n_dims: int, hidden: tuple[int, ...]) -> torch.nn.Module:
-        return build_network(self.config.field, n_dims, hidden, self.has_growth, self.has_score)
 
     def _check_balanced(self, name: str, value: int) -> None:
         if self.has_growth:
@@ -268,7 +257,7 @@ class CellFlow(TrainedField):
             self.resolved = dataclasses.replace(self.resolved, clock=clock)
             net, log = train(
                 self._network(course.n_dims, self.resolved.hidden).to(self.device), objective, clock,
-                n_steps=MAX_AUTO_STEPS if stopping else c.n_steps, lr=c.lr, lr_schedule=c.lr_schedule,
+                n_steps=MAX_AUTO_STEPS if c.n_steps == "auto" else c.n_steps, lr=c.lr, lr_schedule=c.lr_schedule,
                 ema_decay=c.ema_decay or None, stopping=stopping, progress=progress,
             )
             self.net = net.eval()
@@ -289,7 +278,8 @@ class CellFlow(TrainedField):
         self.history["trust_seconds"] = np.array(time.perf_counter() - start)
         return self
 
-    def _training_field(self, z: torch.Tensor, t: torch.Tensor, net: torch.nn.Module | None = None):
+    def _training_field(self, z: torch.Tensor, t: torch.Tensor,
+                        net: torch.nn.Module | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Velocity and growth of a network in training, in the interval after each knot."""
         return self._field(z, t, "after", net)
 
@@ -324,7 +314,7 @@ class CellFlow(TrainedField):
         if course.times.shape != self.times.shape or not np.allclose(course.times, self.times):
             raise ValueError(f"the course's times {course.times.tolist()} are not the model's {self.times.tolist()}: "
                              "rectify the model on the time course it was fitted on")
-        rng = seed_everything(self.config.seed + 7919 * (1 + self.resolved.reflow))
+        rng = seed_everything(self.config.seed + 7919 * (1 + self._fitted_state().reflow))
         with compute_threads(self.device):
             internal = [self._to_internal(x) for x in course.populations]
             self._rectify(internal, source_masses(course), course, rounds, rng, progress)
@@ -332,17 +322,17 @@ class CellFlow(TrainedField):
 
     def _rectify(self, internal: list[torch.Tensor], sources: list[np.ndarray], course: TimeCourse, rounds: int,
                  rng: np.random.Generator, progress: bool) -> None:
-        c = self.config
+        c, resolved = self.config, self._fitted_state()
         equal = course.weights is None and course.growth is None
         masses = None if equal else [torch.as_tensor(m, dtype=torch.float32, device=self.device) for m in sources]
         self.net, log = rectify(
-            self.net, self._training_field, internal, self.times, self.clock, masses=masses, rounds=rounds,
+            self._fitted_net(), self._training_field, internal, self.times, self.clock, masses=masses, rounds=rounds,
             n_steps=c.n_steps if c.n_steps != "auto" else int(self.history["loss"].size),
-            batch_size=self.resolved.batch_size, lr=c.lr, lr_schedule=c.lr_schedule, ema_decay=c.ema_decay or None,
+            batch_size=resolved.batch_size, lr=c.lr, lr_schedule=c.lr_schedule, ema_decay=c.ema_decay or None,
             rng=rng, progress=progress, history=self.history,
         )
         self.history.update(log)
-        self.resolved = dataclasses.replace(self.resolved, reflow=self.resolved.reflow + rounds)
+        self.resolved = dataclasses.replace(resolved, reflow=resolved.reflow + rounds)
 
     # -- plain-array state (for AnnData.uns and files) -----------------------------------
     def to_dict(self) -> dict[str, Any]:

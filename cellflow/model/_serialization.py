@@ -10,10 +10,13 @@ so reading a file can never run code from it. Whatever the source (a file, ``ada
 from __future__ import annotations
 
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any, TypeVar
 
 import numpy as np
+
+from ._field import TrainedField
 
 FORMAT = "cellflow-model"
 # 2: the clock's units come from the training targets (version 1: from the interval lengths);
@@ -22,8 +25,10 @@ VERSION = 3
 READABLE = (2, 3)
 _MARK = "__format__"
 
+ModelT = TypeVar("ModelT", bound=TrainedField)
 
-def _flatten(state: Mapping, prefix: str = "") -> dict[str, np.ndarray]:
+
+def _flatten(state: Mapping[Any, Any], prefix: str = "") -> dict[str, np.ndarray]:
     flat = {}
     for name, value in state.items():
         name = str(name)
@@ -43,8 +48,8 @@ def _flatten(state: Mapping, prefix: str = "") -> dict[str, np.ndarray]:
     return flat
 
 
-def _unflatten(flat: Mapping[str, np.ndarray]) -> dict:
-    state: dict = {}
+def _unflatten(flat: Mapping[str, np.ndarray]) -> dict[str, Any]:
+    state: dict[str, Any] = {}
     for path, array in flat.items():
         *parents, leaf = path.split("/")
         node = state
@@ -54,18 +59,19 @@ def _unflatten(flat: Mapping[str, np.ndarray]) -> dict:
     return state
 
 
-def write(state: Mapping, path) -> Path:
+def write(state: Mapping[str, Any], path: str | Path) -> Path:
     """Write ``state`` to a ``.npz`` file (``.npz`` appended when missing); returns the path."""
     path = Path(path)
     if path.suffix != ".npz":
         path = path.with_name(path.name + ".npz")
     flat = _flatten(state)
     flat[_MARK] = np.array(FORMAT)
-    np.savez(path, **flat)
+    # numpy's stubs read the entries as possibly its allow_pickle= keyword; the names are entries of the state
+    np.savez(path, **flat)  # type: ignore[arg-type]
     return path
 
 
-def read(path) -> dict:
+def read(path: str | Path) -> dict[str, Any]:
     """Read a state written by :func:`write` (no code in the file is executed)."""
     path = Path(path)
     if not path.is_file():
@@ -82,7 +88,7 @@ def read(path) -> dict:
     return _unflatten(flat)
 
 
-def _array(state: Mapping, name: str, ndim: int) -> np.ndarray:
+def _array(state: Mapping[str, Any], name: str, ndim: int) -> np.ndarray:
     if name not in state:
         raise ValueError(f"the model state has no {name!r}; it was not written by cellflow (refit the model)")
     try:
@@ -95,7 +101,7 @@ def _array(state: Mapping, name: str, ndim: int) -> np.ndarray:
     return array
 
 
-def _plain(table: Mapping) -> dict:
+def _plain(table: Mapping[Any, Any]) -> dict[str, Any]:
     """Entries of a table of settings as plain Python values."""
     out = {}
     for name, value in table.items():
@@ -104,7 +110,7 @@ def _plain(table: Mapping) -> dict:
     return out
 
 
-def check_state(state) -> dict:
+def check_state(state: object) -> dict[str, Any]:
     """The parts of a model state, checked: version, params, center, scale, times, weights.
 
     Returns
@@ -155,7 +161,7 @@ def check_state(state) -> dict:
                 weights=weights, history=history)
 
 
-def model_state(model) -> dict:
+def model_state(model: TrainedField) -> dict[str, Any]:
     """Everything needed to restore a fitted :class:`cellflow.CellFlow`, as plain scalars, strings and arrays.
 
     Returns
@@ -164,7 +170,7 @@ def model_state(model) -> dict:
     ``scale``, ``times``, ``clock_units``, ``n_dims``, ``weights`` and ``history``.
     """
 
-    def plain(table: Mapping) -> dict:
+    def plain(table: Mapping[str, Any]) -> dict[str, Any]:
         return {k: (np.array(v) if isinstance(v, (list, tuple)) else v) for k, v in table.items() if v is not None}
 
     return {
@@ -176,12 +182,12 @@ def model_state(model) -> dict:
         "times": model.times,
         "clock_units": model.clock.units,
         "n_dims": int(model.center.size),
-        "weights": {k: v.detach().cpu().numpy() for k, v in model.net.state_dict().items()},
+        "weights": {k: v.detach().cpu().numpy() for k, v in model._fitted_net().state_dict().items()},
         "history": dict(model.history),
     }
 
 
-def restore(cls, state, device: str = "auto"):
+def restore(cls: Callable[..., ModelT], state: object, device: str = "auto") -> ModelT:
     """A model of class ``cls`` (:class:`cellflow.CellFlow`) from a state of :func:`model_state`, checked.
 
     Returns

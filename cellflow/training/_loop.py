@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -11,11 +12,23 @@ from torch import nn
 from .. import _distributed as distributed
 from .._checks import choice
 from .._utils import progress_bar
-from ..fields import field_output
-from ._objectives import Batch
+from ..fields import Clock, field_output
+from ._objectives import Batch, Objective
 from ._stopping import EarlyStopping
 
 LR_SCHEDULES = ("constant", "cosine")
+
+
+class StepTerm(Protocol):
+    """A term added to each step's loss (:class:`cellflow.training.RolloutLoss`): ``term(net, loss)`` is the
+    step's loss, and ``last`` the term's own value at the last step.
+    """
+
+    last: float
+
+    def __call__(self, net: nn.Module, matching_loss: torch.Tensor) -> torch.Tensor:
+        """The step's loss from flow matching's ``matching_loss``."""
+        ...
 
 
 def learning_rate(step: int, n_steps: int, lr: float, schedule: str = "constant") -> float:
@@ -36,8 +49,10 @@ def _squared_error(net: nn.Module, batch: Batch) -> torch.Tensor:
     output = field_output(net(batch.x, batch.t, score=True) if with_score else net(batch.x, batch.t))
     error = ((output.velocity - batch.u) ** 2).sum(dim=1)
     if batch.g is not None:
+        assert output.growth is not None, "a method with growth targets has a growth network"
         error = error + (output.growth[:, 0] - batch.g) ** 2
-    if with_score:
+    if batch.score is not None:
+        assert output.score is not None and batch.noise_scale is not None, "score targets come with their network"
         error = error + ((batch.noise_scale * output.score - batch.score) ** 2).sum(dim=1)
     if batch.weight is not None:
         error = error * batch.weight
@@ -46,18 +61,18 @@ def _squared_error(net: nn.Module, batch: Batch) -> torch.Tensor:
 
 def train(
     net: nn.Module,
-    objective,
-    clock,
+    objective: Objective,
+    clock: Clock,
     *,
     n_steps: int,
     lr: float = 1e-3,
     lr_schedule: str = "constant",
     ema_decay: float | None = 0.999,
     stopping: EarlyStopping | None = None,
-    rollout=None,
+    rollout: StepTerm | None = None,
     progress: bool | None = None,
     description: str = "training",
-) -> tuple[nn.Module, dict]:
+) -> tuple[nn.Module, dict[str, np.ndarray]]:
     """Fit ``net(x, t)`` to the targets of ``objective`` by Adam on the squared error.
 
     The loss is ``E[(|v - u|^2 + |g_net - g|^2 + |noise_scale s_net - score|^2) * weight]``, the growth and
@@ -113,11 +128,13 @@ def train(
     optimiser = torch.optim.Adam(net.parameters(), lr=lr, foreach=True)
     average = copy.deepcopy(net).requires_grad_(False) if ema_decay else None
     result = average if average is not None else net
-    trained = list(net.parameters())
-    averaged = list(average.parameters()) if average is not None else None
+    trained: list[torch.Tensor] = list(net.parameters())
+    averaged: list[torch.Tensor] = list(average.parameters()) if average is not None else []
     history = torch.empty(n_steps, device=next(net.parameters()).device)
     rollout_history = np.full(n_steps, np.nan)
-    checks, best, reference, best_state, waited = [], np.inf, np.inf, None, 0
+    checks: list[tuple[int, float]] = []
+    best, reference, waited = np.inf, np.inf, 0
+    best_state: dict[str, Any] | None = None
     bar = progress_bar(n_steps, description, progress)
     step = 0
     for step in range(n_steps):
@@ -130,7 +147,7 @@ def train(
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         optimiser.step()
-        if average is not None:
+        if ema_decay:  # the average exists
             decay = min(ema_decay, (1 + step) / (10 + step))
             with torch.no_grad():
                 torch._foreach_lerp_(averaged, trained, 1 - decay)

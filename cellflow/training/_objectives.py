@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
+import numpy.typing as npt
 import torch
 
-from ..transport._samplers import Pairs, StackedPlans, _lookup, sample_chains
+from ..paths import ConditionalPath
+from ..transport._samplers import Pairs, PairSampler, StackedPlans, _lookup, sample_chains
 
 
 @dataclass
@@ -29,6 +33,14 @@ class Batch:
     noise_scale: torch.Tensor | None = None
 
 
+class Objective(Protocol):
+    """What the training loop fits: anything that draws batches of real-time targets."""
+
+    def draw(self) -> Batch:
+        """One batch."""
+        ...
+
+
 class PairObjective:
     """Flow matching between neighbouring time points: a coupling per interval, one pair path.
 
@@ -48,7 +60,8 @@ class PairObjective:
         Produce growth targets (zero where the path gives none).
     """
 
-    def __init__(self, populations, times, samplers, path, batch_size: int, growth: bool = False):
+    def __init__(self, populations: list[torch.Tensor], times: Sequence[float] | np.ndarray,
+                 samplers: Sequence[PairSampler], path: ConditionalPath, batch_size: int, growth: bool = False) -> None:
         if path.through_knots:
             raise ValueError("a curve through every time point trains on chains: use objective='chains'")
         self.samplers = samplers
@@ -59,12 +72,13 @@ class PairObjective:
         # every interval's pairs are drawn as one batch: cells indexed in one stacked tensor
         self.cells = torch.cat(populations)
         self.offsets = np.cumsum([0, *(len(x) for x in populations)]).tolist()
-        self.stacked = None  # one lookup for every interval's pairs; product couplings draw interval by interval
+        # one lookup for every interval's pairs; product couplings draw interval by interval
+        self.stacked: StackedPlans | None = None
         if StackedPlans.stacks(samplers):
             self.stacked = StackedPlans(samplers, self.offsets[:-1], self.offsets[1:], self.batch_size)
-        times = torch.as_tensor(np.asarray(times, dtype=float), device=self.cells.device, dtype=self.cells.dtype)
-        self.start = times[:-1].repeat_interleave(self.batch_size)
-        self.span = (times[1:] - times[:-1]).repeat_interleave(self.batch_size)
+        real = torch.as_tensor(np.asarray(times, dtype=float), device=self.cells.device, dtype=self.cells.dtype)
+        self.start = real[:-1].repeat_interleave(self.batch_size)
+        self.span = (real[1:] - real[:-1]).repeat_interleave(self.batch_size)
         self.segment = torch.arange(len(samplers), device=self.cells.device).repeat_interleave(self.batch_size)
 
     def draw(self) -> Batch:
@@ -83,6 +97,7 @@ class PairObjective:
         s = torch.rand(len(x0), 1, device=x0.device, dtype=x0.dtype)
         m0 = m1 = None
         if pairs.m0 is not None:
+            assert pairs.m1 is not None and pairs.died is not None, "unbalanced pairs carry both masses"
             m0, m1, died = pairs.m0.to(x0.dtype), pairs.m1.to(x0.dtype), pairs.died[:, None]
             x1 = torch.where(died, x0, x1)  # a dying cell stays where it is
             s = torch.where(died, s.clamp(max=0.99), s)  # its growth target diverges at s = 1
@@ -111,7 +126,8 @@ class TupleObjective:
         Any path of :mod:`cellflow.paths`.
     """
 
-    def __init__(self, populations, times, samplers, path, batch_size: int, growth: bool = False):
+    def __init__(self, populations: list[torch.Tensor], times: Sequence[float] | np.ndarray,
+                 samplers: Sequence[PairSampler], path: ConditionalPath, batch_size: int, growth: bool = False) -> None:
         self.populations = populations
         self.times = torch.as_tensor(np.asarray(times, dtype=float), device=populations[0].device,
                                      dtype=populations[0].dtype)
@@ -143,9 +159,10 @@ class TupleObjective:
         s = torch.rand(n, 1, device=device, dtype=dtype)
         m0 = m1 = None
         if links[0].m0 is not None:
-            m0 = torch.stack([link.m0 for link in links]).to(dtype)[segment, rows]
-            m1 = torch.stack([link.m1 for link in links]).to(dtype)[segment, rows]
-            s = torch.where(torch.stack([link.died for link in links])[segment, rows][:, None], s.clamp(max=0.99), s)
+            m0 = torch.stack([_given(link.m0) for link in links]).to(dtype)[segment, rows]
+            m1 = torch.stack([_given(link.m1) for link in links]).to(dtype)[segment, rows]
+            s = torch.where(torch.stack([_given(link.died) for link in links])[segment, rows][:, None],
+                            s.clamp(max=0.99), s)
         point = self.path.sample(tuples, segment, s, self.path.noise(tuples[0]), m0, m1)
         widths = (self.times[1:] - self.times[:-1])[segment]
         g = None
@@ -153,6 +170,7 @@ class TupleObjective:
             g = point.g / widths if point.g is not None else torch.zeros_like(widths)
         weight = point.weight
         if m0 is not None:
+            assert weight is not None, "a path with masses weighs its points"
             weight = weight * torch.stack(alive_before)[segment, rows].to(dtype)
         t = self.times[segment] + widths * s[:, 0]
         return Batch(x=point.x, t=t, u=point.u / widths[:, None], g=g, weight=weight, score=point.score,
@@ -182,7 +200,8 @@ class EndpointObjective:
         Per interval, the sources' masses (tensors ``(n_k,)``), or ``None`` for equal masses.
     """
 
-    def __init__(self, sources, targets, times, path, batch_size: int, masses=None):
+    def __init__(self, sources: list[torch.Tensor], targets: list[torch.Tensor], times: npt.ArrayLike,
+                 path: ConditionalPath, batch_size: int, masses: list[torch.Tensor] | None = None) -> None:
         if [z.shape for z in sources] != [z.shape for z in targets]:
             raise ValueError("every source point needs one target point: the shapes of sources and targets differ")
         self.sources, self.targets = torch.cat(sources), torch.cat(targets)
@@ -193,9 +212,9 @@ class EndpointObjective:
         self.path = path
         self.batch_size = int(batch_size)
         device, dtype = self.sources.device, self.sources.dtype
-        times = torch.as_tensor(np.asarray(times, dtype=float), device=device, dtype=dtype)
-        self.start = times[:-1].repeat_interleave(self.batch_size)
-        self.span = (times[1:] - times[:-1]).repeat_interleave(self.batch_size)
+        real = torch.as_tensor(np.asarray(times, dtype=float), device=device, dtype=dtype)
+        self.start = real[:-1].repeat_interleave(self.batch_size)
+        self.span = (real[1:] - real[:-1]).repeat_interleave(self.batch_size)
 
     def draw(self) -> Batch:
         """One batch of ``batch_size`` pairs per interval, drawn on the points' device."""
@@ -209,4 +228,10 @@ class EndpointObjective:
         return Batch(x=point.x, t=self.start + self.span * s[:, 0], u=point.u / self.span[:, None])
 
 
-OBJECTIVES = {"pairs": PairObjective, "chains": TupleObjective}
+def _given(part: torch.Tensor | None) -> torch.Tensor:
+    """A part of unbalanced pairs (``m0``, ``m1``, ``died``), which come all together."""
+    assert part is not None, "unbalanced pairs carry both masses and which cells died"
+    return part
+
+
+OBJECTIVES: dict[str, type[PairObjective | TupleObjective]] = {"pairs": PairObjective, "chains": TupleObjective}

@@ -3,20 +3,21 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 
 import numpy as np
 import torch
 
 from .. import metrics
+from ..fields import Clock
 from ..paths import LinearPath
 from ..solvers import integrate
 from ._loop import train
 from ._objectives import EndpointObjective
-from ._stopping import CHECK_CELLS
+from ._stopping import CHECK_CELLS, TrainingField
 
 
-def rectify(net: torch.nn.Module, field: Callable, populations: list[torch.Tensor], times: np.ndarray, clock, *,
+def rectify(net: torch.nn.Module, field: TrainingField, populations: list[torch.Tensor], times: np.ndarray,
+            clock: Clock, *,
             masses: list[torch.Tensor] | None, rounds: int, n_steps: int, batch_size: int, lr: float,
             lr_schedule: str, ema_decay: float | None, rng: np.random.Generator, progress: bool,
             history: dict[str, np.ndarray]) -> tuple[torch.nn.Module, dict[str, np.ndarray]]:
@@ -46,7 +47,7 @@ def rectify(net: torch.nn.Module, field: Callable, populations: list[torch.Tenso
                for z in populations[:-1]]
     spans = list(zip(times[:-1], times[1:]))
 
-    def straightness(current) -> list[float]:
+    def straightness(current: torch.nn.Module) -> list[float]:
         return [metrics.straightness(lambda z, t: field(z, t, current)[0], cells, t0, t1)
                 for cells, (t0, t1) in zip(checked, spans)]
 

@@ -26,16 +26,19 @@ from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Callable
 
 import numpy as np
+import numpy.typing as npt
 import torch
 from geomloss import SamplesLoss
+from torch import nn
 
 from .. import _distributed as distributed
+from ..fields import Clock
 from ..solvers import integrate
 from ._loop import train
-from ._stopping import EarlyStopping
+from ._objectives import Objective
+from ._stopping import EarlyStopping, TrainingField
 
 ROLLOUT_CELLS = 128  # cells per time point in each rollout of a training step
 ROLLOUT_SOLVER_STEPS = 4  # midpoint steps per interval (two network passes each)
@@ -68,8 +71,9 @@ class RolloutLoss:
         Cells per time point and rollout, midpoint steps per interval, Sinkhorn blur.
     """
 
-    def __init__(self, field: Callable, populations, masses, times, growth: bool, rng: np.random.Generator, *,
-                 n_cells: int = ROLLOUT_CELLS, solver_steps: int = ROLLOUT_SOLVER_STEPS, blur: float = ROLLOUT_BLUR):
+    def __init__(self, field: TrainingField, populations: list[torch.Tensor], masses: list[np.ndarray] | None,
+                 times: npt.ArrayLike, growth: bool, rng: np.random.Generator, *, n_cells: int = ROLLOUT_CELLS,
+                 solver_steps: int = ROLLOUT_SOLVER_STEPS, blur: float = ROLLOUT_BLUR) -> None:
         self.field, self.growth, self.rng = field, growth, rng
         self.n_cells, self.solver_steps = int(n_cells), int(solver_steps)
         self.device, self.dtype = populations[0].device, populations[0].dtype
@@ -80,7 +84,9 @@ class RolloutLoss:
         totals = np.array([float(np.sum(m)) for m in masses])
         self.log_size = torch.as_tensor(np.log(totals / totals[0]), device=self.device, dtype=self.dtype)
         # cells kept out of the rollout's training: the stopping score is measured on them alone
-        self.train_cells, self.train_mass, check = [], [], []
+        self.train_cells: list[torch.Tensor] = []
+        self.train_mass: list[np.ndarray] = []
+        check = []
         for z, m in zip(populations, masses):
             m = np.asarray(m, dtype=np.float64)
             order = rng.permutation(len(z))
@@ -91,7 +97,9 @@ class RolloutLoss:
             pick = kept[rng.choice(len(kept), CHECK_ROLLOUT_CELLS, p=m[kept] / m[kept].sum())]
             check.append(z.index_select(0, torch.as_tensor(pick, device=self.device)))
         self.check_cells = torch.stack(check)
-        self.scales = self.check_scales = None  # each divergence's starting value (set by :meth:`start`)
+        # each divergence's starting value (set by :meth:`start`)
+        self.scales: torch.Tensor | None = None
+        self.check_scales: torch.Tensor | None = None
         self.matching_scale = 1.0  # flow matching's loss when the stage starts
         self.last = float("nan")
 
@@ -103,7 +111,7 @@ class RolloutLoss:
                                                               device=self.device))
                             for z, m in zip(self.train_cells, self.train_mass)])
 
-    def terms(self, net, cells: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def terms(self, net: nn.Module, cells: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Divergences of the rollouts, and for growth the squared errors of their log population size.
 
         ``cells``: ``(K + 1, n, d)`` equally weighted cells of each time point. Both results are
@@ -116,7 +124,8 @@ class RolloutLoss:
         for k in range(n_intervals):
             t0, span = self.times[k], self.times[k + 1] - self.times[k]
 
-            def along_fraction(current, s, t0=t0, span=span):  # d(z, log m)/ds on this interval
+            def along_fraction(current: torch.Tensor, s: torch.Tensor, t0: torch.Tensor = t0,
+                               span: torch.Tensor = span) -> torch.Tensor:  # d(z, log m)/ds on this interval
                 v, g = self.field(current[:, :-1], (t0 + s.to(t0.dtype) * span).expand(len(current)), net)
                 rate = torch.cat([v, g if g is not None else torch.zeros_like(v[:, :1])], dim=1)
                 return rate * span.to(rate.dtype)
@@ -126,14 +135,14 @@ class RolloutLoss:
                             step_size=1.0 / self.solver_steps)[-1]
             carried = end[:n]
             ends.append(end.view(2, n, -1))  # the global rollout, then the one-interval one
-        ends = torch.stack(ends)  # (K, 2, n, d + 1)
-        log_mass = ends[..., -1]
+        stacked = torch.stack(ends)  # (K, 2, n, d + 1)
+        log_mass = stacked[..., -1]
         mass = torch.exp(log_mass - log_mass.detach().amax(dim=-1, keepdim=True))
         d = cells.shape[-1]
         uniform = torch.full((n_intervals * 2, n), 1.0 / n, device=self.device, dtype=self.dtype)
         # geomloss flattens its inputs with view(): every tensor it gets is made contiguous
         weights = (mass / mass.sum(-1, keepdim=True)).reshape(-1, n).contiguous()
-        moved = ends[..., :-1].reshape(-1, n, d).contiguous()
+        moved = stacked[..., :-1].reshape(-1, n, d).contiguous()
         targets = cells[1:, None].expand(-1, 2, -1, -1).reshape(-1, n, d).contiguous()
         divergences = self.divergence(weights, moved, uniform, targets)
         if not self.growth:
@@ -142,13 +151,15 @@ class RolloutLoss:
         measured = torch.stack([self.log_size[1:] - self.log_size[0], self.log_size[1:] - self.log_size[:-1]], 1)
         return divergences.view(n_intervals, 2), (reached - measured) ** 2
 
-    def _combined(self, terms, scales) -> torch.Tensor:
+    def _combined(self, terms: tuple[torch.Tensor, torch.Tensor | None], scales: torch.Tensor | None) -> torch.Tensor:
         """Mean of each divergence over its scale, plus the size errors in units of :data:`SIZE_TOLERANCE`."""
+        if scales is None:
+            raise RuntimeError("the rollout term has no scales yet: call start() first")
         divergences, sizes = terms
         value = (divergences / scales).mean()
         return value if sizes is None else value + (sizes / SIZE_TOLERANCE**2).mean()
 
-    def start(self, net, matching_loss: float) -> float:
+    def start(self, net: nn.Module, matching_loss: float) -> float:
         """Fix the scales the stage's loss is measured in, from the network it starts with: each
         divergence's starting value (over a few training samples, and on the cells kept out).
         Returns the starting network's :meth:`check_score`.
@@ -162,13 +173,13 @@ class RolloutLoss:
         self.matching_scale = max(float(matching_loss), 1e-12)
         return score
 
-    def __call__(self, net, matching_loss: torch.Tensor) -> torch.Tensor:
+    def __call__(self, net: nn.Module, matching_loss: torch.Tensor) -> torch.Tensor:
         """Flow matching's loss over its starting value, plus the rollout term on a fresh sample."""
         rollout = self._combined(self.terms(net, self._sample()), self.scales)
         self.last = float(rollout.detach())
         return matching_loss / self.matching_scale + rollout
 
-    def check_score(self, net) -> float:
+    def check_score(self, net: nn.Module) -> float:
         """The rollout term on the cells kept out of training (lower is better; one when the stage starts
         without growth).
         """
@@ -202,9 +213,10 @@ def rollout_steps(asked: bool | str, matching_steps: int, n_intervals: int) -> i
     return max(ROLLOUT_CHECK_EVERY, min(MAX_ROLLOUT_STEPS, budget))
 
 
-def fit_rollouts(net, objective, clock, field: Callable, populations, masses, times, growth: bool, rng, *,
-                 n_steps: int, lr: float, ema_decay: float | None, matching_loss: float,
-                 progress: bool) -> tuple[torch.nn.Module, dict[str, np.ndarray]]:
+def fit_rollouts(net: nn.Module, objective: Objective, clock: Clock, field: TrainingField,
+                 populations: list[torch.Tensor], masses: list[np.ndarray] | None, times: npt.ArrayLike, growth: bool,
+                 rng: np.random.Generator, *, n_steps: int, lr: float, ema_decay: float | None, matching_loss: float,
+                 progress: bool) -> tuple[nn.Module, dict[str, np.ndarray]]:
     """Rollout fitting after flow matching: training goes on with flow matching's loss plus the rollout term.
 
     From the fitted weights ``net``, at :data:`ROLLOUT_LR_FACTOR` times flow matching's ``lr``, for at most

@@ -6,6 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+import numpy.typing as npt
 import torch
 from torch import nn
 
@@ -16,6 +17,10 @@ CHECK_CELLS = 512  # cells per time point pushed to decide when to stop (n_steps
 # midpoint steps per interval of that push; 8 chose the same check on every leave-one-out fold of
 # emt and kouno_thp1, at twice the cost
 CHECK_STEPS = 4
+
+#: A network in training seen in real time: ``field(z, t, net) -> (velocity (n, d), growth (n, 1) or None)``
+#: per unit of real time at internal positions ``z`` and real times ``t`` (``CellFlow._training_field``).
+TrainingField = Callable[[torch.Tensor, torch.Tensor, nn.Module], tuple[torch.Tensor, torch.Tensor | None]]
 
 
 @dataclass
@@ -37,7 +42,8 @@ class EarlyStopping:
     min_improvement: float = 0.01
 
 
-def transport_stopping(field, populations, masses, times, rng) -> EarlyStopping:
+def transport_stopping(field: TrainingField, populations: list[torch.Tensor], masses: list[np.ndarray] | None,
+                       times: npt.ArrayLike, rng: np.random.Generator) -> EarlyStopping:
     """The rule of ``n_steps="auto"``: how far the flow's push of each time point lands from the next.
 
     Up to :data:`CHECK_CELLS` cells of every time point are drawn once. The score of a network
@@ -75,7 +81,7 @@ def transport_stopping(field, populations, masses, times, rng) -> EarlyStopping:
     span = torch.repeat_interleave(real[1:] - real[:-1], torch.as_tensor(counts, device=device))
     state = torch.cat([torch.cat(cells[:-1]), torch.zeros(sum(counts), 1, device=device)], dim=1)
 
-    def gaps(moved, log_mass=None) -> torch.Tensor:
+    def gaps(moved: torch.Tensor, log_mass: torch.Tensor | None = None) -> torch.Tensor:
         values = []
         for k, (z, m) in enumerate(zip(torch.split(moved, counts), torch.split(log_mass, counts)
                                        if log_mass is not None else [None] * len(counts))):
@@ -83,8 +89,9 @@ def transport_stopping(field, populations, masses, times, rng) -> EarlyStopping:
             values.append(energy_distance(z, w / w.sum(), cells[k + 1], weights[k + 1]))
         return torch.stack(values).mean()
 
-    def score(net) -> float:
-        def along_fraction(current, s):  # d(z, log m)/ds with t = t_k + s (t_{k+1} - t_k)
+    def score(net: nn.Module) -> float:
+        # d(z, log m)/ds with t = t_k + s (t_{k+1} - t_k)
+        def along_fraction(current: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
             v, g = field(current[:, :-1], start + s.to(start.dtype) * span, net)
             rate = torch.cat([v, g if g is not None else torch.zeros_like(v[:, :1])], dim=1)
             return rate * span[:, None].to(rate.dtype)

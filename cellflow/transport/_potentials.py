@@ -108,7 +108,9 @@ class Potential:
         or ``mass_i`` on the Laguerre partner alone (``hard``).
         """
         mass = np.ones(len(x)) if mass is None else np.asarray(mass, dtype=np.float64)
-        rows, cols, vals = [], [], []
+        rows: list[np.ndarray] = []
+        cols: list[np.ndarray] = []
+        vals: list[np.ndarray] = []
         n_chunks = -(-len(x) // max(1, CHUNK_ENTRIES // len(self.support)))
         bar = progress_bar(n_chunks, "potential rows", progress and n_chunks > 1)
         for start, logits in self._chunks(x):

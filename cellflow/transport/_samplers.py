@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, TypeGuard
 
 import numpy as np
 import numpy.typing as npt
@@ -217,7 +217,7 @@ class StackedPlans:
         self._interval = intervals.repeat_interleave(int(batch_size))
 
     @staticmethod
-    def stacks(samplers: Sequence[PairSampler]) -> bool:
+    def stacks(samplers: Sequence[PairSampler]) -> TypeGuard[Sequence[PlanSampler]]:
         """Whether :class:`StackedPlans` can take these samplers (plans of one kind)."""
         kinds = {type(s) for s in samplers}
         return len(kinds) == 1 and kinds <= {PlanSampler, WFRSampler}
