@@ -41,7 +41,7 @@ from dataclasses import replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-for _path in (ROOT, ROOT / "benchmarks"):  # cellflow from a checkout, and the other benchmark scripts
+for _path in (ROOT, ROOT / "benchmarks"):  # cellflow from a checkout, and the shared helpers
     if str(_path) not in sys.path:
         sys.path.insert(0, str(_path))
 os.environ.setdefault("CELLFLOW_DATA_DIR", str(ROOT.parent / "shared" / "data"))
@@ -49,7 +49,8 @@ os.environ.setdefault("CELLFLOW_DATA_DIR", str(ROOT.parent / "shared" / "data"))
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
-from leave_one_out import EMA, TORCHCFM, load_course, machine_lines, torchcfm_fitter  # noqa: E402
+from _common import load_course, machine_lines  # noqa: E402
+from _torchcfm import EMA, TORCHCFM, IntervalByInterval, torchcfm_fitter  # noqa: E402
 from sections import (  # noqa: E402
     QUICK_DATASET,
     QUICK_STEPS,
@@ -114,22 +115,6 @@ def represent(course: TimeCourse, n_pcs: int | None, held_out: int | None) -> Ti
     project, _ = fold_pca(training, n_pcs)
     return replace(course, populations=[project(x) for x in course.populations],
                    use_rep=f"PCA({n_pcs}) of {course.use_rep}")
-
-
-class IntervalByInterval:
-    """``transport(x, times)`` of a model that only pushes (``push(x, t_from, t_to)``, as TorchCFMRunner):
-    the positions at each time pushed on from those at the time before; masses stay one.
-    """
-
-    def __init__(self, model):
-        self.model = model
-
-    def transport(self, x, times):
-        positions = [np.asarray(x, dtype=np.float64)]
-        for t_from, t_to in zip(times[:-1], times[1:]):
-            positions.append(self.model.push(positions[-1], float(t_from), float(t_to)))
-        stacked = np.stack(positions)
-        return stacked, np.ones(stacked.shape[:2])
 
 
 def fit(method: str, training: TimeCourse, *, seed: int, rollout: str, steps, device: str, torchcfm_steps=None):

@@ -28,25 +28,23 @@ Run ``python benchmarks/leave_one_out.py --help`` for the options.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime as dt
-import inspect
-import os
-import platform
 import sys
-import time
-from importlib import metadata
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 for _path in (ROOT, ROOT / "benchmarks"):  # cellflow from a checkout, and the shared sections.py
     if str(_path) not in sys.path:
         sys.path.insert(0, str(_path))
-os.environ.setdefault("CELLFLOW_DATA_DIR", str(ROOT.parent / "shared" / "data"))
 
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
+
+# benchmarks/_common.py and _torchcfm.py: the courses, the machine lines and the TorchCFM runner, shared by the
+# benchmark scripts (and imported here by those that import them from this script)
+from _common import COURSES, load_course, load_course_times, load_note, machine_lines  # noqa: E402,F401
+from _torchcfm import EMA, LR, SIGMA, TORCHCFM, TorchCFMPairs, TorchCFMRunner, torchcfm_fitter  # noqa: E402,F401
 
 # benchmarks/sections.py, shared by the benchmark scripts
 from sections import (  # noqa: E402
@@ -58,25 +56,14 @@ from sections import (  # noqa: E402
     write_section,
 )
 
-import cellflow  # noqa: E402
 from cellflow._utils import resolve_device  # noqa: E402
 from cellflow.benchmark import BASELINES, MMD_BANDWIDTHS, leave_one_out  # noqa: E402
-from cellflow.fields import Clock, TimeMLP  # noqa: E402
-from cellflow.io import read_time_course  # noqa: E402
-from cellflow.model import METHODS, TimeCourse, default_batch_size, default_hidden  # noqa: E402
-from cellflow.solvers import integrate  # noqa: E402
-from cellflow.training import Batch, train  # noqa: E402
+from cellflow.model import METHODS  # noqa: E402
 
-DATASETS = ("emt", "kouno_thp1", "mouse_hematopoiesis", "moscot_temporal")
-N_PCS = 10  # components of each fold's PCA (datasets with genes)
+DATASETS = COURSES  # every published course of load_course
 DEFAULT_METHOD = "otcfm"  # the default the target is judged on
-TORCHCFM = "torchcfm_otcfm"
 QUICK_METHODS = (DEFAULT_METHOD, "wfr", TORCHCFM, "baselines")  # --quick: without and with growth, and the rivals
 BASELINE_PAIR = ("ot_map", "ot_draw")  # the one-point-per-cell baselines the default must beat
-_DEFAULTS = inspect.signature(cellflow.CellFlow).parameters
-EMA = _DEFAULTS["ema_decay"].default
-LR = _DEFAULTS["lr"].default
-SIGMA = METHODS["otcfm"].path_class.default_sigma  # path noise, in units of the data's overall std
 RESULTS = ROOT / "benchmarks" / "results" / "leave_one_out"
 SECTION = "leave_one_out"  # <!-- leave_one_out:start --> ... <!-- leave_one_out:end --> in BENCHMARKS.md
 LABELS = {
@@ -89,155 +76,6 @@ LABELS = {
 
 def label(method: str) -> str:
     return LABELS.get(method, f"cellflow {method}")
-
-
-# ---------------------------------------------------------------------------------------------
-# Data
-# ---------------------------------------------------------------------------------------------
-
-def load_course(name: str) -> tuple[TimeCourse, int | None, str]:
-    """The time course of ``name``, the PCA size of its folds (``None``: fixed embedding) and a note."""
-    if name == QUICK_DATASET:
-        adata = cellflow.datasets.simulate(n_cells=80, times=(0.0, 1.0, 2.0, 3.0), n_genes=5, seed=0)
-        note = "cellflow.datasets.simulate, 80 cells at time 0, its 2-d latent states"
-        return read_time_course(adata, "time", "X_pca"), None, note
-    if name in ("emt", "mouse_hematopoiesis"):
-        adata = getattr(cellflow.datasets, name)()
-        note = (f"the published {adata.obsm['X_pca'].shape[1]}-d embedding of the DeepRUOT file, used as it is: "
-                "the file has no genes, so no PCA per fold is possible (the embedding was computed by its "
-                "authors on all time points)")
-        return read_time_course(adata, "time", "X_pca"), None, note
-    if name == "kouno_thp1":
-        course = read_time_course(cellflow.datasets.kouno_thp1(), "time", "X")
-        note = (f"log2 relative expression of 45 genes; each fold's PCA ({N_PCS} components) fitted on its "
-                "training times")
-        return course, N_PCS, note
-    if name == "moscot_temporal":
-        course = read_time_course(cellflow.datasets.moscot_temporal(), "time", "X")
-        note = (f"the file's log-normalised X, 1479 genes; each fold's PCA ({N_PCS} components) fitted on its "
-                "training times")
-        return course, N_PCS, note
-    raise ValueError(f"unknown dataset {name!r}; choose from {DATASETS}")
-
-
-# ---------------------------------------------------------------------------------------------
-# TorchCFM runner
-# ---------------------------------------------------------------------------------------------
-
-class TorchCFMPairs:
-    """Training batches of TorchCFM's exact minibatch OT-CFM, in real time as cellflow's objectives give them.
-
-    Per step and per interval ``[t_k, t_{k+1}]`` (length ``h_k``) of the training time points,
-    ``batch_size`` cells are drawn uniformly with replacement from each side; TorchCFM's
-    ``sample_location_and_conditional_flow`` solves the exact OT plan of that minibatch,
-    resamples pairs from it and returns ``(s, x_s, u)`` with ``s`` in ``[0, 1]``. As in
-    cellflow, the path is defined in real time: the point lies at ``t = t_k + s h_k`` and moves
-    at ``u / h_k``; the training loop turns these into the network's input time ``tau(t)`` and
-    its units (:meth:`cellflow.fields.Clock.to_network`), exactly as for cellflow's own pairs.
-    """
-
-    def __init__(self, populations, times, batch_size: int, sigma: float):
-        from torchcfm.conditional_flow_matching import (
-            ExactOptimalTransportConditionalFlowMatcher,
-        )
-
-        self.populations = populations
-        self.times = [float(t) for t in times]
-        self.batch_size = int(batch_size)
-        self.matcher = ExactOptimalTransportConditionalFlowMatcher(sigma=sigma)
-
-    def draw(self):
-        xs, ts, us = [], [], []
-        for k in range(len(self.populations) - 1):
-            source, target = self.populations[k], self.populations[k + 1]
-            i = torch.randint(0, source.shape[0], (self.batch_size,), device=source.device)
-            j = torch.randint(0, target.shape[0], (self.batch_size,), device=target.device)
-            s, x_s, u = self.matcher.sample_location_and_conditional_flow(source[i], target[j])
-            span = self.times[k + 1] - self.times[k]
-            xs.append(x_s)
-            ts.append(self.times[k] + span * s)
-            us.append(u / span)
-        return Batch(x=torch.cat(xs), t=torch.cat(ts), u=torch.cat(us))
-
-
-class TorchCFMRunner:
-    """TorchCFM's exact minibatch OT-CFM, trained and integrated as cellflow trains and integrates.
-
-    Batches come from :class:`TorchCFMPairs` (TorchCFM's coupling and path, cellflow's clock).
-    Everything else is cellflow's own code, called rather than copied: the network
-    (:class:`cellflow.fields.TimeMLP` of the same widths, hence the same initial weights for a
-    seed), the training loop :func:`cellflow.training.train` (loss, Adam, weight averaging with
-    the same decay, ``ema_decay``, cellflow's default unless switched off with 0), the
-    coordinates (centre, one overall scale, :class:`cellflow.fields.Clock`) and the integrator
-    (:func:`cellflow.solvers.integrate`, dopri5 with its default tolerances) on the
-    real-time field ``net(z, tau(t)) * r(t)``, the form of ``CellFlow._field``.
-    """
-
-    def __init__(self, *, sigma=SIGMA, hidden=(256, 256, 256), n_steps=2000, batch_size=256, lr=LR,
-                 ema_decay: float | None = EMA, seed: int = 0, device: str = "cpu"):
-        self.sigma = float(sigma)
-        self.hidden = tuple(hidden)
-        self.n_steps = int(n_steps)
-        self.batch_size = int(batch_size)
-        self.lr = float(lr)
-        self.ema_decay = ema_decay or None
-        self.seed = int(seed)
-        self.device = torch.device(device)
-        self.net = None
-        self.history: dict[str, float | np.ndarray] = {}
-
-    def network(self, n_dims: int) -> torch.nn.Module:
-        """The field ``net(x, t)``: cellflow's :class:`TimeMLP` of the shared widths."""
-        return TimeMLP(n_dims, self.hidden)
-
-    def _internal(self, x) -> torch.Tensor:
-        z = (np.asarray(x, dtype=np.float64) - self.center) / self.scale
-        return torch.as_tensor(z, dtype=torch.float32, device=self.device)
-
-    def fit(self, course: TimeCourse) -> TorchCFMRunner:
-        start = time.perf_counter()
-        # torch: initial weights, which cells enter a minibatch and TorchCFM's draws of s and
-        # noise; np.random: TorchCFM's resampling of pairs from the minibatch plan.
-        torch.manual_seed(self.seed)
-        np.random.seed(self.seed)  # noqa: NPY002 (TorchCFM draws from numpy's global generator)
-
-        pooled = np.concatenate(course.populations).astype(np.float64)
-        self.center = pooled.mean(axis=0)
-        self.scale = float(np.sqrt(pooled.var(axis=0).mean())) or 1.0
-        populations = [self._internal(x) for x in course.populations]
-        pairs = TorchCFMPairs(populations, course.times, self.batch_size, self.sigma)
-        self.clock = Clock.from_targets(course.times, pairs)  # units from its own targets, as cellflow's
-        net = self.network(course.n_dims).to(self.device)
-        net, log = train(net, pairs, self.clock, n_steps=self.n_steps, lr=self.lr, ema_decay=self.ema_decay,
-                         progress=False)
-        self.net = net.eval()
-        self.history = {"loss": log["loss"], "fit_seconds": time.perf_counter() - start}
-        return self
-
-    def _field(self, z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """Velocity per unit of real time: the network's output at ``tau(t)`` in the unit of the interval ahead."""
-        tau, unit = self.clock.evaluate(t.to(torch.float64).expand(len(z)), at_knots="after")
-        return self.net(z, tau.to(z.dtype)) * unit.to(z.dtype)[:, :1]
-
-    def push(self, x, t_from: float, t_to: float) -> np.ndarray:
-        times = torch.tensor([t_from, t_to], dtype=torch.float32, device=self.device)
-        with torch.no_grad():
-            z = integrate(self._field, self._internal(x), times, method="dopri5")
-        return z[-1].cpu().numpy().astype(np.float64) * self.scale + self.center
-
-
-def torchcfm_fitter(steps_of, device: str, ema_decay):
-    """``fit(training, seed, held_out_time)`` of :class:`TorchCFMRunner` with cellflow's default widths and
-    pairs per step, for ``steps_of(seed, held_out_time)`` steps.
-    """
-
-    def fit(training: TimeCourse, seed: int, held_out_time: float):
-        runner = TorchCFMRunner(hidden=default_hidden(training.n_dims), n_steps=steps_of(seed, held_out_time),
-                                batch_size=default_batch_size(training), ema_decay=ema_decay, seed=seed,
-                                device=device)
-        return runner.fit(training)
-
-    return fit
 
 
 # ---------------------------------------------------------------------------------------------
@@ -335,28 +173,6 @@ def method_row(summary: pd.DataFrame, method: str, datasets=DATASETS) -> str:
         met = judge(summary, dataset, method)[0] if dataset in summary.index.get_level_values(0) else None
         marks.append("-" if met is None else ("yes" if met else "no"))
     return f"| {method} | " + " | ".join(marks) + f" | {marks.count('yes')} |"
-
-
-def machine_lines(device: str) -> list[str]:
-    cpu = platform.processor() or "unknown"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-
-    def version(dist):
-        try:
-            return metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            return "not installed"
-
-    return [
-        f"CPU: {cpu}; nproc {os.cpu_count()}; torch threads {torch.get_num_threads()}; device {device}; "
-        f"load average {', '.join(f'{v:.2f}' for v in os.getloadavg())}",
-        f"Python {platform.python_version()}, torch {torch.__version__}, torchcfm {version('torchcfm')}, "
-        f"POT {version('pot')}, scikit-learn {version('scikit-learn')}, cellflow {cellflow.__version__}",
-    ]
 
 
 def write_report(path: Path, folder: Path, rows: pd.DataFrame, steps: str, datasets=DATASETS) -> str:
@@ -462,22 +278,6 @@ def write_report(path: Path, folder: Path, rows: pd.DataFrame, steps: str, datas
     text = "\n".join(out)
     write_section(SECTION, text, path)
     return text
-
-
-_NOTES: dict[str, str] = {}
-_TIMES: dict[str, np.ndarray] = {}
-
-
-def load_note(name: str) -> str:
-    if name not in _NOTES:
-        course, _, _NOTES[name] = load_course(name)
-        _TIMES[name] = course.times
-    return _NOTES[name]
-
-
-def load_course_times(name: str) -> np.ndarray:
-    load_note(name)
-    return _TIMES[name]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -31,7 +31,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]  # this checkout's cellflow, and sections.py
 
-from leave_one_out import load_course  # noqa: E402
+from _common import load_course  # noqa: E402
 from sections import (  # noqa: E402
     QUICK_DATASET,
     QUICK_STEPS,

@@ -20,7 +20,7 @@ What it runs, for each size ``n`` (cells per time point; default 2,000, 20,000 a
   widths doing forward + backward + Adam on a random batch of the same size (``batch_size`` x
   intervals), with the threads cellflow chose for the fit.
 
-Writes the ``scale`` section of ``BENCHMARKS.md`` and ``docs/figures/scale.png``, and the raw rows as
+Writes the ``scale`` section of ``BENCHMARKS.md`` and ``docs/scale.png``, and the raw rows as
 ``scale.csv`` in ``--results`` (default ``benchmarks/results/``). ``--quick`` (seconds, for tests)
 measures one size of 300 cells per time point, its fit and the bare network for a few steps, and
 writes ``scale_quick.csv``, ``scale_quick.png`` and its section in ``BENCHMARKS_quick.md``, all in
@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import functools
 import json
 import os
 import platform
@@ -52,6 +51,9 @@ for _path in (ROOT, ROOT / "benchmarks"):  # cellflow from a checkout, and the s
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+# benchmarks/_measure.py: peak memory per stage, hooks that time a stage, and the bare network's step
+from _measure import BARE_STEPS, GB, StageMemory, bare_step_seconds, instrument, status_bytes  # noqa: E402
+
 # benchmarks/sections.py, shared by the benchmark scripts; QUICK_STEPS: the fit's and the bare network's in --quick
 from sections import QUICK_STEPS, RESULTS, code_version, report_file, write_section  # noqa: E402
 
@@ -65,63 +67,7 @@ FROM_TIME, TO_TIME = 0.0, 0.5
 TARGET_SECONDS = 15 * 60  # the largest case, end to end
 TARGET_RSS_GB = 4.0
 TARGET_STEP_RATIO = 1.25  # cellflow's training step / the bare network's step
-BARE_WARMUP, BARE_STEPS = 20, 300
 STAGES = ("read", "prepare", "coupling", "training", "write-back", "interpolation")
-GB = 1e9
-
-
-# -- memory and timing of one process -----------------------------------------------------------
-
-def _status_bytes(field: str) -> int:
-    """A ``kB`` line of ``/proc/self/status`` (``VmHWM``, ``VmRSS``) in bytes."""
-    with open("/proc/self/status") as status:
-        line = next(row for row in status if row.startswith(field + ":"))
-    return int(line.split()[1]) * 1024
-
-
-class StageMemory:
-    """Peak resident memory of each stage of a run: the high-water mark is read and reset whenever
-    the stage changes (Linux: ``VmHWM``, reset by writing 5 to ``/proc/self/clear_refs``).
-    """
-
-    def __init__(self, stage: str = "start"):
-        self.stage, self.peaks = stage, {}
-        self.enter(stage)
-
-    def enter(self, stage: str) -> None:
-        """Close the current stage (keep its peak) and start ``stage``."""
-        peak = _status_bytes("VmHWM")
-        self.peaks[self.stage] = max(self.peaks.get(self.stage, 0), peak)
-        with open("/proc/self/clear_refs", "w") as refs:
-            refs.write("5")
-        self.stage = stage
-
-    @contextlib.contextmanager
-    def during(self, stage: str):
-        """Count the block's memory to ``stage``, then return to the stage it interrupted."""
-        outer = self.stage
-        self.enter(stage)
-        try:
-            yield
-        finally:
-            self.enter(outer)
-
-
-def instrument(owner, name: str, stage: str, memory: StageMemory, seconds: dict, cpu: dict) -> None:
-    """Wrap ``owner.name`` so that its calls count to ``stage``: their memory, wall time and CPU time."""
-    original = getattr(owner, name)
-
-    @functools.wraps(original)
-    def wrapped(*args, **kwargs):
-        start, start_cpu = time.perf_counter(), time.process_time()
-        with memory.during(stage):
-            try:
-                return original(*args, **kwargs)
-            finally:
-                seconds[stage] = seconds.get(stage, 0.0) + time.perf_counter() - start
-                cpu[stage] = cpu.get(stage, 0.0) + time.process_time() - start_cpu
-
-    setattr(owner, name, wrapped)
 
 
 # -- the subprocesses ------------------------------------------------------------------------------
@@ -138,34 +84,6 @@ def generate(n_cells: int, path: Path) -> dict:
                 generate_rss_gb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / GB)
 
 
-def bare_step_seconds(dim: int, hidden, batch: int, threads: int, n_steps: int = BARE_STEPS) -> tuple[float, float]:
-    """Wall and CPU seconds per forward + backward + Adam step of a bare ``TimeMLP`` on one fixed random batch,
-    over ``n_steps`` steps after ``BARE_WARMUP``.
-    """
-    import torch
-
-    from cellflow.fields import TimeMLP
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        generator = torch.Generator().manual_seed(0)
-        net = TimeMLP(dim, tuple(hidden))
-        optimiser = torch.optim.Adam(net.parameters(), lr=1e-3, foreach=True)
-        x, u = torch.randn(batch, dim, generator=generator), torch.randn(batch, dim, generator=generator)
-        t = torch.rand(batch, generator=generator)
-        for step in range(BARE_WARMUP + n_steps):
-            if step == BARE_WARMUP:
-                start, start_cpu = time.perf_counter(), time.process_time()
-            loss = ((net(x, t) - u) ** 2).sum(dim=1).mean()
-            optimiser.zero_grad(set_to_none=True)
-            loss.backward()
-            optimiser.step()
-        return (time.perf_counter() - start) / n_steps, (time.process_time() - start_cpu) / n_steps
-    finally:
-        torch.set_num_threads(before)
-
-
 def measure(path: Path, quick: bool = False) -> dict:
     """The measured run on the course in ``path``: every stage's seconds and peak memory.
 
@@ -178,13 +96,14 @@ def measure(path: Path, quick: bool = False) -> dict:
     import cellflow as cf
     import cellflow._utils
     import cellflow.model
+    from cellflow.model import _model as fitting  # the module whose fit calls the training loop
 
     # torch imports its compiler stack (torch._dynamo, about 1 s) when a process builds its first optimiser; the
     # bare loop is timed after that, so building one here leaves it out of the fit's training time too
     warm = torch.nn.Linear(2, 2)
     warm(torch.zeros(1, 2)).sum().backward()
     torch.optim.Adam(warm.parameters(), foreach=True).step()
-    baseline = _status_bytes("VmRSS")
+    baseline = status_bytes("VmRSS")
     seconds, cpu, threads = {}, {}, []
     choose_threads = cellflow._utils.cpu_threads
 
@@ -195,13 +114,13 @@ def measure(path: Path, quick: bool = False) -> dict:
     cellflow._utils.cpu_threads = recorded_threads
     instrument(cellflow.model.CellFlow, "fit", "prepare", memory, seconds, cpu)  # inner stages below take over
     instrument(cellflow.model.CellFlow, "_samplers", "coupling", memory, seconds, cpu)
-    instrument(cellflow.model, "train", "training", memory, seconds, cpu)
+    instrument(fitting, "train", "training", memory, seconds, cpu)
 
     with memory.during("read"):
         start = time.perf_counter()
         adata = anndata.read_h5ad(path, backed="r")
         opened = time.perf_counter()
-        course = cf.readers.read_time_course(adata, TIME_KEY, USE_REP)
+        course = cf.io.read_time_course(adata, TIME_KEY, USE_REP)
         read_seconds = time.perf_counter() - opened
         open_seconds = opened - start
         n_start, counts = len(course.populations[0]), [len(x) for x in course.populations]
@@ -244,7 +163,7 @@ def measure(path: Path, quick: bool = False) -> dict:
         step_ratio=seconds["training"] / steps / bare,
         step_cpu_ms=1e3 * cpu["training"] / steps, bare_step_cpu_ms=1e3 * bare_cpu,
         step_cpu_ratio=cpu["training"] / steps / bare_cpu,
-        batch=batch, hidden=list(params["hidden"]), stopped_early=steps < cellflow.model._model.MAX_AUTO_STEPS,
+        batch=batch, hidden=list(params["hidden"]), stopped_early=steps < fitting.MAX_AUTO_STEPS,
         interpolation_cells_per_second=n_start / interpolation_seconds,
         peak_rss_gb=max(run_peaks.values()), baseline_rss_gb=baseline / GB,
         **{f"rss_{k}_gb": v for k, v in run_peaks.items()},
@@ -432,7 +351,7 @@ def parse_args(argv=None):
         return args
     results = args.results or RESULTS
     args.out = report_file(args.out, args.quick, results)
-    args.figure = results / "scale_quick.png" if args.quick else ROOT / "docs" / "figures" / "scale.png"
+    args.figure = results / "scale_quick.png" if args.quick else ROOT / "docs" / "scale.png"
     args.csv = results / ("scale_quick.csv" if args.quick else "scale.csv")
     return args
 
@@ -443,8 +362,8 @@ def main(argv=None) -> int:
         row = generate(args.cells, args.h5ad) if args.role == "generate" else measure(args.h5ad, args.quick)
         args.json.write_text(json.dumps(row))
         return 0
-    command = "python benchmarks/scale.py" + "".join(
-        " " + shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
+    given = sys.argv[1:] if argv is None else argv
+    command = "python benchmarks/scale.py" + "".join(" " + shlex.quote(a) for a in given)
     code, load_start = code_version(), ", ".join(f"{v:.2f}" for v in os.getloadavg())
     print(f"$ {command}\ncode: {code}; load average at start: {load_start}", flush=True)
     for line in machine_lines():

@@ -41,7 +41,8 @@ os.environ.setdefault("CELLFLOW_DATA_DIR", str(ROOT.parent / "shared" / "data"))
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
-from leave_one_out import TorchCFMRunner, load_course  # noqa: E402
+from _common import load_course  # noqa: E402
+from _torchcfm import TorchCFMRunner  # noqa: E402
 from sections import (  # noqa: E402
     QUICK_DATASET,
     QUICK_STEPS,

@@ -211,6 +211,7 @@ def _benchmark_script():
     return module
 
 
+@pytest.mark.slow  # the benchmark script's quick run: every method fitted and scored on both protocols
 def test_quick_benchmark_writes_the_horizon_rows_and_section(tmp_path):
     script = _benchmark_script()
     out = tmp_path / "BENCHMARKS.md"

@@ -71,6 +71,7 @@ def _ten_lines() -> str:
     return re.search(r"```python\n(.*?)^```", section, flags=re.S | re.M).group(1)
 
 
+@pytest.mark.slow  # a README snippet run as written, as test_snippet_runs
 def test_ten_line_example_runs_as_written(tmp_path, monkeypatch, capsys):
     """The README's first example, executed as it stands: it fits, draws, predicts and prints the transitions."""
     import matplotlib

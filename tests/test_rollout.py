@@ -56,6 +56,7 @@ def test_rollout_must_be_true_or_false():
         CellFlow("otcfm", rollout="yes")
 
 
+@pytest.mark.slow  # two full fits, with and without rollout fitting, on five intervals
 def test_rollout_fitting_brings_a_five_interval_push_closer_to_the_truth_than_flow_matching_alone():
     adata = cf.datasets.simulate(n_cells=120, times=(0, 1, 2, 3, 4, 5), growth_scale=0.0, n_genes=5, seed=0)
     course = read_time_course(adata, time_key="time", use_rep="X_pca")

@@ -45,6 +45,7 @@ def test_missing_requirements_names_what_cannot_be_imported():
     assert missing_requirements(nbformat.v4.new_notebook()) == []
 
 
+@pytest.mark.slow  # a fresh kernel and every cell of the notebook: minutes in all (.ci/run's slow step runs them)
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
 def test_tutorial_runs(path, tmp_path, monkeypatch):
     notebook = nbformat.read(path, as_version=4)
