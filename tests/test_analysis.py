@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import functools
-
 import anndata as ad
 import numpy as np
 import ot
 import pandas as pd
 import pytest
-import scanpy as sc
-from scipy import stats
 import torch
+from scipy import stats
 
 import cellflow as cf
 
@@ -28,27 +25,8 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-@functools.cache
-def _moscot_fits() -> dict:
-    """The moscot course with 10 PCs, fitted once per test run by OT-CFM and by WFR (shared by the test modules)."""
-    adata = cf.datasets.moscot_temporal()
-    sc.pp.pca(adata, n_comps=10)
-    fits = {}
-    for method in ("otcfm", "wfr"):
-        fitted = adata.copy()
-        model = cf.tl.fit(fitted, "day", "X_pca", method, **(FIT if method == "otcfm" else {**FIT, "n_steps": 150}))
-        fits[method] = (fitted, model)
-    return fits
-
-
-def moscot_fit(method: str = "otcfm"):
-    """A fresh copy of the fitted AnnData (tests may write into it) and its model."""
-    adata, model = _moscot_fits()[method]
-    return adata.copy(), model
-
-
 @pytest.fixture(scope="module")
-def moscot():
+def moscot(moscot_fit):
     return moscot_fit("otcfm")
 
 
@@ -201,7 +179,7 @@ def test_growth_model_carries_mass():
     np.testing.assert_allclose(paths.masses[-1], mass, rtol=1e-3)
 
 
-def test_clear_errors():
+def test_clear_errors(moscot_fit):
     adata, _ = moscot_fit()
     with pytest.raises(ValueError, match="earlier.*ancestors"):
         cf.tl.fate(adata, 10.5, 10, progress=False)

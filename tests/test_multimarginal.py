@@ -283,7 +283,14 @@ def test_unbalanced_multimarginal(path):
     adata = cf.datasets.simulate(n_cells=120, times=(0.0, 1.0, 2.0), seed=0)
     model = cf.tl.fit(adata, method="mmfm", coupling="wfr", path=path, n_steps=60, progress=False)
     assert model.has_growth and model.multimarginal
-    assert np.isfinite(adata.obs["cellflow_growth_rate"]).all()
+    # the simulation's growth is known: the learned rate follows it (measured r 0.78 with path='wfr', 0.79
+    # with 'spline'), and the mass carried from time 0 to 2 is the change in cell numbers (1.42 and 1.35
+    # per starting cell against 1.37 measured; no growth would carry 1.0)
+    learned, truth = adata.obs["cellflow_growth_rate"].to_numpy(), adata.obs["growth_true"].to_numpy()
+    assert np.corrcoef(learned, truth)[0, 1] > 0.5
+    n = adata.obs["time"].value_counts()
+    carried = cf.tl.interpolate(adata, 0.0, 2.0).obs["cellflow_mass"].mean()
+    assert carried == pytest.approx(n[2.0] / n[0.0], rel=0.15)
 
 
 def test_monotone_hermite_matches_derivative_and_never_overshoots():
