@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from test_keys import FIT, _course, _unchanged
 
 import cellflow as cf
 
@@ -33,25 +32,25 @@ def _huge_prior(adata):
     (_far_cell, {}, "1e\\+?30|far|farther"),
     (_no_columns, {}, "column"),
 ])
-def test_bad_fit_inputs_are_refused_and_nothing_changes(change, kwargs, message):
-    adata = _course()
+def test_bad_fit_inputs_are_refused_and_nothing_changes(change, kwargs, message, quick_fit, small_course, unchanged):
+    adata = small_course()
     if change is not None:
         change(adata)
-    with _unchanged(adata), pytest.raises(ValueError, match=message):
-        cf.tl.fit(adata, **{**FIT, **kwargs})
+    with unchanged(adata), pytest.raises(ValueError, match=message):
+        cf.tl.fit(adata, **{**quick_fit, **kwargs})
 
 
-def test_dashed_day_labels_run_forward():
-    adata = _course()
+def test_dashed_day_labels_run_forward(quick_fit, small_course):
+    adata = small_course()
     adata.obs["day"] = adata.obs["time"].map({0.0: "day-1", 1.0: "day-2", 2.0: "day-3"})
-    model = cf.tl.fit(adata, time_key="day", **FIT)
+    model = cf.tl.fit(adata, time_key="day", **quick_fit)
     np.testing.assert_array_equal(model.times, [1.0, 2.0, 3.0])
 
 
-def test_a_solver_typo_is_named_and_nothing_changes():
-    adata = _course()
-    cf.tl.fit(adata, **FIT)
-    with _unchanged(adata), pytest.raises(ValueError, match="solver='dopri'"):
+def test_a_solver_typo_is_named_and_nothing_changes(quick_fit, small_course, unchanged):
+    adata = small_course()
+    cf.tl.fit(adata, **quick_fit)
+    with unchanged(adata), pytest.raises(ValueError, match="solver='dopri'"):
         cf.tl.interpolate(adata, 0.0, 0.5, solver="dopri")
-    with _unchanged(adata), pytest.raises(ValueError, match="solver='rk'"):
+    with unchanged(adata), pytest.raises(ValueError, match="solver='rk'"):
         cf.tl.fate(adata, 0.0, 1.0, "side", solver="rk", progress=False)

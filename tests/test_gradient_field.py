@@ -5,7 +5,6 @@ from __future__ import annotations
 import anndata as ad
 import numpy as np
 import torch
-from test_pieces import _gaussian_pair, monge_map
 
 import cellflow as cf
 from cellflow.fields import GradientField
@@ -20,16 +19,16 @@ def _jacobians(model, x, t):
                         for point in z])
 
 
-def _course(n, seed=0):
-    x0, x1, params = _gaussian_pair(n, seed=seed)
+def _course(gaussian_pair, n, seed=0):
+    x0, x1, params = gaussian_pair(n, seed=seed)
     course = TimeCourse(times=np.array([0.0, 2.0]), populations=[x0.astype(np.float32), x1.astype(np.float32)],
                         indices=[np.arange(n)] * 2)
     return course, params
 
 
-def test_gradient_field_has_zero_curl():
-    course, _ = _course(200)
-    x = _gaussian_pair(20, seed=5)[0]
+def test_gradient_field_has_zero_curl(gaussian_pair):
+    course, _ = _course(gaussian_pair, 200)
+    x = gaussian_pair(20, seed=5)[0]
     asymmetry = {}
     for field in ("gradient", "direct"):
         model = cf.CellFlow("otcfm", n_steps=150, hidden=(32, 32), field=field, seed=0).fit(course, progress=False)
@@ -61,9 +60,9 @@ def test_gradient_field_under_no_grad_equals_the_field_in_training():
         torch.testing.assert_close(net(x, t)[:, axis], difference, rtol=1e-6, atol=1e-8)
 
 
-def test_gradient_field_recovers_the_gaussian_monge_map_as_well_as_a_direct_field():
-    course, params = _course(800, seed=4)
-    test = _gaussian_pair(400, seed=9)[0]
+def test_gradient_field_recovers_the_gaussian_monge_map_as_well_as_a_direct_field(gaussian_pair, monge_map):
+    course, params = _course(gaussian_pair, 800, seed=4)
+    test = gaussian_pair(400, seed=9)[0]
     truth = monge_map(test, *params)
     displacement = np.linalg.norm(truth - test, axis=1).mean()
     error = {}
@@ -89,8 +88,8 @@ def test_gradient_field_in_tl_fit_interpolate_and_files(tmp_path):
     np.testing.assert_array_equal(restored.velocity(start[:30], 0.4), model.velocity(start[:30], 0.4))
 
 
-def test_gradient_field_with_growth_round_trips(tmp_path):
-    course, _ = _course(80)
+def test_gradient_field_with_growth_round_trips(tmp_path, gaussian_pair):
+    course, _ = _course(gaussian_pair, 80)
     model = cf.CellFlow("wfr", delta=2.0, n_steps=30, hidden=(16,), field="gradient", seed=0).fit(course, progress=False)
     assert isinstance(model.net.velocity, GradientField)
     back = cf.CellFlow.load(model.save(tmp_path / "wfr_gradient"))

@@ -10,14 +10,13 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 import pytest
-from test_analysis import moscot_fit, one_thread  # noqa: F401
 
 import cellflow as cf
 from cellflow.cli import main
 
 
 @pytest.mark.parametrize("method", ["otcfm", "wfr"])
-def test_model_file_round_trip(method, tmp_path):
+def test_model_file_round_trip(method, tmp_path, moscot_fit):
     adata, model = moscot_fit(method)
     path = cf.io.save_model(model, tmp_path / "model")
     assert path == tmp_path / "model.npz" and path.is_file()
@@ -32,7 +31,7 @@ def test_model_file_round_trip(method, tmp_path):
     np.testing.assert_array_equal(a[1], b[1])
 
 
-def test_model_file_holds_plain_arrays_only(tmp_path):
+def test_model_file_holds_plain_arrays_only(tmp_path, moscot_fit):
     _, model = moscot_fit()
     path = cf.io.save_model(model, tmp_path / "model.npz")
     with np.load(path, allow_pickle=False) as archive:
@@ -67,7 +66,7 @@ def test_cli_help(command, capsys):
 
 # -- the commands through subprocesses, started together: each pays the import of cellflow ----------
 @pytest.fixture(scope="module")
-def cli_runs(tmp_path_factory):
+def cli_runs(tmp_path_factory, moscot_fit):
     folder = tmp_path_factory.mktemp("cli")
     fitted, _ = moscot_fit()
     fitted.write_h5ad(folder / "fitted.h5ad")

@@ -6,33 +6,22 @@ compared deeply before and after.
 
 from __future__ import annotations
 
-import copy
-from contextlib import contextmanager
 from typing import Mapping
 
 import anndata as ad
 import numpy as np
-import pandas as pd
 import pytest
 import scipy.sparse as sp
 
 import cellflow as cf
 
-FIT = dict(n_steps=30, hidden=(32, 32), batch_size=64, seed=0, progress=False)
 QUIET = dict(progress=False)
 
 
-def _course() -> ad.AnnData:
-    """A small simulated course (2 PCs, 50 genes) with an obs column of groups."""
-    adata = cf.datasets.simulate(n_cells=40, times=(0.0, 1.0, 2.0), seed=0)
-    adata.obs["side"] = np.where(adata.obsm["X_pca"][:, 0] > 0, "left", "right")
-    return adata
-
-
 @pytest.fixture(scope="module")
-def fitted_course() -> ad.AnnData:
-    adata = _course()
-    cf.tl.fit(adata, **FIT)
+def fitted_course(quick_fit, small_course) -> ad.AnnData:
+    adata = small_course()
+    cf.tl.fit(adata, **quick_fit)
     return adata
 
 
@@ -42,45 +31,16 @@ def fitted(fitted_course) -> ad.AnnData:
     return fitted_course.copy()
 
 
-def _snapshot(adata: ad.AnnData) -> dict:
-    return copy.deepcopy(
-        {"obs": adata.obs, "obsm": dict(adata.obsm), "layers": dict(adata.layers), "uns": dict(adata.uns)}
-    )
-
-
-def _assert_same(before, after, where: str) -> None:
-    if isinstance(before, pd.DataFrame):
-        pd.testing.assert_frame_equal(after, before, obj=where)
-    elif isinstance(before, Mapping):
-        assert isinstance(after, Mapping) and list(after) == list(before), f"{where}: keys changed"
-        for name in before:
-            _assert_same(before[name], after[name], f"{where}[{name!r}]")
-    elif sp.issparse(before):
-        assert sp.issparse(after) and after.shape == before.shape and (after != before).nnz == 0, where
-    elif isinstance(before, np.ndarray):
-        np.testing.assert_array_equal(after, before, err_msg=where)
-    else:
-        assert type(after) is type(before) and after == before, where
-
-
-@contextmanager
-def _unchanged(adata: ad.AnnData):
-    """Assert that the block leaves obs, obsm, layers and uns of ``adata`` as they were."""
-    before = _snapshot(adata)
-    yield
-    _assert_same(before, _snapshot(adata), "adata")
-
-
 def _ledger(adata: ad.AnnData, key: str = "cellflow") -> list[str]:
     return sorted(str(store_key) for store_key in adata.uns[key]["written_keys"])
 
 
 # -- the ledger ------------------------------------------------------------------------------
-def test_fit_fate_fit_fate_replaces_its_own_keys():
-    adata = _course()
-    cf.tl.fit(adata, **FIT)
+def test_fit_fate_fit_fate_replaces_its_own_keys(quick_fit, small_course):
+    adata = small_course()
+    cf.tl.fit(adata, **quick_fit)
     cf.tl.fate(adata, 0, 1, "side", **QUIET)
-    cf.tl.fit(adata, **FIT)
+    cf.tl.fit(adata, **quick_fit)
     assert "cellflow_fate" not in adata.obsm  # it came from the replaced model
     cf.tl.fate(adata, 0, 1, "side", **QUIET)
     cf.tl.fate(adata, 0, 1, "side", **QUIET)
@@ -92,15 +52,15 @@ def test_fit_fate_fit_fate_replaces_its_own_keys():
     )
 
 
-def test_refit_removes_stale_keys_of_the_same_key_added_only():
-    adata = _course()
+def test_refit_removes_stale_keys_of_the_same_key_added_only(quick_fit, small_course):
+    adata = small_course()
     adata.obsm["X_wide"] = np.c_[adata.obsm["X_pca"], adata.obsm["X_pca"][:, :1] ** 2]
-    cf.tl.fit(adata, method="wfr", **FIT)
+    cf.tl.fit(adata, method="wfr", **quick_fit)
     cf.tl.ancestors(adata, 1, 0, "side", **QUIET)
-    cf.tl.fit(adata, method="wfr", key_added="other", **FIT)
+    cf.tl.fit(adata, method="wfr", key_added="other", **quick_fit)
     assert "cellflow_growth_rate" in adata.obs and "cellflow_ancestors" in adata.obsm
 
-    cf.tl.fit(adata, use_rep="X_wide", **FIT)  # balanced, in another basis without gene space
+    cf.tl.fit(adata, use_rep="X_wide", **quick_fit)  # balanced, in another basis without gene space
     assert _ledger(adata) == ["obsm/cellflow_velocity_wide", "uns/cellflow_velocity_params"]
     assert "cellflow_growth_rate" not in adata.obs
     assert not {"cellflow_velocity_pca", "cellflow_ancestors"} & set(adata.obsm)
@@ -110,26 +70,26 @@ def test_refit_removes_stale_keys_of_the_same_key_added_only():
     assert "other_growth_rate" in adata.obs and "other_velocity_pca" in adata.obsm and "other_velocity" in adata.layers
 
 
-def test_ledger_survives_h5ad(fitted, tmp_path):
+def test_ledger_survives_h5ad(fitted, tmp_path, quick_fit):
     cf.tl.fate(fitted, 0, 1, "side", **QUIET)
     fitted.write_h5ad(tmp_path / "fitted.h5ad")
     back = ad.read_h5ad(tmp_path / "fitted.h5ad")
     assert _ledger(back) == _ledger(fitted) and "obsm/cellflow_fate" in _ledger(back)
     cf.tl.fate(back, 0, 2, "side", **QUIET)  # ours: replacing it is fine
-    cf.tl.fit(back, **FIT)
+    cf.tl.fit(back, **quick_fit)
     assert "cellflow_fate" not in back.obsm
 
 
-def test_a_key_taken_over_by_another_fit_leaves_the_first_ledger(fitted):
-    cf.tl.fit(fitted, key_added="other", **FIT)
+def test_a_key_taken_over_by_another_fit_leaves_the_first_ledger(fitted, quick_fit, unchanged):
+    cf.tl.fit(fitted, key_added="other", **quick_fit)
     cf.tl.fate(fitted, 0, 1, "side", key_added="shared", **QUIET)
-    with _unchanged(fitted), pytest.raises(ValueError, match=r"obsm\['shared'\].*uns\['other'\].*overwrite=True"):
+    with unchanged(fitted), pytest.raises(ValueError, match=r"obsm\['shared'\].*uns\['other'\].*overwrite=True"):
         cf.tl.fate(fitted, 0, 1, "side", key="other", key_added="shared", **QUIET)
     cf.tl.fate(fitted, 0, 1, "side", key="other", key_added="shared", overwrite=True, **QUIET)
     assert "obsm/shared" not in _ledger(fitted) and "obsm/shared" in _ledger(fitted, "other")
-    cf.tl.fit(fitted, **FIT)
+    cf.tl.fit(fitted, **quick_fit)
     assert "shared" in fitted.obsm  # no longer the first fit's key
-    cf.tl.fit(fitted, key_added="other", **FIT)
+    cf.tl.fit(fitted, key_added="other", **quick_fit)
     assert "shared" not in fitted.obsm
 
 
@@ -141,33 +101,33 @@ def test_a_key_taken_over_by_another_fit_leaves_the_first_ledger(fitted):
     ],
     ids=["scanpy_pca", "string"],
 )
-def test_fit_replaces_an_uns_entry_only_if_it_is_a_fit(entry, key_added, message):
-    adata = _course()
+def test_fit_replaces_an_uns_entry_only_if_it_is_a_fit(entry, key_added, message, quick_fit, small_course, unchanged):
+    adata = small_course()
     adata.uns[key_added] = entry
-    with _unchanged(adata), pytest.raises(ValueError, match=message + r".*key_added=.*overwrite=True"):
-        cf.tl.fit(adata, key_added=key_added, **FIT)
-    cf.tl.fit(adata, key_added=key_added, overwrite=True, **FIT)
+    with unchanged(adata), pytest.raises(ValueError, match=message + r".*key_added=.*overwrite=True"):
+        cf.tl.fit(adata, key_added=key_added, **quick_fit)
+    cf.tl.fit(adata, key_added=key_added, overwrite=True, **quick_fit)
     assert adata.uns[key_added]["params"]["method"] == "otcfm"
 
 
-def test_fit_refuses_a_foreign_velocity_params_entry():
-    adata = _course()
+def test_fit_refuses_a_foreign_velocity_params_entry(quick_fit, small_course, unchanged):
+    adata = small_course()
     adata.uns["cellflow_velocity_params"] = {"mode": "another tool"}
-    with _unchanged(adata), pytest.raises(ValueError, match=r"uns\['cellflow_velocity_params'\].*overwrite=True"):
-        cf.tl.fit(adata, **FIT)
+    with unchanged(adata), pytest.raises(ValueError, match=r"uns\['cellflow_velocity_params'\].*overwrite=True"):
+        cf.tl.fit(adata, **quick_fit)
 
 
-def test_foreign_keys_are_refused_before_anything_changes(fitted):
+def test_foreign_keys_are_refused_before_anything_changes(fitted, quick_fit, unchanged):
     fitted.obsm["cellflow_fate"] = np.zeros((fitted.n_obs, 2))
-    with _unchanged(fitted), pytest.raises(ValueError, match=r"obsm\['cellflow_fate'\].*not written by cellflow"):
+    with unchanged(fitted), pytest.raises(ValueError, match=r"obsm\['cellflow_fate'\].*not written by cellflow"):
         cf.tl.fate(fitted, 0, 1, "side", **QUIET)
     fitted.obs["other_growth_rate"] = 0.0
-    with _unchanged(fitted), pytest.raises(ValueError, match=r"obs\['other_growth_rate'\].*key_added="):
-        cf.tl.fit(fitted, method="wfr", key_added="other", **FIT)
+    with unchanged(fitted), pytest.raises(ValueError, match=r"obs\['other_growth_rate'\].*key_added="):
+        cf.tl.fit(fitted, method="wfr", key_added="other", **quick_fit)
 
 
-def test_outputs_are_named_after_the_key(fitted):
-    cf.tl.fit(fitted, key_added="flow", **FIT)
+def test_outputs_are_named_after_the_key(fitted, quick_fit):
+    cf.tl.fit(fitted, key_added="flow", **quick_fit)
     pred = cf.tl.interpolate(fitted, 0, 1.5, key="flow")
     assert "flow_mass" in pred.obs and "cellflow_mass" not in pred.obs
     assert list(pred.uns) == ["flow_interpolation"]
@@ -179,21 +139,21 @@ def test_outputs_are_named_after_the_key(fitted):
 
 
 # -- checks before training or writing ------------------------------------------------------
-def test_pca_loadings_of_the_wrong_shape_are_refused_before_training(monkeypatch):
-    adata = _course()
+def test_pca_loadings_of_the_wrong_shape_are_refused_before_training(monkeypatch, quick_fit, small_course, unchanged):
+    adata = small_course()
     adata.varm["PCs"] = np.c_[adata.varm["PCs"], adata.varm["PCs"][:, :1]]
 
     def no_training(self, *args, **kwargs):
         raise AssertionError("training started before the loadings were checked")
 
     monkeypatch.setattr(cf.CellFlow, "fit", no_training)
-    with _unchanged(adata), pytest.raises(ValueError, match=r'varm\["PCs"\] has shape \(50, 3\).*\(50, 2\)'):
-        cf.tl.fit(adata, **FIT)
+    with unchanged(adata), pytest.raises(ValueError, match=r'varm\["PCs"\] has shape \(50, 3\).*\(50, 2\)'):
+        cf.tl.fit(adata, **quick_fit)
 
 
-def test_interpolate_checks_the_pca_loadings(fitted):
+def test_interpolate_checks_the_pca_loadings(fitted, unchanged):
     fitted.varm["PCs"] = fitted.varm["PCs"][:, :1]
-    with _unchanged(fitted), pytest.raises(ValueError, match=r'varm\["PCs"\] has shape \(50, 1\).*\(50, 2\)'):
+    with unchanged(fitted), pytest.raises(ValueError, match=r'varm\["PCs"\] has shape \(50, 1\).*\(50, 2\)'):
         cf.tl.interpolate(fitted, 0, 1)
 
 
@@ -206,7 +166,7 @@ def _fake_outputs(velocity, growth):
 
 @pytest.mark.filterwarnings("ignore:overflow encountered in matmul:RuntimeWarning")
 @pytest.mark.parametrize("output", ["velocity", "gene space velocity", "growth rate"])
-def test_diverged_training_writes_nothing(fitted, output, monkeypatch):
+def test_diverged_training_writes_nothing(fitted, output, monkeypatch, quick_fit, unchanged):
     method = "otcfm"
     zero_growth = lambda x: np.zeros(len(x))  # noqa: E731
     if output == "velocity":
@@ -218,8 +178,8 @@ def test_diverged_training_writes_nothing(fitted, output, monkeypatch):
         fake = _fake_outputs(lambda x: np.zeros(np.shape(x)), lambda x: np.full(len(x), np.nan))
         method = "wfr"
     monkeypatch.setattr(cf.CellFlow, "evaluate", fake)
-    with _unchanged(fitted), pytest.raises(ValueError, match=f"training diverged: the {output} .*lr="):
-        cf.tl.fit(fitted, method=method, **FIT)
+    with unchanged(fitted), pytest.raises(ValueError, match=f"training diverged: the {output} .*lr="):
+        cf.tl.fit(fitted, method=method, **quick_fit)
 
 
 @pytest.mark.parametrize(
@@ -233,8 +193,8 @@ def test_diverged_training_writes_nothing(fitted, output, monkeypatch):
     ],
     ids=["interpolate_from", "interpolate_to", "fate", "ancestors", "transitions"],
 )
-def test_times_must_be_finite(fitted, call, argument):
-    with _unchanged(fitted), pytest.raises(ValueError, match=rf"{argument}=(nan|inf) must be a finite number"):
+def test_times_must_be_finite(fitted, call, argument, unchanged):
+    with unchanged(fitted), pytest.raises(ValueError, match=rf"{argument}=(nan|inf) must be a finite number"):
         call(fitted)
 
 
@@ -248,9 +208,9 @@ def test_times_must_be_finite(fitted, call, argument):
     ],
     ids=["interpolate", "fate", "transitions", "trajectories"],
 )
-def test_a_changed_representation_is_named(fitted, call):
+def test_a_changed_representation_is_named(fitted, call, unchanged):
     fitted.obsm["X_pca"] = fitted.obsm["X_pca"][:, :1].copy()
-    with _unchanged(fitted), pytest.raises(ValueError, match=r"use_rep='X_pca' has 1 columns.*fitted on 2.*fit again"):
+    with unchanged(fitted), pytest.raises(ValueError, match=r"use_rep='X_pca' has 1 columns.*fitted on 2.*fit again"):
         call(fitted)
 
 
@@ -268,14 +228,14 @@ def _without(state: Mapping, field: str) -> dict:
     ],
     ids=["string", "no_use_rep", "no_weights", "params_string"],
 )
-def test_a_damaged_fit_state_is_named(fitted, damage, error, message):
+def test_a_damaged_fit_state_is_named(fitted, damage, error, message, unchanged):
     fitted.uns["cellflow"] = damage(fitted.uns["cellflow"])
     for call in (
         lambda: cf.tl.interpolate(fitted, 0, 1),
         lambda: cf.tl.fate(fitted, 0, 1, "side", **QUIET),
         lambda: cf.tl.load_model(fitted),
     ):
-        with _unchanged(fitted), pytest.raises(error, match=message):
+        with unchanged(fitted), pytest.raises(error, match=message):
             call()
 
 

@@ -14,10 +14,6 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 import pytest
-from test_keys import (  # a small simulated course with groups, and quick training settings
-    FIT,
-    _course,
-)
 
 import cellflow as cf
 from cellflow._utils import show_progress
@@ -53,10 +49,10 @@ print("tqdm warnings:", [str(w.message) for w in caught if issubclass(w.category
 
 
 @pytest.fixture(scope="module")
-def fitted() -> ad.AnnData:
+def fitted(quick_fit, small_course) -> ad.AnnData:
     """The small course of the key tests, fitted once, with obs["side"] as groups."""
-    adata = _course()
-    cf.tl.fit(adata, **FIT)
+    adata = small_course()
+    cf.tl.fit(adata, **quick_fit)
     return adata
 
 
@@ -99,9 +95,9 @@ def test_progress_follows_scanpy_verbosity_unless_given(verbosity):
     assert not show_progress(False)
 
 
-def test_fit_at_verbosity_zero_draws_no_bar(verbosity, capsys):
-    adata = _course()
-    settings = {k: v for k, v in FIT.items() if k != "progress"}
+def test_fit_at_verbosity_zero_draws_no_bar(verbosity, capsys, quick_fit, small_course):
+    adata = small_course()
+    settings = {k: v for k, v in quick_fit.items() if k != "progress"}
     verbosity(0)
     cf.tl.fit(adata, **settings)
     assert "training" not in capsys.readouterr().err
@@ -112,17 +108,17 @@ def test_fit_at_verbosity_zero_draws_no_bar(verbosity, capsys):
     assert "training" in capsys.readouterr().err
 
 
-def test_fit_with_copy_returns_the_written_copy():
-    adata = _course()
+def test_fit_with_copy_returns_the_written_copy(quick_fit, small_course):
+    adata = small_course()
     keys_before = set(adata.obsm), set(adata.uns)
-    out = cf.tl.fit(adata, copy=True, **FIT)
+    out = cf.tl.fit(adata, copy=True, **quick_fit)
     assert isinstance(out, ad.AnnData) and out is not adata
     assert (set(adata.obsm), set(adata.uns)) == keys_before  # the input is untouched
     assert "cellflow_velocity_pca" in out.obsm
     model = cf.tl.load_model(out)
     np.testing.assert_allclose(model.velocity(out.obsm["X_pca"][:5], out.obs["time"].to_numpy()[:5]),
                                out.obsm["cellflow_velocity_pca"][:5], rtol=1e-4, atol=1e-5)
-    assert isinstance(cf.tl.fit(adata, copy=False, **FIT), cf.CellFlow)
+    assert isinstance(cf.tl.fit(adata, copy=False, **quick_fit), cf.CellFlow)
 
 
 @pytest.mark.parametrize("tool, times, key", [(cf.tl.fate, (0, 1), "cellflow_fate"),
@@ -136,23 +132,23 @@ def test_analyses_with_copy(fitted, tool, times, key):
     pd.testing.assert_frame_equal(out.obsm[key], table)
 
 
-def test_preprocessing_with_copy():
-    adata = _course()
+def test_preprocessing_with_copy(small_course):
+    adata = small_course()
     out = cf.pp.numeric_time(adata, "day", key_added="t", copy=True)
     assert "t" in out.obs and "t" not in adata.obs
     np.testing.assert_array_equal(out.obs["t"], adata.obs["time"])
     assert cf.pp.numeric_time(adata, "day", key_added="t") is None and "t" in adata.obs
 
 
-def test_copy_needs_a_bool_and_an_anndata_in_memory(tmp_path):
-    adata = _course()
+def test_copy_needs_a_bool_and_an_anndata_in_memory(tmp_path, quick_fit, small_course):
+    adata = small_course()
     with pytest.raises(ValueError, match=r"copy='yes' must be True"):
         cf.pp.numeric_time(adata, "day", key_added="t", copy="yes")
     path = tmp_path / "course.h5ad"
     adata.write_h5ad(path)
     backed = ad.read_h5ad(path, backed="r")
     with pytest.raises(ValueError, match=r"copy=True needs an AnnData in memory.*to_memory"):
-        cf.tl.fit(backed, copy=True, **FIT)
+        cf.tl.fit(backed, copy=True, **quick_fit)
     backed.file.close()
 
 
@@ -177,7 +173,7 @@ def test_writers_declare_copy(tool):
     assert "\n    copy\n" in tool.__doc__ or "``copy=True``" in tool.__doc__
 
 
-def test_repr_tells_the_method_and_the_training(fitted):
+def test_repr_tells_the_method_and_the_training(fitted, quick_fit):
     untrained = repr(cf.CellFlow("wfr", field="gradient", device="cpu"))
     assert untrained.startswith("CellFlow 'wfr' on cpu")
     assert "learns velocity (gradient of a potential), growth" in untrained
@@ -185,7 +181,7 @@ def test_repr_tells_the_method_and_the_training(fitted):
     model = cf.tl.load_model(fitted, device="cpu")
     text = repr(model)
     assert "coupling 'exact', path 'linear', objective 'pairs'" in text
-    assert f"trained on 3 time points (0, 1, 2) in 2 dimensions, {FIT['n_steps']} steps" in text
+    assert f"trained on 3 time points (0, 1, 2) in 2 dimensions, {quick_fit['n_steps']} steps" in text
     assert "growth" not in text and "score" not in text
     assert "learns velocity, score" in repr(cf.CellFlow("sbcfm"))
 

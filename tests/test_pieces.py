@@ -25,35 +25,17 @@ from cellflow.transport import (
 )
 
 
-def _gaussian_pair(n, seed=0):
-    rng = np.random.default_rng(seed)
-    m0, m1 = np.array([0.0, 0.0]), np.array([3.0, 1.0])
-    s0 = np.array([[1.0, 0.3], [0.3, 0.5]])
-    s1 = np.array([[0.6, -0.2], [-0.2, 1.2]])
-    return rng.multivariate_normal(m0, s0, n), rng.multivariate_normal(m1, s1, n), (m0, m1, s0, s1)
-
-
-def monge_map(x, m0, m1, s0, s1):
-    """Closed-form OT map between Gaussians: m1 + A (x - m0)."""
-    from scipy.linalg import sqrtm
-
-    root = np.real(sqrtm(s0))
-    inv = np.linalg.inv(root)
-    a = inv @ np.real(sqrtm(root @ s1 @ root)) @ inv
-    return m1 + (x - m0) @ a.T
-
-
 @pytest.mark.parametrize("coupling", [ExactOTCoupling(), ExactOTCoupling(block_size=150)])
-def test_exact_plan_has_uniform_marginals(coupling):
-    x0, x1, _ = _gaussian_pair(400)
+def test_exact_plan_has_uniform_marginals(coupling, gaussian_pair):
+    x0, x1, _ = gaussian_pair(400)
     plan = coupling.plan(x0, x1).toarray()
     assert plan.sum() == pytest.approx(1.0)
     np.testing.assert_allclose(plan.sum(axis=1), 1 / 400, rtol=1e-6)
     np.testing.assert_allclose(plan.sum(axis=0), 1 / 400, rtol=1e-6)
 
 
-def test_exact_plan_follows_gaussian_monge_map():
-    x0, x1, params = _gaussian_pair(1500)
+def test_exact_plan_follows_gaussian_monge_map(gaussian_pair, monge_map):
+    x0, x1, params = gaussian_pair(1500)
     plan = ExactOTCoupling().plan(x0, x1).tocsr()
     projected = plan @ x1 / np.asarray(plan.sum(axis=1))  # barycentric projection
     error = np.linalg.norm(projected - monge_map(x0, *params), axis=1)
@@ -112,8 +94,8 @@ def test_stacked_plans_draw_each_interval_from_its_own_plan(coupling):
         assert all(np.allclose(masses[(a, b, d)], (m0, m1)) for a, b, d, m0, m1 in list(drawn)[:2000])
 
 
-def test_entropic_plan_marginals_and_blur():
-    x0, x1, _ = _gaussian_pair(300)
+def test_entropic_plan_marginals_and_blur(gaussian_pair):
+    x0, x1, _ = gaussian_pair(300)
     exact = ExactOTCoupling().plan(x0, x1)
     entropic = EntropicOTCoupling(reg=0.5).plan(x0, x1)
     np.testing.assert_allclose(np.asarray(entropic.sum(axis=1)).ravel(), 1 / 300, rtol=1e-3)

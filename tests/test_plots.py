@@ -10,7 +10,6 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from matplotlib.colors import to_rgb  # noqa: E402
-from test_analysis import moscot_fit, one_thread  # noqa: E402,F401
 
 import cellflow as cf  # noqa: E402
 from cellflow.pl._embedding import _grid_flow  # noqa: E402
@@ -20,7 +19,7 @@ TYPE_COLOURS = ["#aa0000", "#00aa00", "#0000aa", "#aaaa00", "#00aaaa"]  # one pe
 
 
 @pytest.fixture(scope="module")
-def moscot():
+def moscot(moscot_fit):
     adata, _ = moscot_fit("otcfm")
     # "project it yourself": a linear 2-D embedding, and the velocity projected exactly onto it
     rotation = np.array([[0.8, -0.6], [0.6, 0.8]])
@@ -189,7 +188,7 @@ def test_interpolation_coloured_by_time_shares_one_scale(moscot):
     np.testing.assert_allclose(guess.get_array(), 10.25)
 
 
-def test_interpolation_sizes_cells_by_the_mass_of_its_own_key():
+def test_interpolation_sizes_cells_by_the_mass_of_its_own_key(moscot_fit):
     adata, _ = moscot_fit("otcfm")
     cf.tl.fit(adata, method="wfr", key_added="flow", delta=5.0, n_steps=30, progress=False)
     predicted = cf.tl.interpolate(adata, 10, 10.5, key="flow")
@@ -316,7 +315,7 @@ def test_every_plot_draws_into_the_given_axes_and_saves(moscot, day10_to_11, tmp
         assert _is_png(path), name
 
 
-def test_growth(tmp_path):
+def test_growth(tmp_path, moscot_fit):
     adata, _ = moscot_fit("wfr")
     adata.obsm["X_umap"] = np.tanh(adata.obsm["X_pca"][:, :2])
     ax = cf.pl.growth(adata, basis="pca", save=str(tmp_path / "growth.png"), show=False)

@@ -153,20 +153,39 @@ def test_stochastic_sampling_refuses_what_it_cannot_do(gaussian_bridge):
 
 
 def test_interpolate_draws_the_sde_with_mmfm_and_growth():
+    # PC 1 of the simulation moves at the constant speed 1, so along it a cell's distance from its own flow
+    # path is the SDE's noise alone: diffusion g = sigma * scale / sqrt(h) (h = 1, the measured interval) over
+    # the time travelled, held in a little by the score's drift; its RMS over cells against g sqrt(time)
+    def noise_ratio(model, noisy, smooth, elapsed):
+        deviation = np.sqrt(np.mean((noisy.obsm["X_pca"][:, 0] - smooth.obsm["X_pca"][:, 0]) ** 2))
+        return deviation / (model.params["sigma"] * model.scale * np.sqrt(elapsed))
+
     adata = cf.datasets.simulate(n_cells=150, times=(0.0, 1.0, 2.0), growth_scale=0.5, seed=3)
-    cf.tl.fit(adata, method="mmfm", n_steps=300, hidden=(32, 32), seed=0, progress=False)
+    model = cf.tl.fit(adata, method="mmfm", n_steps=300, hidden=(32, 32), seed=0, progress=False)
     first = cf.tl.interpolate(adata, 0.0, 1.5, stochastic=True, seed=2)
     again = cf.tl.interpolate(adata, 0.0, 1.5, stochastic=True, seed=2)
+    other = cf.tl.interpolate(adata, 0.0, 1.5, stochastic=True, seed=3)
     flow = cf.tl.interpolate(adata, 0.0, 1.5)
     assert first.n_obs == (adata.obs["time"] == 0.0).sum() and first.uns["cellflow_interpolation"]["stochastic"]
     np.testing.assert_array_equal(first.obsm["X_pca"], again.obsm["X_pca"])
     assert np.linalg.norm(first.obsm["X_pca"].mean(0) - flow.obsm["X_pca"].mean(0)) < 0.1 * np.linalg.norm(
         flow.obsm["X_pca"].std(0))
+    # the bridge's noise level: measured ratio 0.86 (0.124 against 0.144); another seed draws other paths, as
+    # far from the first as two independent draws are (sqrt 2 times the deviation: measured 0.199)
+    assert 0.6 < noise_ratio(model, first, flow, 1.5) < 1.2
+    assert 0.6 < noise_ratio(model, first, other, 1.5) / np.sqrt(2) < 1.2
+    # the SDE has the flow's marginals: its spread is the flow's (measured 0.30, 1.12 against 0.27, 1.14)
+    np.testing.assert_allclose(first.obsm["X_pca"].std(0), flow.obsm["X_pca"].std(0), rtol=0.25)
     # unbalanced with noise: a growth network beside the score network; the SDE carries masses too
-    cf.tl.fit(adata, method="wfr", path="brownian", sigma=0.2, n_steps=300, hidden=(32, 32), seed=0, progress=False,
-              overwrite=True)
+    model = cf.tl.fit(adata, method="wfr", path="brownian", sigma=0.2, n_steps=300, hidden=(32, 32), seed=0,
+                      progress=False, overwrite=True)
     noisy, smooth = cf.tl.interpolate(adata, 0.0, 1.0, stochastic=True), cf.tl.interpolate(adata, 0.0, 1.0)
-    assert noisy.obs["cellflow_mass"].std() > 0
+    assert 0.6 < noise_ratio(model, noisy, smooth, 1.0) < 1.3  # measured 1.02 (0.239 against 0.235)
+    # each path's mass is its own (measured mean |difference| 0.013 between seeds), the same for a seed
+    again = cf.tl.interpolate(adata, 0.0, 1.0, stochastic=True, seed=model.params["seed"])
+    np.testing.assert_array_equal(noisy.obs["cellflow_mass"], again.obs["cellflow_mass"])
+    other = cf.tl.interpolate(adata, 0.0, 1.0, stochastic=True, seed=5)
+    assert np.abs(noisy.obs["cellflow_mass"] - other.obs["cellflow_mass"]).mean() > 0.003
     assert noisy.obs["cellflow_mass"].mean() == pytest.approx(smooth.obs["cellflow_mass"].mean(), rel=0.1)
 
 

@@ -47,6 +47,16 @@ def test_missing_requirements_names_what_cannot_be_imported():
 
 @pytest.mark.slow  # a fresh kernel and every cell of the notebook: minutes in all (.ci/run's slow step runs them)
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_every_tutorial_states_its_key_result_and_checks_it(path):
+    """The run below can fail on what a notebook teaches, not only on an error: its last cells say the key
+    result and assert it (with margins that hold in quick mode and in the full run)."""
+    notebook = nbformat.read(path, as_version=4)
+    statement, check = notebook.cells[-2:]
+    assert statement.cell_type == "markdown" and statement.source.startswith("## Key result"), path.name
+    assert check.cell_type == "code" and check.source.count("assert") >= 2, path.name
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
 def test_tutorial_runs(path, tmp_path, monkeypatch):
     notebook = nbformat.read(path, as_version=4)
     missing = missing_requirements(notebook)
