@@ -16,9 +16,9 @@ import copy
 import functools
 import os
 import types
+from collections.abc import Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Mapping
 
 import anndata as ad
 import numpy as np

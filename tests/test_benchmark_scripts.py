@@ -1,4 +1,5 @@
-"""Every benchmark script's quick mode runs to the end, writes its rows and section where asked, and leaves BENCHMARKS.md alone.
+"""Every benchmark script's quick mode runs to the end, writes its rows and section where asked, and leaves
+BENCHMARKS.md alone.
 
 Each script runs as a subprocess, as from the command line (``python benchmarks/<name>.py --quick``),
 from the repository root with one thread per process and the data folder of the test run; its

@@ -63,7 +63,7 @@ def test_settings_are_frozen_and_params_are_a_copy():
     assert model.config.lr == 1e-3 and model.params["lr"] == 1e-3
     assert model.config.hidden == (32, 32) and model.resolved is None
     with pytest.raises(RuntimeError, match="call fit"):
-        model.times
+        _ = model.times
 
 
 def test_a_fit_never_changes_the_configuration():

@@ -6,7 +6,7 @@ compared deeply before and after.
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import anndata as ad
 import numpy as np

@@ -16,7 +16,7 @@ from cellflow.transport import ExactOTCoupling, Pairs, WFRCoupling, sample_chain
 
 def _numpy(links):
     """Chains' links with numpy arrays (samplers return torch tensors)."""
-    return [Pairs(*(None if v is None else v.numpy() for v in (l.i, l.j, l.m0, l.m1, l.died))) for l in links]
+    return [Pairs(*(None if v is None else v.numpy() for v in (link.i, link.j, link.m0, link.m1, link.died))) for link in links]
 
 
 def _chains(sizes, n, seed=0, coupling=None):

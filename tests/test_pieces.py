@@ -103,7 +103,6 @@ def test_entropic_plan_marginals_and_blur(gaussian_pair):
 
 
 def test_independent_sampler_covers_both_populations():
-    rng = np.random.default_rng(0)
     sampler = IndependentCoupling().sampler(np.zeros((5, 2)), np.zeros((7, 2)))
     torch.manual_seed(0)
     pairs = sampler.sample(20_000)
