@@ -22,8 +22,9 @@ DOCS = Path(__file__).resolve().parent
 ROOT = DOCS.parent
 sys.path.insert(0, str(ROOT))  # document this checkout's cellflow, installed or not
 
-import cellflow  # noqa: E402
 from sphinx.pycode import ModuleAnalyzer  # noqa: E402
+
+import cellflow  # noqa: E402
 
 
 def _copy_tutorials() -> None:
@@ -115,4 +116,5 @@ def _constant_doc(app, what, name, obj, options, lines) -> None:
 
 
 def setup(app) -> None:
+    """Sphinx extension hook: show the ``#:`` comment of a package's constants on the API pages."""
     app.connect("autodoc-process-docstring", _constant_doc, priority=400)  # before napoleon's handler
