@@ -122,7 +122,6 @@ def section(results: dict[str, pd.DataFrame], steps: int, seeds, minutes: float,
     return "\n".join(lines)
 
 
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=1000)

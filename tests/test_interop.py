@@ -107,7 +107,6 @@ def test_keeping_our_pca_velocity_after_the_graph(moscot_fit):
     np.testing.assert_array_equal(adata.obsm["cellflow_velocity_pca"], ours)
 
 
-
 @needs_scvelo
 def test_velocity_confidence_on_our_velocity(moscot_fit):
     """scVelo's confidence (agreement of a cell's velocity with its neighbours') runs as the README says."""

@@ -128,7 +128,6 @@ def score(predicted, observed, weights=None, bandwidths=None) -> dict:
     }
 
 
-
 def fold_pca(training: Sequence[np.ndarray], n_pcs: int, seed: int = 0):
     """A PCA fitted on the cells of the training time points only.
 

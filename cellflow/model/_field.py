@@ -60,7 +60,6 @@ class TrainedField:
         """Whether training draws chains through all time points rather than pairs."""
         return self.method.objective == "chains"
 
-
     def __repr__(self) -> str:
         p = self.params
         learns = ["velocity" + (" (gradient of a potential)" if p["field"] == "gradient" else "")]
@@ -88,9 +87,8 @@ class TrainedField:
                              "(the worst time)")
                 lines.append(f"    pushed cells reach {h['horizon_norm_ratio'].max():.2f}x the data's largest norm; "
                              f"interval gain {h['interval_gain'].min():.2f}-{h['interval_gain'].max():.2f} "
-                             "(cellflow.pl)")
+                             "(cellflow.pl.horizon)")
         return "\n".join(lines)
-
 
     # -- what the fit resolved ------------------------------------------------------------
     def _fitted_state(self) -> Resolved:

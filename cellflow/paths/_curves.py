@@ -53,8 +53,6 @@ def hermite(lo: torch.Tensor, hi: torch.Tensor, d_lo: torch.Tensor, d_hi: torch.
     return x, u
 
 
-
-
 class CubicSplinePath(ConditionalPath):
     """Natural cubic spline through the knots ``(t_k, x_k)`` of each chain, batched in torch.
 
