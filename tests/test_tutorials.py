@@ -45,7 +45,6 @@ def test_missing_requirements_names_what_cannot_be_imported():
     assert missing_requirements(nbformat.v4.new_notebook()) == []
 
 
-@pytest.mark.slow  # a fresh kernel and every cell of the notebook: minutes in all (.ci/run's slow step runs them)
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
 def test_every_tutorial_states_its_key_result_and_checks_it(path):
     """The run below can fail on what a notebook teaches, not only on an error: its last cells say the key
@@ -56,6 +55,7 @@ def test_every_tutorial_states_its_key_result_and_checks_it(path):
     assert check.cell_type == "code" and check.source.count("assert") >= 2, path.name
 
 
+@pytest.mark.slow  # a fresh kernel and every cell of the notebook: minutes in all (.ci/run's slow step runs them)
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
 def test_tutorial_runs(path, tmp_path, monkeypatch):
     notebook = nbformat.read(path, as_version=4)
