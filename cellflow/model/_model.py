@@ -209,6 +209,17 @@ class CellFlow(TrainedField):
             )
 
     # -- training --------------------------------------------------------------------------
+    def _samplers(self, cells: list[np.ndarray], sources: list[np.ndarray], weights: list[np.ndarray] | None,
+                  rng: np.random.Generator, progress: bool) -> list[Any]:
+        """One pair sampler per interval, fitted to the source marginals ``sources`` (internal float32 cells on
+        the host); in a distributed fit each process solves its share of the blocks.
+        """
+        coupling, part = build_coupling(self.config, self.method, self._fitted_state()), distributed.part()
+        mass = weights or [np.ones(len(z)) for z in cells]
+        return [coupling.sampler(cells[k], cells[k + 1], sources[k], mass[k + 1], rng=rng, source_mass=mass[k],
+                                 device=self.device, part=part, progress=progress)
+                for k in range(len(cells) - 1)]
+
     def fit(self, course: TimeCourse, progress: bool | None = None) -> CellFlow:
         """Train on a time course (see :func:`cellflow.io.read_time_course`).
 
@@ -235,11 +246,7 @@ class CellFlow(TrainedField):
         cpu = [z.numpy() if z.device.type == "cpu" else ((np.asarray(x) - self.center) / self.scale).astype(np.float32)
                for z, x in zip(internal, course.populations)]
         with compute_threads(self.device):
-            coupling, part = build_coupling(self.config, self.method, self.resolved), distributed.part()
-            mass = course.weights or [np.ones(len(z)) for z in cpu]
-            samplers = [coupling.sampler(cpu[k], cpu[k + 1], sources[k], mass[k + 1], rng=rng, source_mass=mass[k],
-                                         device=self.device, part=part, progress=progress)
-                        for k in range(len(cpu) - 1)]
+            samplers = self._samplers(cpu, sources, course.weights, rng, progress)
             coupling_seconds = time.perf_counter() - start
             path = self._path(course.times)
             objective = OBJECTIVES[self.method.objective](
