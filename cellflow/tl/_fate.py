@@ -84,7 +84,8 @@ def _group_probabilities(
     )
     warn_off_data(record["off_data_share"], desc, stacklevel=5)
     chain.warn_disagreement(desc, record["disagreement"], stacklevel=5)
-    table = pd.DataFrame(np.nan, index=adata.obs_names.copy(), columns=pd.Index(groups, dtype=object))
+    # labels of the default string dtype (object in pandas 2, str in pandas 3), as an .h5ad reads them back
+    table = pd.DataFrame(np.nan, index=adata.obs_names.copy(), columns=pd.Index(groups))
     table.iloc[sources] = probs
     codes = np.full(adata.n_obs, -1)
     codes[sources] = probs.argmax(axis=1)

@@ -92,7 +92,8 @@ def transfer_labels(
     assigned[rows] = [by_name[groups[b]] for b in best]
     probability = np.full(adata.n_obs, np.nan)
     probability[rows] = probs[np.arange(len(rows)), best]
-    table = pd.DataFrame(np.nan, index=adata.obs_names.copy(), columns=pd.Index(groups, dtype=object))
+    # labels of the default string dtype (object in pandas 2, str in pandas 3), as an .h5ad reads them back
+    table = pd.DataFrame(np.nan, index=adata.obs_names.copy(), columns=pd.Index(groups))
     table.iloc[rows] = probs
     adata.obs[key_added] = assigned
     adata.obs[f"{key_added}_probability"] = probability
