@@ -132,6 +132,9 @@ def _fit(args) -> None:
            n_steps=args.steps, field=args.field, reflow=args.reflow, rollout=ROLLOUT_OPTIONS[args.rollout],
            device=args.device, key_added=args.key_added)
     if main:
+        from .io import describe_reading
+
+        print(describe_reading(adata.uns[args.key_added]["time_reading"]), flush=True)
         adata.write_h5ad(args.out)
         print(f"wrote {Path(args.out).resolve()}")
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 
 import numpy as np
@@ -10,10 +9,9 @@ import pandas as pd
 import scipy.sparse as sp
 from anndata import AnnData
 
+from .._times import read_times
 from ..model import TimeCourse
 
-# A sign belongs to the number unless a letter, digit or underscore directly precedes it ("day-1" is day 1).
-_NUMBER = re.compile(r"(?:(?<!\w)[-+])?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?")
 # Cells farther than this many typical distances from the median of all cells are refused (see get_representation).
 _FAR_CELL_RATIO = 1000.0
 # Entries of a representation read, converted or checked at a time (float32 blocks of 4 MB).
@@ -23,12 +21,14 @@ _BLOCK_VALUES = 2**20
 def parse_times(values: pd.Series, time_key: str, time_map: Mapping | None = None) -> np.ndarray:
     """Turn a column of time labels into floats.
 
-    Numbers are taken as they are; strings or categories must hold exactly one number
-    (``"day 2.5"``, ``"D3"``, ``"12h"``) unless ``time_map`` maps each label to a number.
-    A ``-`` or ``+`` in a label is the number's sign only when no letter, digit or underscore
-    directly precedes it: ``"day-1"`` and ``"D-3"`` are 1 and 3, while ``"-1.5"``, ``"t=-1"`` and
-    ``"day -2"`` (a space before the sign) are negative. Two labels that read as the same number
-    (``"day-1"`` and ``"day1"``) are refused: say what they mean with ``time_map``.
+    Numbers are taken as they are; strings or categories must hold exactly one number with
+    nothing or a unit of time around it (``"day 2.5"``, ``"D3"``, ``"12h"``, ``"E10.5"``, ``"P7"``,
+    ``"week 2"``; :mod:`cellflow._times` lists the units and how mixed units are converted)
+    unless ``time_map`` maps each label to a number. Labels with other words (``"8C"``, cells per
+    embryo; ``"stage 3"``) are refused. A ``-`` or ``+`` in a label is the number's sign only when no
+    letter, digit or underscore directly precedes it: ``"day-1"`` and ``"D-3"`` are 1 and 3, while
+    ``"-1.5"``, ``"t=-1"`` and ``"day -2"`` (a space before the sign) are negative. Two labels that
+    read as the same number (``"day-1"`` and ``"day1"``) are refused: say what they mean with ``time_map``.
 
     Parameters
     ----------
@@ -37,43 +37,14 @@ def parse_times(values: pd.Series, time_key: str, time_map: Mapping | None = Non
     time_key
         Its name, for the error messages.
     time_map
-        Optional mapping of every label to a number (stage names).
+        Optional mapping of every label to a number (stage names, cell counts).
 
     Returns
     -------
-    One float per entry of ``values``, in its order.
+    One float per entry of ``values``, in its order (:func:`cellflow.io.read_times` also says how
+    the labels were read).
     """
-    if time_map is not None:
-        labels = values.astype(str)
-        lookup = {str(k): float(v) for k, v in time_map.items()}
-        missing = sorted(set(labels) - set(lookup))
-        if missing:
-            raise ValueError(
-                f"time_map has no entry for the labels {missing[:5]} of obs[{time_key!r}]; "
-                "add them to time_map"
-            )
-        return labels.map(lookup).to_numpy(dtype=float)
-    if pd.api.types.is_numeric_dtype(values) and not isinstance(values.dtype, pd.CategoricalDtype):
-        return values.to_numpy(dtype=float)
-    parsed = {}
-    for label in pd.unique(values.astype(str)):
-        numbers = _NUMBER.findall(label)
-        if len(numbers) != 1:
-            raise ValueError(
-                f"cannot read a time from the label {label!r} of obs[{time_key!r}] "
-                f"({'no number' if not numbers else 'several numbers'} in it); "
-                "pass time_map={label: time, ...} to say which time each label means"
-            )
-        parsed[label] = float(numbers[0])
-    label_of_time = {}
-    for label, time in parsed.items():
-        other = label_of_time.setdefault(time, label)
-        if other != label:
-            raise ValueError(
-                f"the labels {other!r} and {label!r} of obs[{time_key!r}] both read as time {time:g}; "
-                f"pass time_map={{{other!r}: ..., {label!r}: ...}} to say which time each label means"
-            )
-    return values.astype(str).map(parsed).to_numpy(dtype=float)
+    return read_times(values, time_key, time_map)[0]
 
 
 def _block_rows(n_cols: int) -> int:
@@ -242,13 +213,14 @@ def read_time_course(
         The time course; it is read, never modified. Only ``obs`` and ``use_rep`` are read, the
         latter in blocks of rows (a backed ``X``, a memmap or an h5py dataset stays on disk).
     time_key
-        ``obs`` column with the time of each cell: numbers, or labels holding one number.
+        ``obs`` column with the time of each cell: numbers, or labels holding one number and
+        nothing or a unit of time around it (see :func:`parse_times`).
     use_rep
         ``obsm`` key, ``"X"``, a layer, or an ``(n_obs, d)`` matrix (see :func:`get_representation`).
     weight_key
         Optional ``obs`` column of positive per-cell weights (mass).
     time_map
-        Optional mapping from time labels (e.g. stage names) to numbers.
+        Optional mapping from time labels (e.g. stage names, cells per embryo) to numbers.
     growth_key
         Optional ``obs`` column of prior growth rates (log growth per unit time), e.g. from
         :func:`cellflow.pp.score_growth`.
@@ -256,14 +228,15 @@ def read_time_course(
     Returns
     -------
     The populations, sorted by time: float32 slices of one array holding the representation
-    once, the cells of each time point in their AnnData order.
+    once, the cells of each time point in their AnnData order; ``time_reading`` says how the
+    labels were read (:class:`cellflow.io.TimeReading`).
     """
     if time_key not in adata.obs:
         raise KeyError(
             f"time_key={time_key!r} is not a column of adata.obs (columns: {list(adata.obs.columns)}); "
             "name the column that holds each cell's time point"
         )
-    times = parse_times(adata.obs[time_key], time_key, time_map)
+    times, reading = read_times(adata.obs[time_key], time_key, time_map)
     if not np.isfinite(times).all():
         first = adata.obs_names[np.flatnonzero(~np.isfinite(times))[0]]
         raise ValueError(f"obs[{time_key!r}] has missing or infinite times (first cell: {first!r}); drop those cells")
@@ -300,4 +273,5 @@ def read_time_course(
         use_rep=use_rep if isinstance(use_rep, str) else "array",
         time_key=time_key,
         obs_times=times,
+        time_reading=reading,
     )

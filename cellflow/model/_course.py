@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -25,6 +26,11 @@ class TimeCourse:
         One array per time point of prior growth rates (per unit time), or ``None``.
     use_rep, time_key
         Where the representation and the times were read from.
+    obs_times
+        The time of every cell of the AnnData, in its row order.
+    time_reading
+        How the time labels were read (a :class:`cellflow.io.TimeReading`: each label's time and
+        the unit), or ``None``.
     """
 
     times: np.ndarray
@@ -35,6 +41,12 @@ class TimeCourse:
     use_rep: str = "X_pca"
     time_key: str = "time"
     obs_times: np.ndarray | None = field(default=None, repr=False)
+    time_reading: Any = field(default=None, repr=False)
+
+    @property
+    def time_unit(self) -> str:
+        """The unit of the times (``"hours"``, ``"days"``, ...), or ``""`` when none is known."""
+        return str(getattr(self.time_reading, "unit", "") or "")
 
     @property
     def n_dims(self) -> int:
@@ -63,4 +75,5 @@ class TimeCourse:
             use_rep=self.use_rep,
             time_key=self.time_key,
             obs_times=self.obs_times,
+            time_reading=self.time_reading,
         )

@@ -34,6 +34,8 @@ class TrainedField:
     net: torch.nn.Module | None
     resolved: Resolved | None
     history: dict[str, np.ndarray]
+    #: How :func:`cellflow.tl.fit` read the time labels (``uns[key_added]["time_reading"]``), or ``None``.
+    time_reading: dict | None = None
 
     @property
     def params(self) -> dict[str, Any]:
@@ -78,6 +80,10 @@ class TrainedField:
                        if "rollout_loss" in self.history else "")
             lines.append(f"    trained on {self.times.size} time points ({times}) in {self.center.size} dimensions, "
                          f"{steps} steps{reflow}{rollout}")
+            if self.time_reading is not None:
+                from .._times import describe_reading
+
+                lines.append(f"    {describe_reading(self.time_reading)}")
             if "horizon_w1_first" in self.history:
                 h = self.history
                 worst = int(np.argmax(h["horizon_w1_first"] / h["horizon_w1_previous"]))

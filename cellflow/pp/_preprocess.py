@@ -24,8 +24,10 @@ def numeric_time(
 ) -> AnnData | None:
     """Write each cell's time as a number to ``obs[key_added]``.
 
-    Labels such as ``"day 2.5"``, ``"D3"`` or ``"12h"`` are read for the number they hold;
-    stage names need ``time_map``. The source column is left as it is.
+    Labels such as ``"day 2.5"``, ``"D3"``, ``"12h"``, ``"E10.5"`` or ``"P7"`` are read for the number
+    they hold (mixed durations such as ``"12h"`` and ``"1d"`` in the finest unit, here hours); labels
+    whose words are no unit of time (``"8C"``, cells per embryo) and stage names need ``time_map``
+    (rules: :func:`cellflow.io.parse_times`). The source column is left as it is.
 
     Parameters
     ----------
@@ -34,7 +36,7 @@ def numeric_time(
     time_key
         ``obs`` column of time labels.
     time_map
-        Optional mapping of every label to a number (stage names).
+        Optional mapping of every label to a number (stage names, cell counts).
     key_added
         ``obs`` column to write (the same as ``time_key`` replaces the labels).
     copy

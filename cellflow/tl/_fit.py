@@ -17,7 +17,7 @@ from ..io._readers import TimeCourse, read_time_course
 from ..model import CellFlow
 from . import _keys as keys
 from ._fitted import _fitted, _stored_model
-from ._support import off_data_share, warn_off_data
+from ._support import off_data_share, warn_beyond_times, warn_off_data
 
 _MEAN_CHUNK_VALUES = 2**22  # entries of X read at a time when averaging the genes
 _GENE_BLOCK_VALUES = 2**22  # entries of an output computed (gene space) or checked (finite) at a time
@@ -100,7 +100,9 @@ def fit(
     adata
         Cells of all time points.
     time_key
-        ``obs`` column with each cell's time (numbers, or labels such as ``"day 2.5"``).
+        ``obs`` column with each cell's time: numbers, or labels that hold one number with nothing or
+        a unit of time around it (``"day 2.5"``, ``"12h"``, ``"E10.5"``, ``"P7"``); other labels
+        (``"8C"``, cells per embryo) are refused unless ``time_map`` reads them.
     use_rep
         ``obsm`` key, ``"X"`` or a layer holding the representation to learn in.
     method
@@ -113,7 +115,7 @@ def fit(
         :func:`cellflow.pp.score_growth`): the source marginal of each interval's coupling
         becomes ``mass * exp(rate * dt)``.
     time_map
-        Optional mapping of time labels to numbers (stage names).
+        Optional mapping of time labels to numbers (stage names, cells per embryo, mixed units).
     key_added
         Prefix of every key written, and the ``uns`` key of the fit.
     overwrite
@@ -136,7 +138,9 @@ def fit(
     ``layers["{key_added}_velocity"]`` (gene space, when ``use_rep="X"``, or ``use_rep="X_pca"``
     and ``varm["PCs"]`` exist), ``uns["{key_added}_velocity_params"]``
     and ``uns[key_added]`` (the model as plain arrays, with ``written_keys``, the keys written:
-    an ``.h5ad`` round trip restores both); for methods with growth also
+    an ``.h5ad`` round trip restores both; ``time_reading``, how the time labels were read: each
+    label, its time and the unit detected, see :func:`cellflow.io.read_times`, which the model's
+    printed summary shows); for methods with growth also
     ``obs["{key_added}_growth_rate"]`` (``d log m / dt`` per time unit). Every key is checked
     before training, and nothing is written when a check fails. A refit of the same
     ``key_added`` first removes what the earlier fit, and the analyses of its model
@@ -176,6 +180,9 @@ def fit(
     state.update(time_key=time_key, use_rep=use_rep)
     if time_map is not None:
         state["time_map"] = {str(k): float(v) for k, v in time_map.items()}
+    if course.time_reading is not None:
+        state["time_reading"] = course.time_reading.as_dict()
+        model.time_reading = state["time_reading"]
     adata.uns[key_added] = state
     keys.record(adata, key_added, written)
     return model
@@ -230,7 +237,8 @@ def interpolate(
     from_time
         A measured time point (its cells are the starting population).
     to_time
-        Any real time, between, before or beyond the measured ones.
+        Any real time, between, before or beyond the measured ones; before the first or beyond
+        the last an :class:`cellflow.ExtrapolationWarning` says how far.
     key
         Where :func:`fit` stored the model (its ``key_added``); also the prefix of the keys of
         the result.
@@ -260,6 +268,7 @@ def interpolate(
     fitted = _fitted(adata, key, model)
     loadings = keys.pca_loadings(adata, fitted.use_rep, fitted.course.n_dims)
     k = fitted.course.index_of(from_time)
+    warn_beyond_times(to_time, fitted.course.times, "interpolate", fitted.course.time_unit)
     positions, mass = fitted.model.push(
         fitted.course.populations[k], from_time, to_time, return_mass=True, solver=solver, step_size=step_size,
         stochastic=stochastic, seed=seed,

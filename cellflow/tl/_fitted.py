@@ -63,9 +63,12 @@ def _stored_model(adata: AnnData, key: str, device: str = "auto") -> CellFlow:
     """The model that :func:`cellflow.tl.fit` stored in ``adata.uns[key]``; errors name that entry."""
     state = keys.fit_state(adata, key)
     try:
-        return CellFlow.from_dict(state, device=device)
+        model = CellFlow.from_dict(state, device=device)
     except ValueError as err:
         raise ValueError(f"adata.uns[{key!r}]: {err}") from err
+    if "time_reading" in state:
+        model.time_reading = dict(state["time_reading"])
+    return model
 
 
 def _fitted(adata: AnnData, key: str, model: CellFlow | None) -> _Fitted:

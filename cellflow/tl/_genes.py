@@ -24,7 +24,7 @@ from .._checks import choice, integer, number
 from ..model import CellFlow
 from . import _keys as keys
 from ._fitted import _fitted, neighbor_weights
-from ._support import warn_off_data
+from ._support import warn_beyond_times, warn_off_data
 from ._trajectories import _follow
 
 _CELLS_PER_CHUNK = 2048  # cells followed together: bounds the (times, cells, dims) array of their paths
@@ -261,6 +261,7 @@ def gene_trends(
         adata, fitted, groupby, group, fate_key or f"{key}_fate", fate, time
     )
     grid = _time_grid(times, n_points, course.times)
+    warn_beyond_times(grid, course.times, "gene_trends", course.time_unit)
     if expression == "pca":
         loadings = keys.pca_loadings(adata, fitted.use_rep, course.n_dims)
         if loadings is None:

@@ -38,7 +38,7 @@ from ..model import CellFlow
 from . import _chain as chain
 from . import _keys as keys
 from ._fitted import _fitted
-from ._support import warn_off_data
+from ._support import warn_beyond_times, warn_off_data
 
 _UNREACHED_WARNING = 0.05  # share of pulled weight lost to unreached cells above which pull warns
 
@@ -197,6 +197,7 @@ def _move(adata, source, from_time, to_time, later, key, key_added, n_neighbors,
     course = fitted.course
     rows = course.indices[course.index_of(from_time)]
     weights = _source_weights(adata, source, rows, from_time)
+    warn_beyond_times(times, course.times, direction, course.time_unit, stacklevel=5)
     measured = np.array([np.isclose(course.times, t).any() for t in times])
     key_added = key_added or f"{key}_{direction}"
     names = {k: key_added if single else f"{key_added}_{times[k]:g}" for k in np.flatnonzero(measured)}

@@ -7,6 +7,11 @@ cell, 99th percentile). An analysis that rests on many such cells reads the lear
 no cell was measured and it was never trained; every analysis that integrates across intervals
 records the share (:func:`off_data_share`) and warns (:class:`OffDataWarning`) above
 :data:`OFF_DATA_WARNING`.
+
+An analysis asked for a time before the first or after the last measured time point integrates
+the field where no population constrains it at all: it warns with :class:`ExtrapolationWarning`,
+saying how far beyond the measured range it goes, in the time unit of the labels and as a
+multiple of the mean interval between the measured time points (:func:`warn_beyond_times`).
 """
 
 from __future__ import annotations
@@ -22,6 +27,47 @@ OFF_DATA_WARNING = 0.05  # share of pushed cells off the data above which an ana
 
 class OffDataWarning(UserWarning):
     """An analysis rests on pushed cells that left the measured data (filter it with ``warnings``)."""
+
+
+class ExtrapolationWarning(UserWarning):
+    """An analysis integrates the flow to a time outside the measured range (filter it with ``warnings``)."""
+
+
+def warn_beyond_times(times, measured, analysis: str, unit: str = "", stacklevel: int = 3) -> None:
+    """Warn with :class:`ExtrapolationWarning` when any of ``times`` lies outside the ``measured`` time points.
+
+    Parameters
+    ----------
+    times
+        The times asked for (one or several).
+    measured
+        The measured time points, increasing.
+    analysis
+        Its name, to begin the message with.
+    unit
+        The unit of the times (``"hours"``, ...), ``""`` when unknown.
+    stacklevel
+        As for :func:`warnings.warn`, counted from this function.
+    """
+    times = np.atleast_1d(np.asarray(times, dtype=float))
+    measured = np.asarray(measured, dtype=float)
+    first, last = float(measured[0]), float(measured[-1])
+    tolerance = 1e-9 * max(1.0, abs(first), abs(last))
+    before, after = first - times, times - last
+    gap = np.maximum(before, after)
+    k = int(np.argmax(gap))
+    if gap[k] <= tolerance:
+        return
+    side, edge = ("after the last", last) if after[k] >= before[k] else ("before the first", first)
+    units = f" {unit}" if unit else " time units"
+    mean = (last - first) / max(len(measured) - 1, 1)
+    warnings.warn(
+        f"{analysis}: time {times[k]:g} lies {gap[k]:g}{units} {side} measured time {edge:g} "
+        f"({gap[k] / mean:.2g} times the mean interval of {mean:g}{units} between the measured time points): "
+        "there the flow is extrapolated, never fitted to measured cells; read the result as a guess",
+        ExtrapolationWarning,
+        stacklevel=stacklevel,
+    )
 
 
 class Support:

@@ -11,7 +11,7 @@ from anndata import AnnData
 
 from ..model import CellFlow
 from ._fitted import _fitted
-from ._support import warn_off_data
+from ._support import warn_beyond_times, warn_off_data
 
 
 @dataclass(repr=False)
@@ -130,6 +130,7 @@ def trajectories(
     if grid.ndim != 1 or grid.size == 0 or not np.isfinite(grid).all():
         raise ValueError(f"times must be a non-empty list of finite numbers, got {times!r}")
     fitted = _fitted(adata, key, model)
+    warn_beyond_times(grid, fitted.course.times, "trajectories", fitted.course.time_unit)
     paths = _follow(adata, fitted, _rows_of(adata, cells), grid, solver, step_size)
     warn_off_data(paths.off_data_share, "trajectories")
     return paths
