@@ -8,7 +8,6 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 from anndata import AnnData
-from scipy import stats
 
 from .._checks import choice, number
 from ..io import parse_times
@@ -76,6 +75,8 @@ def fate_drivers(
     ``scipy.stats.false_discovery_control``), ``ci_low`` and ``ci_high``. Genes constant over
     the cells get NaN and come last.
     """
+    from scipy import stats  # imported on use: scipy.stats is slow to import
+
     method = choice("method", method, ["pearson", "spearman"])
     confidence = number("confidence", confidence, minimum=0.0, maximum=1.0, strict=True)
     fate_key = fate_key or f"{key}_fate"
