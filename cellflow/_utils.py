@@ -81,6 +81,21 @@ def progress_bar(total: int, desc: str, enabled: bool | None) -> Any:
     return _bar_class()(total=total, desc=desc, leave=False, dynamic_ncols=True)
 
 
+def finish_early(bar: Any, note: str) -> None:
+    """Close ``bar`` of :func:`progress_bar` complete at the items done, and leave it on screen with ``note``
+    (why it ended early), so that a stop before ``total`` does not read as a crash (a notebook bar short of its
+    total turns red).
+    """
+    if not bar.disable:
+        bar.total = bar.n
+        bar.leave = True
+        container = getattr(bar, "container", None)  # the notebook bar's widget: its length is its own
+        if container is not None:
+            container.children[1].max = bar.n
+        bar.set_postfix_str(", ".join(part for part in (bar.postfix, note) if part), refresh=False)
+    bar.close()  # draws the final state once, and keeps it
+
+
 def copy_option(func: Callable[..., Any]) -> Callable[..., Any]:
     """Give ``func(adata, ...)``, a function that writes into ``adata``, scanpy's ``copy=`` keyword.
 

@@ -126,3 +126,23 @@ def test_pairs_are_drawn_where_the_cells_are():
     sampler = ExactOTCoupling().sampler(np.zeros((5, 2)), np.ones((6, 2)), device="cpu")
     pairs = sampler.sample(10)
     assert pairs.i.device.type == "cpu" and pairs.i.dtype == torch.long and len(pairs.j) == 10
+
+
+def test_an_early_stop_completes_the_progress_bar_with_its_reason(capsys):
+    scores = iter([10.0] * 20)  # never improves: stops after the first check and `patience` more
+    stopping = EarlyStopping(lambda net: next(scores), scale=10.0, check_every=2, patience=4)
+    torch.manual_seed(0)
+    _, log = train(TimeMLP(2, (8,)), _Still(), Clock([0.0, 1.0], [[1.0]]), n_steps=1000, stopping=stopping,
+                   progress=True, description="training")
+    assert len(log["loss"]) == 10
+    final = capsys.readouterr().err.split("\r")[-1]  # the bar's last state, left on screen
+    assert "10/10" in final and "100%" in final, final
+    assert "stopped early: no 1% gain in 4 checks" in final, final
+    assert str(log["stopping_reason"]) == "stopped early: no 1% gain in 4 checks (at step 10 of 1000)"
+
+
+def test_a_run_to_the_step_limit_says_so():
+    stopping = EarlyStopping(lambda net: 0.0, scale=1.0, check_every=100, patience=4)
+    _, log = train(TimeMLP(2, (8,)), _Still(), Clock([0.0, 1.0], [[1.0]]), n_steps=20, stopping=stopping,
+                   progress=False)
+    assert str(log["stopping_reason"]) == "ran all 20 steps: the stopping rule did not end training"

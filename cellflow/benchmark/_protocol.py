@@ -12,7 +12,6 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
-import ot
 import pandas as pd
 
 from .. import metrics
@@ -107,6 +106,7 @@ def mmd_bandwidths(observed) -> tuple[float, ...]:
     the observed cells (at most 2000 of them, drawn with a fixed seed). They depend on the held-out
     cells only, so every method of a fold is scored with the same kernel.
     """
+    import ot
     observed = np.asarray(observed, dtype=np.float64)
     if len(observed) > 2000:
         observed = observed[np.random.default_rng(0).choice(len(observed), 2000, replace=False)]

@@ -7,7 +7,6 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
-import ot
 
 if TYPE_CHECKING:
     import torch
@@ -39,6 +38,7 @@ def wasserstein(x: npt.ArrayLike, y: npt.ArrayLike, p: int = 1, x_weights: npt.A
     -----
     Forms the ``n x m`` cost matrix: meant for evaluation-sized samples.
     """
+    import ot
     if p not in (1, 2):
         raise ValueError(f"p must be 1 or 2, got {p}")
     x = np.asarray(x, dtype=np.float64)
@@ -78,6 +78,7 @@ def mmd(x: npt.ArrayLike, y: npt.ArrayLike, x_weights: npt.ArrayLike | None = No
     -------
     The (biased, V-statistic) MMD, the square root of the squared discrepancy.
     """
+    import ot
     x = np.asarray(x, dtype=np.float64)
     y = np.asarray(y, dtype=np.float64)
     a, b = _masses(x_weights, len(x)), _masses(y_weights, len(y))

@@ -21,7 +21,6 @@ from __future__ import annotations
 from typing import Protocol
 
 import numpy as np
-import ot
 import pandas as pd
 
 from .. import metrics
@@ -177,6 +176,7 @@ def _table(model: Transporter, course: TimeCourse, samples: Samples, pushes: Pus
 
 def _median_neighbour_distance(cells: np.ndarray) -> float:
     """Median distance from each cell to its nearest other cell."""
+    import ot
     squared = ot.dist(cells, cells)
     np.fill_diagonal(squared, np.inf)
     return float(np.sqrt(np.median(squared.min(axis=1))))

@@ -29,7 +29,6 @@ from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
-from scipy.optimize import nnls
 from torch import nn
 
 from .. import _distributed as distributed
@@ -186,6 +185,7 @@ class RBFMetric:
         widths[widths <= 0] = np.median(widths[widths > 0]) if (widths > 0).any() else 1.0
         widths = widths * width_scale
         bumps = np.exp(-((cells[:, None] - centres[None]) ** 2).sum(axis=2) / (2 * widths**2))
+        from scipy.optimize import nnls  # on use: scipy.optimize is slow to import
         weights, _ = nnls(bumps, np.ones(m))
         like: dict[str, Any] = dict(dtype=reference.dtype, device=reference.device)
         self.centres, self.widths = torch.as_tensor(centres, **like), torch.as_tensor(widths, **like)

@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 
 import torch
-from torchdiffeq import odeint
 
 from .. import _checks
 
@@ -56,6 +55,8 @@ def integrate(
     -------
     States ``(len(times), n, d)``.
     """
+    from torchdiffeq import odeint  # imported on use: keeps ``import cellflow`` light
+
     step_size = check_solver(method, step_size)
     options = {"step_size": step_size} if method in FIXED_STEP_METHODS else None
     times = times.to(device=x.device, dtype=x.dtype)

@@ -8,7 +8,6 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 from anndata import AnnData
-from scipy import stats
 
 from .._checks import choice, number
 from ..io import parse_times
@@ -149,6 +148,8 @@ def fate_drivers(
     ``ci_high``. Genes constant over the cells (within each group, with ``regress_out``) get NaN
     and come last. ``attrs["n_cells"]`` and ``attrs["degrees_of_freedom"]`` give ``n`` and ``d``.
     """
+    from scipy import stats  # imported on use: scipy.stats is slow to import
+
     method = choice("method", method, ["pearson", "spearman"])
     confidence = number("confidence", confidence, minimum=0.0, maximum=1.0, strict=True)
     fate_key = fate_key or f"{key}_fate"

@@ -11,7 +11,7 @@ from torch import nn
 
 from .. import _distributed as distributed
 from .._checks import choice
-from .._utils import progress_bar
+from .._utils import finish_early, progress_bar
 from ..fields import Clock, field_output
 from ._objectives import Batch, Objective
 from ._stopping import EarlyStopping
@@ -119,7 +119,8 @@ def train(
     The trained field (the averaged copy when ``ema_decay`` is set) and its history: ``loss``
     of every step run (with ``rollout``, the rollout term's own value at each step as
     ``rollout``) and, with ``stopping``, ``stopping_score`` at each check with the checks'
-    ``stopping_step``.
+    ``stopping_step``, and ``stopping_reason`` (a string: why training ended, early or at ``n_steps``).
+    A stop before ``n_steps`` completes the progress bar at the steps run, with the reason beside it.
     """
     choice("lr_schedule", lr_schedule, LR_SCHEDULES)
     model = net
@@ -136,7 +137,7 @@ def train(
     best, reference, waited = np.inf, np.inf, 0
     best_state: dict[str, Any] | None = None
     bar = progress_bar(n_steps, description, progress)
-    step = 0
+    step, stopped = 0, False
     for step in range(n_steps):
         for group in optimiser.param_groups:
             group["lr"] = learning_rate(step, n_steps, lr, lr_schedule)
@@ -166,8 +167,13 @@ def train(
             else:
                 waited += 1
                 if waited >= stopping.patience:
+                    stopped = True
                     break
-    bar.close()
+    if stopped:
+        assert stopping is not None
+        finish_early(bar, stopping.reason())
+    else:
+        bar.close()
     if best_state is not None:
         result.load_state_dict(best_state)
     log = {"loss": history[: step + 1].cpu().numpy()}
@@ -175,4 +181,7 @@ def train(
         log["rollout"] = rollout_history[: step + 1]
     if checks:
         log["stopping_step"], log["stopping_score"] = (np.array(c) for c in zip(*checks))
+    if stopping is not None:
+        log["stopping_reason"] = np.array(f"{stopping.reason()} (at step {step + 1} of {n_steps})" if stopped
+                                          else f"ran all {n_steps} steps: the stopping rule did not end training")
     return result, log

@@ -30,7 +30,6 @@ import time
 import numpy as np
 import numpy.typing as npt
 import torch
-from geomloss import SamplesLoss
 from torch import nn
 
 from .. import _distributed as distributed
@@ -79,6 +78,8 @@ class RolloutLoss:
         self.device, self.dtype = populations[0].device, populations[0].dtype
         self.times = torch.as_tensor(np.asarray(times, dtype=np.float64), device=self.device)
         masses = masses or [np.ones(len(z)) for z in populations]
+        from geomloss import SamplesLoss  # imported on use: keeps ``import cellflow`` light
+
         self.divergence = SamplesLoss("sinkhorn", p=2, blur=blur, debias=True, backend="tensorized")
         # relative population size of each time point against the first (what growth must reproduce)
         totals = np.array([float(np.sum(m)) for m in masses])

@@ -41,6 +41,10 @@ class EarlyStopping:
     patience: int = 4
     min_improvement: float = 0.01
 
+    def reason(self) -> str:
+        """Why the rule stopped training, in words (the progress bar's note)."""
+        return f"stopped early: no {100 * self.min_improvement:g}% gain in {self.patience} checks"
+
 
 def transport_stopping(field: TrainingField, populations: list[torch.Tensor], masses: list[np.ndarray] | None,
                        times: npt.ArrayLike, rng: np.random.Generator) -> EarlyStopping:

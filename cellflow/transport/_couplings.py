@@ -19,7 +19,6 @@ from typing import ClassVar
 
 import numpy as np
 import numpy.typing as npt
-import ot
 import scipy.sparse as sp
 import torch
 from scipy.special import logsumexp
@@ -131,6 +130,7 @@ class _BlockwiseOT(Coupling):
 
     def cost(self, x0: np.ndarray, x1: np.ndarray) -> np.ndarray:
         """Ground cost between two blocks of cells: squared Euclidean distance."""
+        import ot
         return ot.dist(x0, x1)
 
     def plan(self, x0: np.ndarray, x1: np.ndarray, a: npt.ArrayLike | None = None, b: npt.ArrayLike | None = None,
@@ -212,6 +212,7 @@ class ExactOTCoupling(_BlockwiseOT):
 
     def solve_block(self, a: np.ndarray, b: np.ndarray, cost: np.ndarray) -> np.ndarray:
         """The exact plan of one block."""
+        import ot
         return ot.emd(a, b, cost, numItermax=10_000_000)
 
 
@@ -263,6 +264,7 @@ def entropic_potentials(a: np.ndarray, b: np.ndarray, cost: np.ndarray, reg: flo
     annealed log-domain Sinkhorn in torch takes over (POT's own log-domain solver needs many
     more updates at small ``reg``). ``a`` and ``b`` sum to one.
     """
+    import ot
     if max(cost.min(axis=1).max(), cost.min(axis=0).max()) / reg < 700:  # exp underflows near -745
         with warnings.catch_warnings(), np.errstate(all="ignore"):
             warnings.simplefilter("ignore")  # a breakdown is caught below
@@ -354,12 +356,14 @@ class WFRCoupling(_BlockwiseOT):
 
     def cost(self, x0: np.ndarray, x1: np.ndarray) -> np.ndarray:
         """The WFR cost ``-log cos^2(min(|x - y| / (2 delta), pi/2))``, floored where transport is impossible."""
+        import ot
         angle = np.minimum(np.sqrt(ot.dist(x0, x1)) / (2 * self.delta), np.pi / 2)
         # cos^2 floored at 1e-30: a finite stand-in for infinity, removed after solving.
         return -np.log(np.maximum(np.cos(angle) ** 2, 1e-30))
 
     def solve_block(self, a: np.ndarray, b: np.ndarray, cost: np.ndarray) -> np.ndarray:
         """The unbalanced entropic plan of one block."""
+        import ot
         # A cell whose every partner lies at (or numerically at) the transport horizon has a
         # kernel row exp(-cost / reg) of zeros, which would stall Sinkhorn for the whole block:
         # such cells take no part in the problem (sources die in place, targets are not reached).

@@ -30,7 +30,6 @@ from typing import ClassVar
 
 import numpy as np
 import numpy.typing as npt
-import ot
 import scipy.sparse as sp
 
 from .._utils import progress_bar
@@ -61,6 +60,7 @@ class Potential:
 
     def _chunks(self, x: npt.ArrayLike) -> Iterator[tuple[int, np.ndarray]]:
         """Logits ``(g_j - c(x, y_j)) / eps`` of consecutive chunks of ``x``, as ``(start, logits)``."""
+        import ot
         x = np.asarray(x, dtype=np.float64)
         if x.ndim != 2 or x.shape[1] != self.support.shape[1]:
             raise ValueError(f"points of shape {x.shape} do not match the potential's "
@@ -152,6 +152,7 @@ def solve_potentials(x0: npt.ArrayLike, x1: npt.ArrayLike, a: npt.ArrayLike | No
     ``backward``, the potential on ``x0`` that maps points toward ``x0``. The cells' masses are
     part of the potentials (the soft assignment of ``x`` is ``softmax_j((g_j - c(x, y_j)) / eps)``).
     """
+    import ot
     x0, x1 = np.asarray(x0, dtype=np.float64), np.asarray(x1, dtype=np.float64)
     if not reg > 0:
         raise ValueError(f"reg must be positive, got {reg}")
