@@ -40,6 +40,8 @@ def test_sizes_enter_the_cell_masses():
 
 
 def test_predicted_sizes_follow_the_known_sizes(doubling):
+    # measured 1.996 and 3.946 (seed 0); other simulation seeds 1.96-1.99 and 3.83-3.90, so 5% holds with little
+    # margin at t = 2 across seeds (150 cells per time point: 3.79, off by 5.2%)
     adata, _ = doubling
     n0 = int((adata.obs["time"] == 0).sum())
     for t, size in ((1.0, 2.0), (2.0, 4.0)):
@@ -50,7 +52,7 @@ def test_predicted_sizes_follow_the_known_sizes(doubling):
 def test_learned_growth_is_log_two_per_interval(doubling):
     adata, _ = doubling
     early = adata.obs["time"] < 2  # the cells the growth of the two intervals is learned on
-    rate = adata.obs["cellflow_growth_rate"][early].mean()
+    rate = adata.obs["cellflow_growth_rate"][early].mean()  # measured 1.003 x log 2 (seeds 1, 2: 0.995, 0.987)
     assert rate == pytest.approx(np.log(2), rel=0.05)
 
 
@@ -61,7 +63,7 @@ def test_a_constant_prior_sets_the_growth():
     targets = target_masses(course, source_masses(course))
     assert targets[0].sum() == pytest.approx(2 * len(course.populations[0]))
     cf.tl.fit(adata, growth_key="prior", **FIT)
-    for t, size in ((1.0, 2.0), (2.0, 4.0)):
+    for t, size in ((1.0, 2.0), (2.0, 4.0)):  # measured 1.985 and 3.743 (a single interval at 300 steps: 1.79)
         ratio = cf.tl.interpolate(adata, 0.0, t).obs["cellflow_mass"].mean()
         assert ratio == pytest.approx(size, rel=0.1)
 
@@ -70,7 +72,7 @@ def _hours_course():
     """A course whose time column is in hours, with a prior in per-day units that is too steep per hour."""
     adata = cf.datasets.simulate(n_cells=80, times=(0, 1, 2), growth_scale=0.0, seed=2)
     adata.obs["hours"] = adata.obs["time"] * 24.0
-    adata.obs["per_day"] = np.where(adata.obsm["X_pca"][:, 1] > 0, 1.2, -2.5)  # -2.5 x 24 h: a factor e^-60
+    adata.obs["per_day"] = np.where(adata.obsm["X_pca"][:, 1] > 0, 1.0, -1.3)  # -1.3 x 24 h: a factor e^-31
     adata.obs["per_hour"] = adata.obs["per_day"] / 24.0
     return adata
 

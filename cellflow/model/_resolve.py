@@ -10,7 +10,9 @@ from ._course import TimeCourse
 from ._delta import cross_validated_delta
 from ._methods import Method
 
-MAX_LOG_GROWTH = 50.0  # largest |prior growth rate x interval| accepted (a factor e^50 per interval)
+# largest |prior growth rate x interval| accepted: a factor e^20 (5e8) per interval, beyond any plausible growth;
+# rates per day read per hour (x 24) pass it for |rate| > 0.83 per day, and the fit then overflows
+MAX_LOG_GROWTH = 20.0
 
 
 def pooled_moments(populations: list[np.ndarray]) -> tuple[np.ndarray, float]:
@@ -44,7 +46,7 @@ def source_masses(course: TimeCourse) -> list[np.ndarray]:
     """Source marginal of each interval: the cells' mass times their prior growth over it.
 
     Raises a ``ValueError`` naming the ``growth_key`` when a prior would change a cell's mass by more
-    than ``e^50`` over an interval, the sign of rates given per another unit than the time column's.
+    than ``e^20`` over an interval, the sign of rates given per another unit than the time column's.
     """
     mass = course.weights or [np.ones(len(x)) for x in course.populations]
     if course.growth is None:
@@ -58,7 +60,8 @@ def source_masses(course: TimeCourse) -> list[np.ndarray]:
             raise ValueError(
                 f"the prior growth rates ({key}) of time point {course.times[k]:g} reach "
                 f"{worst / dt:g} per time unit, a change of e^{worst:.0f} in mass by the next time point "
-                f"({dt:g} units of obs[{course.time_key!r}] later); give log growth rates per unit of the time "
+                f"({dt:g} units of obs[{course.time_key!r}] later; at most e^{MAX_LOG_GROWTH:.0f} is accepted, "
+                "and a fit with more would overflow); give log growth rates per unit of the time "
                 "column: for rates per day (cellflow.pp.score_growth's default) and a time column in hours, pass "
                 "growth_unit='day', time_unit='hour' (or score_growth(..., time_unit='hour'))"
             )
