@@ -10,6 +10,7 @@ import scipy.sparse as sp
 from anndata import AnnData
 
 from .._times import read_times
+from .._units import rate_factor
 from ..model import TimeCourse
 
 # Cells farther than this many typical distances from the median of all cells are refused (see get_representation).
@@ -197,6 +198,34 @@ def _per_cell(adata: AnnData, key: str | None, argument: str, positive: bool) ->
     return values
 
 
+def _population_sizes(adata: AnnData, population_size, times: np.ndarray, unique: np.ndarray,
+                      time_key: str, time_map: Mapping | None) -> np.ndarray:
+    """Each time point's known size relative to the first (``population_size`` of :func:`read_time_course`)."""
+    if isinstance(population_size, str):
+        values = _per_cell(adata, population_size, "population_size", positive=True)
+        assert values is not None
+        sizes = np.array([values[times == t][0] for t in unique])
+        for t, size in zip(unique, sizes):
+            if not np.allclose(values[times == t], size):
+                raise ValueError(f"obs[{population_size!r}] must hold one population size per time point, "
+                                 f"but differs between the cells of time point {t:g}")
+    else:
+        if not isinstance(population_size, Mapping):
+            raise TypeError("population_size must be a mapping {time: size} or the name of an obs column, "
+                            f"not {type(population_size).__name__}")
+        mapped = {str(k): float(v) for k, v in (time_map or {}).items()}
+        lookup = {mapped[str(k)] if str(k) in mapped else float(parse_times(pd.Series([k]), "population_size")[0]): v
+                  for k, v in population_size.items()}
+        missing = [t for t in unique.tolist() if not any(np.isclose(t, k) for k in lookup)]
+        if missing:
+            raise ValueError(f"population_size has no size for the time point(s) {missing} of obs[{time_key!r}]; "
+                             f"give one for every time point ({unique.tolist()})")
+        sizes = np.array([float(next(v for k, v in lookup.items() if np.isclose(t, k))) for t in unique])
+        if not (np.isfinite(sizes).all() and (sizes > 0).all()):
+            raise ValueError(f"population_size must be positive and finite for every time point, got {sizes.tolist()}")
+    return sizes / sizes[0]
+
+
 def read_time_course(
     adata: AnnData,
     time_key: str = "time",
@@ -204,6 +233,10 @@ def read_time_course(
     weight_key: str | None = None,
     time_map: Mapping | None = None,
     growth_key: str | None = None,
+    *,
+    population_size: Mapping | str | None = None,
+    time_unit: str | None = None,
+    growth_unit: str | None = None,
 ) -> TimeCourse:
     """Group the cells of ``adata`` by time point.
 
@@ -224,6 +257,20 @@ def read_time_course(
     growth_key
         Optional ``obs`` column of prior growth rates (log growth per unit time), e.g. from
         :func:`cellflow.pp.score_growth`.
+    population_size
+        Optional known population size of each time point, in any unit (cells per embryo, flask
+        counts, a growth curve): a mapping ``{time: size}`` (times as in ``time_key``, labels or
+        numbers), or an ``obs`` column holding each cell's time point's size. Only the sizes
+        relative to the first time point matter. Each cell of time point ``k`` (``n_k`` cells) then
+        carries the mass ``(size_k / size_0) * n_0 / n_k``, times its ``weight_key`` weight divided by
+        the mean weight of its time point (the weights share the time point's mass among its cells),
+        so that the unbalanced couplings, the learned growth and the predicted population sizes
+        follow the sizes, not how many cells were sequenced.
+    time_unit, growth_unit
+        The unit of the time column and that of the rates in ``growth_key`` (``"hour"``, ``"day"``,
+        ``"week"``, ...). Give both when they differ: the rates are converted into the time
+        column's unit (a rate per day is divided by 24 for a time column in hours). Without
+        ``growth_unit`` the rates are taken as per unit of the time column.
 
     Returns
     -------
@@ -254,6 +301,12 @@ def read_time_course(
         )
     weights_all = _per_cell(adata, weight_key, "weight_key", positive=True)
     growth_all = _per_cell(adata, growth_key, "growth_key", positive=False)
+    if growth_unit is not None:
+        if time_unit is None:
+            raise ValueError(f"growth_unit={growth_unit!r} needs time_unit=, the unit of obs[{time_key!r}], "
+                             "to convert the prior growth rates into it")
+        factor = rate_factor(growth_unit, time_unit)
+        growth_all = None if growth_all is None else growth_all * factor
     # cells sorted by time (in their AnnData order within a time point): each population is a
     # slice of the one float32 array the representation is read into
     order = np.argsort(times, kind="stable")
@@ -264,12 +317,19 @@ def read_time_course(
     populations = [rep[s] for s in slices]
     weights = None if weights_all is None else [weights_all[idx] for idx in indices]
     growth = None if growth_all is None else [growth_all[idx] for idx in indices]
+    sizes = None
+    if population_size is not None:
+        sizes = _population_sizes(adata, population_size, times, unique, time_key, time_map)
+        shares = [np.ones(n) for n in counts] if weights is None else [w / w.mean() for w in weights]
+        weights = [share * size * counts[0] / n for share, size, n in zip(shares, sizes, counts)]
     return TimeCourse(
         times=unique.astype(float),
         populations=populations,
         indices=indices,
         weights=weights,
         growth=growth,
+        sizes=sizes,
+        growth_key=growth_key,
         use_rep=use_rep if isinstance(use_rep, str) else "array",
         time_key=time_key,
         obs_times=times,

@@ -21,9 +21,16 @@ class TimeCourse:
     indices
         One integer array per time point: the rows of the AnnData the cells came from.
     weights
-        One positive array per time point (per-cell mass), or ``None`` for unit mass.
+        One positive array per time point (per-cell mass), or ``None`` for unit mass. With known
+        population sizes the masses of a time point sum to its size relative to the first time
+        point, times the first time point's number of cells (see :func:`cellflow.io.read_time_course`).
     growth
-        One array per time point of prior growth rates (per unit time), or ``None``.
+        One array per time point of prior growth rates (per unit of the time column), or ``None``.
+    sizes
+        Known population size of each time point relative to the first (``sizes[0] == 1``), or ``None``
+        when the sizes are not known (then the cell numbers, or a growth prior, set them).
+    growth_key
+        The ``obs`` column the prior growth rates were read from, for messages.
     use_rep, time_key
         Where the representation and the times were read from.
     obs_times
@@ -38,6 +45,8 @@ class TimeCourse:
     indices: list[np.ndarray]
     weights: list[np.ndarray] | None = None
     growth: list[np.ndarray] | None = None
+    sizes: np.ndarray | None = None
+    growth_key: str | None = None
     use_rep: str = "X_pca"
     time_key: str = "time"
     obs_times: np.ndarray | None = field(default=None, repr=False)
@@ -72,6 +81,8 @@ class TimeCourse:
             indices=[self.indices[i] for i in keep],
             weights=None if self.weights is None else [self.weights[i] for i in keep],
             growth=None if self.growth is None else [self.growth[i] for i in keep],
+            sizes=None if self.sizes is None else self.sizes[keep] / self.sizes[keep][0],
+            growth_key=self.growth_key,
             use_rep=self.use_rep,
             time_key=self.time_key,
             obs_times=self.obs_times,

@@ -29,7 +29,7 @@ from ._course import TimeCourse
 from ._field import TrainedField
 from ._horizon import horizon_history
 from ._pieces import build_coupling, build_path
-from ._resolve import resolve, source_masses
+from ._resolve import resolve, source_masses, target_masses
 
 MAX_AUTO_STEPS = 4000  # the most steps n_steps="auto" takes
 TRUST_CELLS = 500  # cells per time point that a fit's trust signals (cellflow.model.horizon) are measured on
@@ -210,13 +210,15 @@ class CellFlow(TrainedField):
 
     # -- training --------------------------------------------------------------------------
     def _samplers(self, cells: list[np.ndarray], sources: list[np.ndarray], weights: list[np.ndarray] | None,
-                  rng: np.random.Generator, progress: bool) -> list[Any]:
-        """One pair sampler per interval, fitted to the source marginals ``sources`` (internal float32 cells on
-        the host); in a distributed fit each process solves its share of the blocks.
+                  rng: np.random.Generator, progress: bool, targets: list[np.ndarray] | None = None) -> list[Any]:
+        """One pair sampler per interval, fitted to the source marginals ``sources`` and target marginals
+        ``targets`` (default: the next time point's ``weights``) of internal float32 cells on the host; in a
+        distributed fit each process solves its share of the blocks.
         """
         coupling, part = build_coupling(self.config, self.method, self._fitted_state()), distributed.part()
         mass = weights or [np.ones(len(z)) for z in cells]
-        return [coupling.sampler(cells[k], cells[k + 1], sources[k], mass[k + 1], rng=rng, source_mass=mass[k],
+        targets = mass[1:] if targets is None else targets
+        return [coupling.sampler(cells[k], cells[k + 1], sources[k], targets[k], rng=rng, source_mass=mass[k],
                                  device=self.device, part=part, progress=progress)
                 for k in range(len(cells) - 1)]
 
@@ -246,7 +248,7 @@ class CellFlow(TrainedField):
         cpu = [z.numpy() if z.device.type == "cpu" else ((np.asarray(x) - self.center) / self.scale).astype(np.float32)
                for z, x in zip(internal, course.populations)]
         with compute_threads(self.device):
-            samplers = self._samplers(cpu, sources, course.weights, rng, progress)
+            samplers = self._samplers(cpu, sources, course.weights, rng, progress, target_masses(course, sources))
             coupling_seconds = time.perf_counter() - start
             path = self._path(course.times)
             objective = OBJECTIVES[self.method.objective](

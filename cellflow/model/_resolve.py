@@ -10,7 +10,9 @@ from ._course import TimeCourse
 from ._delta import cross_validated_delta
 from ._methods import Method
 
-MAX_LOG_GROWTH = 50.0  # largest |prior growth rate x interval| accepted (a factor e^50 per interval)
+# largest |prior growth rate x interval| accepted: a factor e^20 (5e8) per interval, beyond any plausible growth;
+# rates per day read per hour (x 24) pass it for |rate| > 0.83 per day, and the fit then overflows
+MAX_LOG_GROWTH = 20.0
 
 
 def pooled_moments(populations: list[np.ndarray]) -> tuple[np.ndarray, float]:
@@ -41,7 +43,11 @@ def default_hidden(n_dims: int) -> list[int]:
 
 
 def source_masses(course: TimeCourse) -> list[np.ndarray]:
-    """Source marginal of each interval: the cells' mass times their prior growth over it."""
+    """Source marginal of each interval: the cells' mass times their prior growth over it.
+
+    Raises a ``ValueError`` naming the ``growth_key`` when a prior would change a cell's mass by more
+    than ``e^20`` over an interval, the sign of rates given per another unit than the time column's.
+    """
     mass = course.weights or [np.ones(len(x)) for x in course.populations]
     if course.growth is None:
         return mass[:-1]
@@ -50,13 +56,33 @@ def source_masses(course: TimeCourse) -> list[np.ndarray]:
         log_growth = course.growth[k] * dt
         worst = float(np.abs(log_growth).max())
         if not worst <= MAX_LOG_GROWTH:
+            key = "growth_key" if course.growth_key is None else f"growth_key={course.growth_key!r}"
             raise ValueError(
-                f"the prior growth rates (growth_key) of time point {course.times[k]:g} reach "
-                f"{worst / dt:g} per time unit, a change of e^{worst:.0f} in mass by the next time point; "
-                "give log growth rates per unit of the time column (e.g. from cellflow.pp.score_growth)"
+                f"the prior growth rates ({key}) of time point {course.times[k]:g} reach "
+                f"{worst / dt:g} per time unit, a change of e^{worst:.0f} in mass by the next time point "
+                f"({dt:g} units of obs[{course.time_key!r}] later; at most e^{MAX_LOG_GROWTH:.0f} is accepted, "
+                "and a fit with more would overflow); give log growth rates per unit of the time "
+                "column: for rates per day (cellflow.pp.score_growth's default) and a time column in hours, pass "
+                "growth_unit='day', time_unit='hour' (or score_growth(..., time_unit='hour'))"
             )
         masses.append(mass[k] * np.exp(log_growth))
     return masses
+
+
+def target_masses(course: TimeCourse, sources: list[np.ndarray]) -> list[np.ndarray]:
+    """Target marginal of each interval: the next time point's cell masses.
+
+    With known population sizes (:attr:`TimeCourse.sizes`) the masses already carry them. Without
+    them but with a growth prior, the next time point's masses are scaled to the total of the
+    interval's source marginal (:func:`source_masses`), so that the prior, not the number of cells
+    sequenced, sets how much the population grows (a constant prior of ``log 2`` doubles it per
+    unit time); without either, the cell numbers do.
+    """
+    mass = course.weights or [np.ones(len(x)) for x in course.populations]
+    if course.growth is None or course.sizes is not None:
+        return mass[1:]
+    return [mass[k + 1] * (sources[k].sum() / mass[k + 1].sum()) for k in range(len(sources))]
+
 
 def resolve(config: Config, method: Method, course: TimeCourse) -> Resolved:
     """What this fit chooses from the course, before training (the clock is set once the objective exists)."""

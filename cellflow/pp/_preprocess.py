@@ -10,6 +10,7 @@ import pandas as pd
 from anndata import AnnData
 from scipy.special import expit
 
+from .._units import rate_factor
 from .._utils import copy_option, renamed_arguments
 from ..io import parse_times
 
@@ -177,6 +178,7 @@ def score_growth(
     key_added: str = "cellflow",
     min_genes: int = 10,
     seed: int = 0,
+    time_unit: str = "day",
 ) -> AnnData | None:
     r"""Score proliferation and apoptosis, and turn them into a prior growth rate.
 
@@ -195,9 +197,10 @@ def score_growth(
     i.e. ``low + (high - low) / (1 + exp(-4 (score - centre) / width))``, rising from 0.3 to
     1.7 with slope ``(high - low) / width`` at the centre. Waddington-OT's growth factor over
     one unit of time is ``exp(beta - delta)``. This function writes its logarithm,
-    ``beta(p) - delta(a)``, as a **rate**: the log growth per unit time, in 1 / (the unit of
-    the time axis). A cell's expected number of descendants after ``dt`` time units is
-    ``exp(rate * dt)``; the rate lies in ``[-1.4, 1.4]``. Waddington-OT chose the constants
+    ``beta(p) - delta(a)``, as a **rate**: the log growth per day, converted into a rate per
+    ``time_unit`` (the unit of the time column the prior will be used with: per hour is per day
+    / 24). A cell's expected number of descendants after ``dt`` time units is
+    ``exp(rate * dt)``; per day the rate lies in ``[-1.4, 1.4]``. Waddington-OT chose the constants
     for days as the time unit and for its own gene-set scores (mean z-scores); moscot, like
     this function, applies them to :func:`scanpy.tl.score_genes` scores. The level of the
     prior therefore depends on the scoring: score log-normalised expression in ``X`` (or
@@ -224,6 +227,9 @@ def score_growth(
     seed
         Seed for the control genes that :func:`scanpy.tl.score_genes` draws (its
         ``random_state``; formerly ``random_state`` here too).
+    time_unit
+        Unit of the time column the prior is for: ``"day"`` (default, Waddington-OT's unit),
+        ``"hour"``, ``"week"``, ``"minute"``, ``"year"`` (plural and short forms such as ``"h"`` too).
     copy
         Work on a copy of ``adata``, write into it and return it (``adata`` is left as it was).
 
@@ -237,7 +243,7 @@ def score_growth(
     ``obs[f"{key_added}_apoptosis"]``
         apoptosis score;
     ``obs[f"{key_added}_growth_prior"]``
-        prior growth rate ``beta - delta`` (log growth per unit time).
+        prior growth rate ``beta - delta`` (log growth per ``time_unit``).
 
     Warns
     -----
@@ -261,6 +267,7 @@ def score_growth(
     import scanpy as sc
 
     organism = _check_organism(organism)
+    per_unit = rate_factor("day", time_unit, "day", "time_unit")  # checks the unit before any work
     if layer is not None and layer not in adata.layers:
         raise ValueError(
             f"adata.layers has no {layer!r}; available: {list(adata.layers.keys())}. "
@@ -312,7 +319,7 @@ def score_growth(
                           use_raw=False)
         scores[kind] = scratch.obs[kind].to_numpy(dtype=float)
 
-    rate = birth_rate(scores["proliferation"]) - death_rate(scores["apoptosis"])
+    rate = (birth_rate(scores["proliferation"]) - death_rate(scores["apoptosis"])) * per_unit
 
     keys = [f"{key_added}_{kind}" for kind in (*_MARKER_KINDS, "growth_prior")]
     existing = [k for k in keys if k in adata.obs.columns]

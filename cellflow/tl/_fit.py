@@ -87,6 +87,9 @@ def fit(
     *,
     weight_key: str | None = None,
     growth_key: str | None = None,
+    population_size: Mapping | str | None = None,
+    time_unit: str | None = None,
+    growth_unit: str | None = None,
     time_map: Mapping | None = None,
     key_added: str = "cellflow",
     overwrite: bool = False,
@@ -113,7 +116,18 @@ def fit(
     growth_key
         Optional ``obs`` column of prior growth rates (log growth per time unit, e.g. from
         :func:`cellflow.pp.score_growth`): the source marginal of each interval's coupling
-        becomes ``mass * exp(rate * dt)``.
+        becomes ``mass * exp(rate * dt)``. Without ``population_size`` the prior also sets how much the
+        population grows over each interval (the next time point's masses are scaled to that total), so a
+        constant prior of ``log 2`` per unit time doubles it whatever the number of cells sequenced.
+    population_size
+        Optional known population size of each time point (relative sizes matter): ``{time: size}`` or an
+        ``obs`` column. The cells of a time point share its size as their mass, so the learned growth and
+        the predicted sizes (``obs["{key}_mass"]`` of :func:`interpolate`) follow it rather than the
+        sampling depth; see :func:`cellflow.io.read_time_course`.
+    time_unit, growth_unit
+        Unit of ``time_key`` and of the ``growth_key`` rates (``"hour"``, ``"day"``, ``"week"``, ...), when
+        they differ: e.g. ``growth_unit="day", time_unit="hour"`` divides rates per day by 24. The learned
+        ``growth_rate`` is always per unit of the time column.
     time_map
         Optional mapping of time labels to numbers (stage names, cells per embryo, mixed units).
     key_added
@@ -151,7 +165,8 @@ def fit(
     ``adata``, and only rank 0 shows progress.
     """
     model = CellFlow(method, **model_kwargs)
-    course = read_time_course(adata, time_key, use_rep, weight_key, time_map, growth_key)
+    course = read_time_course(adata, time_key, use_rep, weight_key, time_map, growth_key,
+                              population_size=population_size, time_unit=time_unit, growth_unit=growth_unit)
     loadings = keys.pca_loadings(adata, use_rep, course.n_dims)
     basis = _basis(use_rep)
     obsm_key, layer_key = f"{key_added}_velocity_{basis}", f"{key_added}_velocity"
