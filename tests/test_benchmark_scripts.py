@@ -40,6 +40,7 @@ QUICK_RUNS = {
                    ["unbalanced", "unbalanced_simulate"]),
     "small_data_speed": (["--results", RESULTS], ["small_data_speed_quick.csv"], ["small_data_speed"]),
     "scale": (["--results", RESULTS], ["scale_quick.csv", "scale_quick.png"], ["scale"]),
+    "expression": (["--results", RESULTS], ["expression_quick.csv"], ["expression"]),
     "gpu_check": (["--device", "cpu", "--write", "--out", f"{RESULTS}/{QUICK_REPORT}"], [], ["gpu_check"]),
 }
 

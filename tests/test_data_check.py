@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 DATA_TEST = "tests/test_growth_prior.py::test_moscot_temporal_mouse"  # loads cf.datasets.moscot_temporal()
 
@@ -18,6 +20,7 @@ def _pytest(**env: str) -> subprocess.CompletedProcess:
                           cwd=ROOT, env=environment, capture_output=True, text=True, timeout=600)
 
 
+@pytest.mark.slow  # a pytest run of its own: once per CI run, in the slow step
 def test_missing_data_skips_with_one_message(tmp_path):
     run = _pytest(CELLFLOW_DATA_DIR=str(tmp_path / "nonexistent"))
     assert run.returncode == 0, run.stdout + run.stderr
@@ -28,6 +31,7 @@ def test_missing_data_skips_with_one_message(tmp_path):
     assert "1 skipped" in lines[-1] and "error" not in run.stdout.lower()
 
 
+@pytest.mark.slow  # a pytest run of its own: once per CI run, in the slow step
 def test_required_data_stops_the_run_once(tmp_path):
     run = _pytest(CELLFLOW_DATA_DIR=str(tmp_path / "nonexistent"), CELLFLOW_REQUIRE_DATA="1")
     assert run.returncode == 4  # pytest's usage error: nothing ran

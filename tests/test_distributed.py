@@ -102,6 +102,7 @@ def test_two_ranks_as_accurate_as_one_process_at_the_same_total_batch(two_ranks)
     assert w1 < 0.3 * standing_still  # the fit learned the flow
 
 
+@pytest.mark.slow  # two processes of a torchrun launch: once per CI run, in the slow step
 def test_command_line_under_torchrun_writes_once(tmp_path):
     adata = cf.datasets.simulate(n_cells=100, times=(0.0, 1.0, 2.0), seed=0)
     adata.write_h5ad(tmp_path / "in.h5ad")
@@ -142,6 +143,7 @@ EVERY_NETWORK = textwrap.dedent(
 )
 
 
+@pytest.mark.slow  # two processes of a torchrun launch: once per CI run, in the slow step
 def test_gradient_field_and_score_network_train_under_ddp(tmp_path):
     # DistributedDataParallel needs a gradient for every weight: the potential has no output bias
     script = tmp_path / "worker.py"

@@ -30,6 +30,8 @@ def _cosine(a, b):
 def _with_graph(moscot_fit):
     """What a user adds for scVelo's graph: an expression layer and a neighbour graph."""
     adata, model = moscot_fit()
+    assert adata.layers["cellflow_velocity"].format == "csr"  # the fit's layer: sparse
+    adata.layers["cellflow_velocity"] = adata.layers["cellflow_velocity"].toarray()  # scVelo reads it dense
     adata.layers["logcounts"] = adata.X.copy()  # the matrix the PCA was computed on
     sc.pp.neighbors(adata, n_neighbors=15, use_rep="X_pca", method="gauss")  # no numba compilation
     scv.tl.velocity_graph(adata, vkey="cellflow_velocity", xkey="logcounts", n_jobs=1, show_progress_bar=False)
@@ -111,7 +113,7 @@ def test_keeping_our_pca_velocity_after_the_graph(moscot_fit):
 def test_velocity_confidence_on_our_velocity(moscot_fit):
     """scVelo's confidence (agreement of a cell's velocity with its neighbours') runs as the README says."""
     adata, _ = _with_graph(moscot_fit)
-    adata.layers["Ms"] = adata.layers["logcounts"].toarray()  # as in the README: the graph's expression, dense
+    adata.layers["Ms"] = adata.layers["logcounts"].toarray()  # as in the guide: the graph's expression, dense
     shuffled = adata.copy()
     order = np.random.default_rng(0).permutation(adata.n_obs)
     shuffled.layers["cellflow_velocity"] = shuffled.layers["cellflow_velocity"][order]

@@ -46,7 +46,8 @@ def test_fit_fate_fit_fate_replaces_its_own_keys(quick_fit, small_course):
     cf.tl.fate(adata, 0, 1, "side", **QUIET)
     assert _ledger(adata) == sorted(
         [
-            "obsm/cellflow_velocity_pca", "layers/cellflow_velocity", "uns/cellflow_velocity_params",
+            "obsm/cellflow_velocity_pca", "layers/cellflow_velocity", "var/cellflow_velocity_genes",
+            "uns/cellflow_velocity_params",
             "obsm/cellflow_fate", "obs/cellflow_fate_label", "uns/cellflow_fate_params",
         ]
     )
@@ -133,7 +134,7 @@ def test_outputs_are_named_after_the_key(fitted, quick_fit):
     assert list(pred.uns) == ["flow_interpolation"]
     record = dict(pred.uns["flow_interpolation"])
     assert 0.0 <= record.pop("off_data_share") <= 1.0  # pushed across the measured time 1
-    assert record == {"from_time": 0.0, "to_time": 1.5, "key": "flow", "stochastic": False}
+    assert record == {"from_time": 0.0, "to_time": 1.5, "key": "flow", "stochastic": False, "expression": "neighbors"}
     coupling = cf.tl.transitions(fitted, 0, 1, "side", key="flow", **QUIET).coupling
     assert list(coupling.uns) == ["flow_coupling"]
 
@@ -245,12 +246,20 @@ def test_backed_interpolation_matches_in_memory(fitted, sparse, tmp_path, monkey
         fitted.X = sp.csr_matrix(fitted.X)
     fitted.write_h5ad(tmp_path / "fitted.h5ad")
     backed = ad.read_h5ad(tmp_path / "fitted.h5ad", backed="r")
-    monkeypatch.setattr(cf.tl._fit, "_MEAN_CHUNK_VALUES", 16 * fitted.n_vars)  # the gene means in blocks of 16 cells
+    monkeypatch.setattr(cf.tl._expression, "_MEAN_CHUNK_VALUES", 16 * fitted.n_vars)  # gene means, 16 cells a block
     try:
-        in_memory, from_disk = cf.tl.interpolate(fitted, 0, 1.5), cf.tl.interpolate(backed, 0, 1.5)
+        in_memory, from_disk = (cf.tl.interpolate(data, 0, 1.5, expression="pca") for data in (fitted, backed))
+        read, read_from_disk = cf.tl.interpolate(fitted, 0, 1.5), cf.tl.interpolate(backed, 0, 1.5)
     finally:
         backed.file.close()
     means = np.asarray(fitted.X.mean(axis=0)).ravel()
     expected = in_memory.obsm["X_pca"] @ fitted.varm["PCs"].T + means
     np.testing.assert_allclose(in_memory.X, expected, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(from_disk.X, in_memory.X, rtol=1e-6, atol=1e-6)
+    assert sp.issparse(read.X) == sparse and sp.issparse(read_from_disk.X) == sparse
+    np.testing.assert_allclose(_dense(read_from_disk.X), _dense(read.X), rtol=1e-6, atol=1e-6)
+
+
+def _dense(matrix):
+    """``matrix`` as a dense array (sparse or not)."""
+    return matrix.toarray() if sp.issparse(matrix) else np.asarray(matrix)

@@ -4,9 +4,10 @@ gene trends from it, and hand it to CellRank.
 
 from ._drivers import fate_drivers
 from ._fate import ancestors, fate
-from ._fit import fit, interpolate, leave_one_out, load_model
+from ._fit import fit, leave_one_out, load_model
 from ._genes import gene_trends
 from ._interop import cellrank_couplings
+from ._interpolate import interpolate
 from ._labels import transfer_labels
 from ._mapping import pull, push
 from ._trajectories import trajectories

@@ -12,7 +12,8 @@ from anndata import AnnData
 from .._checks import choice, number
 from ..io import parse_times
 from . import _keys as keys
-from ._genes import _expression, _fate_column, _gene_columns, _select
+from ._expression import expression_matrix, select
+from ._genes import _fate_column, _gene_columns
 
 _BLOCK_VALUES = 2**22  # entries of expression densified at a time when correlating genes
 
@@ -177,7 +178,7 @@ def fate_drivers(
         within = "" if codes is None else f" within each group of obs[{groupby!r}]"
         raise ValueError(f"every cell has the same probability of fate={fate!r}{within}: nothing to correlate with")
     names, columns = _gene_columns(adata, adata.var_names if genes is None else genes)
-    expression = _select(_expression(adata, layer), rows, columns)
+    expression = select(expression_matrix(adata, layer), rows, columns)
     if sp.issparse(expression):
         expression = expression.tocsc()
     r = np.empty(len(names))

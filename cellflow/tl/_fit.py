@@ -10,16 +10,15 @@ import scipy.sparse as sp
 from anndata import AnnData
 
 from .. import _distributed as distributed
-from .._checks import number
+from .._checks import choice
 from .._utils import copy_option
 from ..benchmark import _protocol as benchmark
 from ..io._readers import TimeCourse, read_time_course
 from ..model import CellFlow
 from . import _keys as keys
-from ._fitted import _fitted, _stored_model
-from ._support import off_data_share, warn_beyond_times, warn_off_data
+from ._expression import gene_space, sparse_gene_velocity, velocity_genes
+from ._fitted import _stored_model
 
-_MEAN_CHUNK_VALUES = 2**22  # entries of X read at a time when averaging the genes
 _GENE_BLOCK_VALUES = 2**22  # entries of an output computed (gene space) or checked (finite) at a time
 
 
@@ -28,32 +27,16 @@ def _basis(use_rep: str) -> str:
     return use_rep[2:] if use_rep.startswith("X_") else use_rep
 
 
-def _to_gene_space(values: np.ndarray, use_rep: str, loadings: np.ndarray | None) -> np.ndarray | None:
-    """Rows of the representation in gene space: as they are for ``"X"``, through the PCA loadings, or ``None``.
-
-    Computed in blocks of rows into one preallocated float32 array, so the only full-size
-    array is the result.
-    """
-    if use_rep != "X" and loadings is None:
-        return None
-    n_genes = values.shape[1] if loadings is None else loadings.shape[0]
-    genes = np.empty((len(values), n_genes), dtype=np.float32)
-    rows = max(1, _GENE_BLOCK_VALUES // max(n_genes, 1))
-    for start in range(0, len(values), rows):
-        block = values[start : start + rows]
-        genes[start : start + rows] = block if loadings is None else block @ loadings.T
-    return genes
-
-
 def _finite(values: np.ndarray) -> bool:
     """Whether every entry of ``values`` is finite, checked in blocks of rows (no full-size mask)."""
     rows = max(1, _GENE_BLOCK_VALUES // max(int(np.prod(values.shape[1:])), 1))
     return all(np.isfinite(values[start : start + rows]).all() for start in range(0, len(values), rows))
 
 
-def _check_finite(use_rep: str, **outputs: np.ndarray | None) -> None:
+def _check_finite(use_rep: str, **outputs) -> None:
     """Raise a ``ValueError`` when an output of a trained model has NaN or inf values."""
     for name, values in outputs.items():
+        values = values.data if sp.issparse(values) else values
         if values is None or _finite(values):
             continue
         raise ValueError(
@@ -91,6 +74,7 @@ def fit(
     time_unit: str | None = None,
     growth_unit: str | None = None,
     time_map: Mapping | None = None,
+    gene_velocity: str = "representation",
     key_added: str = "cellflow",
     overwrite: bool = False,
     progress: bool | None = None,
@@ -130,6 +114,15 @@ def fit(
         ``growth_rate`` is always per unit of the time column.
     time_map
         Optional mapping of time labels to numbers (stage names, cells per embryo, mixed units).
+    gene_velocity
+        The gene-space layer ``layers["{key_added}_velocity"]`` of a fit in ``use_rep="X_pca"`` with
+        ``varm["PCs"]``: ``"representation"`` (default) the velocity through the loadings for the genes
+        the PCA describes (a nonzero loading; e.g. the highly variable genes), stored sparse, its other
+        columns empty; ``"all"`` a dense layer of every gene (zero where the loadings are); ``"none"``, no
+        layer (the velocity in gene space is always ``obsm["{key_added}_velocity_pca"] @ varm["PCs"].T``).
+        ``var["{key_added}_velocity_genes"]`` marks the genes the PCA describes (scVelo reads it). With
+        ``use_rep="X"`` the representation is the genes: the layer is the velocity itself (not with
+        ``"none"``).
     key_added
         Prefix of every key written, and the ``uns`` key of the fit.
     overwrite
@@ -149,8 +142,8 @@ def fit(
     -------
     The trained model, or with ``copy=True`` the AnnData written into. Writes
     ``obsm["{key_added}_velocity_{basis}"]`` (velocity in the representation, per unit of time),
-    ``layers["{key_added}_velocity"]`` (gene space, when ``use_rep="X"``, or ``use_rep="X_pca"``
-    and ``varm["PCs"]`` exist), ``uns["{key_added}_velocity_params"]``
+    ``layers["{key_added}_velocity"]`` (gene space, see ``gene_velocity``) and
+    ``var["{key_added}_velocity_genes"]`` (when ``varm["PCs"]`` exist), ``uns["{key_added}_velocity_params"]``
     and ``uns[key_added]`` (the model as plain arrays, with ``written_keys``, the keys written:
     an ``.h5ad`` round trip restores both; ``time_reading``, how the time labels were read: each
     label, its time and the unit detected, see :func:`cellflow.io.read_times`, which the model's
@@ -164,6 +157,7 @@ def fit(
     model together with the others (:mod:`cellflow._distributed`); each writes into its own
     ``adata``, and only rank 0 shows progress.
     """
+    gene_velocity = choice("gene_velocity", gene_velocity, ["representation", "all", "none"])
     model = CellFlow(method, **model_kwargs)
     course = read_time_course(adata, time_key, use_rep, weight_key, time_map, growth_key,
                               population_size=population_size, time_unit=time_unit, growth_unit=growth_unit)
@@ -172,8 +166,10 @@ def fit(
     obsm_key, layer_key = f"{key_added}_velocity_{basis}", f"{key_added}_velocity"
     params_key, growth_key_added = f"{layer_key}_params", f"{key_added}_growth_rate"
     written = [f"obsm/{obsm_key}", f"uns/{params_key}"]
-    if use_rep == "X" or loadings is not None:
+    if (use_rep == "X" or loadings is not None) and gene_velocity != "none":
         written.append(f"layers/{layer_key}")
+    if loadings is not None:
+        written.append(f"var/{layer_key}_genes")
     if model.has_growth:
         written.append(f"obs/{growth_key_added}")
     keys.claim(adata, key_added, [*written, f"uns/{key_added}"], overwrite)
@@ -181,14 +177,22 @@ def fit(
     # under torchrun rank 0 alone shows progress
     model.fit(course, progress=progress if distributed.is_main() else False)
     velocity, growth = _evaluate_cells(model, course, adata.n_obs)
-    gene_velocity = _to_gene_space(velocity, use_rep, loadings)
-    _check_finite(use_rep, velocity=velocity, gene_space_velocity=gene_velocity, growth_rate=growth)
+    genes = None if loadings is None else velocity_genes(loadings)
+    if f"layers/{layer_key}" not in written:
+        layer = None
+    elif gene_velocity == "representation" and genes is not None:
+        layer = sparse_gene_velocity(velocity, loadings, genes)
+    else:
+        layer = gene_space(velocity, use_rep, loadings)
+    _check_finite(use_rep, velocity=velocity, gene_space_velocity=layer, growth_rate=growth)
 
     keys.remove_written(adata, key_added)
     adata.obsm[obsm_key] = velocity
     adata.uns[params_key] = {"embeddings": [basis]}
-    if gene_velocity is not None:
-        adata.layers[layer_key] = gene_velocity
+    if layer is not None:
+        adata.layers[layer_key] = layer
+    if genes is not None:
+        adata.var[f"{layer_key}_genes"] = genes
     if growth is not None:
         adata.obs[growth_key_added] = growth
     state = model.to_dict()
@@ -220,93 +224,6 @@ def load_model(adata: AnnData, key: str = "cellflow", device: str = "auto") -> C
     The trained :class:`cellflow.CellFlow`; nothing is written.
     """
     return _stored_model(adata, key, device)
-
-
-def _gene_means(adata: AnnData) -> np.ndarray:
-    """Mean of every gene over the cells, read in blocks of rows (so a backed ``X`` stays on disk)."""
-    rows = max(1, _MEAN_CHUNK_VALUES // max(adata.n_vars, 1))
-    total = np.zeros(adata.n_vars)
-    for start in range(0, adata.n_obs, rows):
-        total += np.asarray(adata.X[start : start + rows].sum(axis=0, dtype=np.float64)).ravel()
-    return total / adata.n_obs
-
-
-def interpolate(
-    adata: AnnData,
-    from_time: float,
-    to_time: float,
-    *,
-    key: str = "cellflow",
-    model: CellFlow | None = None,
-    solver: str = "dopri5",
-    step_size: float | None = None,
-    stochastic: bool = False,
-    seed: int | None = None,
-) -> AnnData:
-    """Push the cells measured at ``from_time`` to any time ``to_time``.
-
-    Parameters
-    ----------
-    adata
-        The AnnData that :func:`fit` wrote into (in memory or backed); it is not changed.
-    from_time
-        A measured time point (its cells are the starting population).
-    to_time
-        Any real time, between, before or beyond the measured ones; before the first or beyond
-        the last an :class:`cellflow.ExtrapolationWarning` says how far.
-    key
-        Where :func:`fit` stored the model (its ``key_added``); also the prefix of the keys of
-        the result.
-    model
-        Use this model instead of the stored one.
-    solver, step_size
-        Integrator (see :func:`cellflow.solvers.integrate`); ``step_size`` in time units.
-    stochastic
-        Draw one path per cell of the SDE with the flow's marginals rather than follow the flow
-        (methods with a learned score, e.g. ``"sbcfm"``; see :meth:`cellflow.CellFlow.transport`):
-        Euler-Maruyama with ``step_size``, by default 1/100 of each measured interval, between
-        the first and the last measured time.
-    seed
-        Seed of the SDE's noise (default: the model's seed); the same seed gives the same cells.
-
-    Returns
-    -------
-    A new AnnData with one row per starting cell: predicted positions in ``obsm[use_rep]``,
-    gene space in ``X`` where PCA loadings exist, ``obs["time"]``, ``obs["{key}_mass"]``
-    (how many cells each row stands for: one at ``from_time``, changed by the growth field of
-    unbalanced methods, so that its sum predicts the population size), ``obs["source_cell"]``
-    and ``uns["{key}_interpolation"]`` (the two times, ``key``, ``stochastic`` and ``off_data_share``,
-    the share of the predicted cells off the data of the nearest measured time, see
-    :mod:`cellflow.tl`; an :class:`cellflow.tl._support.OffDataWarning` above 5%).
-    """
-    from_time, to_time = number("from_time", from_time), number("to_time", to_time)
-    fitted = _fitted(adata, key, model)
-    loadings = keys.pca_loadings(adata, fitted.use_rep, fitted.course.n_dims)
-    k = fitted.course.index_of(from_time)
-    warn_beyond_times(to_time, fitted.course.times, "interpolate", fitted.course.time_unit)
-    positions, mass = fitted.model.push(
-        fitted.course.populations[k], from_time, to_time, return_mass=True, solver=solver, step_size=step_size,
-        stochastic=stochastic, seed=seed,
-    )
-    source = adata.obs_names[fitted.course.indices[k]]
-    obs = pd.DataFrame(
-        {"time": to_time, f"{key}_mass": mass, "source_cell": np.asarray(source)},
-        index=[f"{name}@{to_time:g}" for name in source],
-    )
-    off_data = off_data_share(positions, to_time, support=fitted.support)
-    warn_off_data(off_data, "interpolate")
-    genes = _to_gene_space(positions, fitted.use_rep, loadings)
-    if loadings is not None:
-        genes += _gene_means(adata).astype(np.float32)
-    out = AnnData(
-        X=genes if genes is not None else sp.csr_matrix((len(obs), 0), dtype=np.float32),
-        obs=obs,
-        var=adata.var.copy() if genes is not None and genes.shape[1] == adata.n_vars else None,
-    )
-    out.obsm[fitted.use_rep if fitted.use_rep != "X" else "X_cellflow"] = positions.astype(np.float32)
-    out.uns[f"{key}_interpolation"] = {"from_time": from_time, "to_time": to_time, "key": key,
-                                       "stochastic": bool(stochastic), "off_data_share": off_data}
-    return out
 
 
 def leave_one_out(

@@ -1,13 +1,9 @@
 """Genes along the flow: mean expression over continuous time.
 
-Expression of a pushed cell (``expression="neighbors"``, the default): at a measured time point
-it is the neighbour-weighted mean expression of the ``n_neighbors`` nearest real cells measured
-there (weights as in :mod:`cellflow.tl`); between two measured time points ``t_a < t < t_b``
-it is ``(1 - s) e_a + s e_b`` with ``s = (t - t_a) / (t_b - t_a)``, ``e_a`` and ``e_b`` the
-readings at the pushed position among the cells of ``t_a`` and of ``t_b``; before the first (after
-the last) time point it is the reading among the cells of the first (last). So only expression
-that was measured is reported, and a gene that changes at a fixed position in the representation
-still changes along the path.
+The expression of a pushed cell is read off the measured cells near it (``expression="neighbors"``,
+the default; the rule of :func:`cellflow.tl.interpolate`), so a gene that changes at a fixed position
+in the representation still changes along the path, and genes outside the representation are
+read as well as those in it.
 """
 
 from __future__ import annotations
@@ -17,13 +13,13 @@ from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
-import scipy.sparse as sp
 from anndata import AnnData
 
 from .._checks import choice, integer, number
 from ..model import CellFlow
 from . import _keys as keys
-from ._fitted import _fitted, neighbor_weights
+from ._expression import expression_matrix, neighbor_readout, select
+from ._fitted import _fitted
 from ._support import warn_beyond_times, warn_off_data
 from ._trajectories import _follow
 
@@ -46,22 +42,6 @@ def _gene_columns(adata: AnnData, genes, argument: str = "genes") -> tuple[list[
     if len(set(names)) != len(names):
         raise ValueError(f"{argument} names a gene more than once: {names}")
     return names, columns
-
-
-def _expression(adata: AnnData, layer: str | None):
-    """``X``, or the layer ``layer``, with a clear error when the layer is missing."""
-    if layer is None:
-        return adata.X
-    if layer not in adata.layers:
-        raise KeyError(f"layer={layer!r} is not a layer of adata (layers: {list(adata.layers.keys())})")
-    return adata.layers[layer]
-
-
-def _select(matrix, rows: np.ndarray, columns: np.ndarray):
-    """``matrix[rows][:, columns]`` as float64: CSR when ``matrix`` is sparse, else dense."""
-    if sp.issparse(matrix):
-        return sp.csr_matrix(matrix[rows][:, columns], dtype=np.float64)
-    return np.asarray(matrix[np.ix_(rows, columns)], dtype=np.float64)
 
 
 # -- the cells followed ----------------------------------------------------------------------
@@ -140,43 +120,6 @@ def _time_grid(times, n_points, measured: np.ndarray) -> np.ndarray:
     return np.unique(grid)
 
 
-def _brackets(t: float, measured: np.ndarray) -> list[tuple[int, float]]:
-    """The measured time points read at time ``t`` and their shares (see the module's notes)."""
-    hits = np.flatnonzero(np.isclose(measured, t))
-    if hits.size:
-        return [(int(hits[0]), 1.0)]
-    if t < measured[0]:
-        return [(0, 1.0)]
-    if t > measured[-1]:
-        return [(len(measured) - 1, 1.0)]
-    later = int(np.searchsorted(measured, t))
-    share = (t - measured[later - 1]) / (measured[later] - measured[later - 1])
-    return [(later - 1, 1.0 - share), (later, share)]
-
-
-def _neighbor_readout(fitted, positions, grid, reference_expression, n_neighbors) -> list[np.ndarray]:
-    """Expression at every grid time of pushed cells ``positions`` ``(times, cells, d)``, by the module's rule."""
-    course = fitted.course
-    n_cells = positions.shape[1]
-    plan = [_brackets(t, course.times) for t in grid]
-    readout = [np.zeros((n_cells, reference_expression[0].shape[1])) for _ in grid]
-    for k in range(len(course.times)):
-        steps = [(i, share) for i, pairs in enumerate(plan) for kk, share in pairs if kk == k]
-        if not steps:
-            continue
-        points = positions[[i for i, _ in steps]].reshape(-1, positions.shape[2])
-        index, weights = neighbor_weights(points, course.populations[k], n_neighbors)
-        for j, (i, share) in enumerate(steps):
-            part = slice(j * n_cells, (j + 1) * n_cells)
-            matrix = sp.csr_matrix(
-                (weights[part].ravel(), index[part].ravel(), np.arange(0, n_cells + 1) * index.shape[1]),
-                shape=(n_cells, len(course.populations[k])),
-            )
-            values = matrix @ reference_expression[k]
-            readout[i] += share * (values.toarray() if sp.issparse(values) else np.asarray(values))
-    return readout
-
-
 def gene_trends(
     adata: AnnData,
     genes: str | Sequence[str],
@@ -201,9 +144,10 @@ def gene_trends(
     The chosen cells are followed forward and backward through the flow from their own time
     point (:func:`cellflow.tl.trajectories`), each weighted by its mass (growth of unbalanced
     methods) and, for a fate, by its probability of that fate. At every time of the grid the
-    expression of each pushed cell is read off as the module :mod:`cellflow.tl` states: the
-    neighbour-weighted mean of the real cells' expression at the measured time points around
-    that time, blended linearly in time between them. Nothing is written into ``adata``.
+    expression of each pushed cell is read off as for :func:`cellflow.tl.interpolate`: at the
+    measured time points around that time, the neighbour-weighted mean expression of the real
+    cells nearest to where its path passes, blended linearly in time between them. Nothing is
+    written into ``adata``.
 
     Parameters
     ----------
@@ -254,7 +198,7 @@ def gene_trends(
     expression = choice("expression", expression, ["neighbors", "pca"])
     n_neighbors = integer("n_neighbors", n_neighbors)
     names, columns = _gene_columns(adata, genes)
-    matrix = _expression(adata, layer)
+    matrix = expression_matrix(adata, layer)
     fitted = _fitted(adata, key, model)
     course = fitted.course
     rows, start_weights, label = _followed_cells(
@@ -271,22 +215,26 @@ def gene_trends(
                 'expression="neighbors"'
             )
         loadings = loadings[columns].astype(np.float64)
-        gene_means = np.asarray(_select(matrix, np.arange(adata.n_obs), columns).mean(axis=0)).ravel()
+        gene_means = np.asarray(select(matrix, np.arange(adata.n_obs), columns).mean(axis=0)).ravel()
     else:
-        reference = [_select(matrix, cells, columns) for cells in course.indices]
+        reference = [select(matrix, cells, columns) for cells in course.indices]
 
+    # the paths are followed to the measured time points too, where the neighbours are read
+    follow_grid = np.union1d(grid, course.times) if expression == "neighbors" else grid
+    on_grid, at_measured = np.searchsorted(follow_grid, grid), np.searchsorted(follow_grid, course.times)
     mass, n_off, n_pushed = np.zeros(grid.size), 0, 0
     first, second = np.zeros((grid.size, len(names))), np.zeros((grid.size, len(names)))
     for start in range(0, rows.size, _CELLS_PER_CHUNK):
         chunk = slice(start, start + _CELLS_PER_CHUNK)
-        paths = _follow(adata, fitted, rows[chunk], grid, solver, step_size)
+        paths = _follow(adata, fitted, rows[chunk], follow_grid, solver, step_size)
         pushed = ~np.isclose(grid[:, None], paths.start_times[None, :])
-        n_off, n_pushed = n_off + int(paths.off_data[pushed].sum()), n_pushed + int(pushed.sum())
-        weights = paths.masses * start_weights[chunk]
+        off_data = paths.off_data[on_grid]
+        n_off, n_pushed = n_off + int(off_data[pushed].sum()), n_pushed + int(pushed.sum())
+        weights = paths.masses[on_grid] * start_weights[chunk]
         if expression == "pca":
             readout = [p @ loadings.T + gene_means for p in paths.positions]
         else:
-            readout = _neighbor_readout(fitted, paths.positions, grid, reference, n_neighbors)
+            readout = neighbor_readout(course, paths.positions[at_measured], grid, reference, n_neighbors)
         for i, values in enumerate(readout):
             mass[i] += weights[i].sum()
             first[i] += weights[i] @ values

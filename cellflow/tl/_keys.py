@@ -17,7 +17,7 @@ from collections.abc import Iterable, Mapping
 import numpy as np
 from anndata import AnnData
 
-STORES = ("obs", "obsm", "layers", "uns")
+STORES = ("obs", "var", "obsm", "layers", "uns")
 FIT_FIELDS = ("use_rep", "time_key")
 
 
@@ -67,7 +67,9 @@ def exists(adata: AnnData, store_key: str) -> bool:
     store, _, name = store_key.partition("/")
     if store not in STORES:
         return False
-    return name in (adata.obs.columns if store == "obs" else getattr(adata, store).keys())
+    if store in ("obs", "var"):
+        return name in getattr(adata, store).columns
+    return name in getattr(adata, store).keys()
 
 
 def claim(adata: AnnData, fit_key: str, store_keys: Iterable[str], overwrite: bool) -> None:
@@ -115,7 +117,7 @@ def remove_written(adata: AnnData, fit_key: str) -> None:
     for store_key in written_keys(adata, fit_key):
         if exists(adata, store_key):
             store, _, name = store_key.partition("/")
-            del (adata.obs if store == "obs" else getattr(adata, store))[name]
+            del getattr(adata, store)[name]
 
 
 def record(adata: AnnData, fit_key: str, store_keys: Iterable[str]) -> None:
