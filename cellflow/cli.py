@@ -149,7 +149,7 @@ def _interpolate(args) -> None:
     if main:
         print(f"pushing the cells of time {args.from_time:g} to {args.to_time:g}", flush=True)
     pred = tl.interpolate(adata, args.from_time, args.to_time, key=args.key, stochastic=args.stochastic,
-                          seed=args.seed)
+                          seed=args.seed, expression=args.expression)
     if main:
         pred.write_h5ad(args.out)
         print(f"wrote {pred.n_obs} predicted cells at time {args.to_time:g} to {Path(args.out).resolve()}")
@@ -235,6 +235,9 @@ def build_parser() -> argparse.ArgumentParser:
     interp.add_argument("--stochastic", action="store_true",
                         help="draw one path per cell of the model's SDE (methods with a score, e.g. sbcfm)")
     interp.add_argument("--seed", type=seed, default=None, help="seed of the SDE's noise (default: the model's)")
+    interp.add_argument("--expression", choices=["neighbors", "pca", "none"], default="neighbors",
+                        help="the predicted cells' genes: read off the measured cells their paths pass (default), "
+                             "the PCA reconstruction, or none")
     interp.add_argument("--out", required=True, help="output .h5ad of predicted cells")
     interp.set_defaults(run=_interpolate)
 

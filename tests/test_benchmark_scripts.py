@@ -77,6 +77,7 @@ def test_every_benchmark_script_has_a_quick_run():
 
 
 @pytest.mark.slow  # ten scripts, each in a process of its own that imports torch and cellflow: minutes in all
+@pytest.mark.xdist_group("benchmark_scripts")  # one pytest-xdist worker runs them all, through one quick_runs
 @pytest.mark.parametrize("script", sorted(QUICK_RUNS))
 def test_quick_run_writes_its_rows_and_sections_and_leaves_benchmarks_md_alone(script, quick_runs):
     before, runs = quick_runs

@@ -84,6 +84,9 @@ class TrainedField:
                 from .._times import describe_reading
 
                 lines.append(f"    {describe_reading(self.time_reading)}")
+            if self.has_growth:
+                unit = str((self.time_reading or {}).get("unit", "")) or "unit of the time column"
+                lines.append(f"    growth rates are d log(mass)/dt per {unit.rstrip('s')}")
             if "horizon_w1_first" in self.history:
                 h = self.history
                 worst = int(np.argmax(h["horizon_w1_first"] / h["horizon_w1_previous"]))

@@ -7,9 +7,11 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp
 from anndata import AnnData
 from scipy.special import expit
 
+from .._checks import choice
 from .._units import rate_factor
 from .._utils import copy_option, renamed_arguments
 from ..io import parse_times
@@ -105,6 +107,29 @@ def growth_markers(organism: str = "human") -> dict[str, list[str]]:
     return markers
 
 
+def _mean_z_score(matrix, columns: np.ndarray, clip: float = 5.0) -> np.ndarray:
+    """Waddington-OT's gene-set score: each gene of ``columns`` z-scored over the cells, truncated, averaged.
+
+    Parameters
+    ----------
+    matrix
+        Cells x genes expression (dense or sparse).
+    columns
+        Column positions of the genes of the set (found in the data).
+    clip
+        Truncation of each z-score (Waddington-OT: 5).
+
+    Returns
+    -------
+    The score of every cell; a gene constant over the cells counts as z-score 0.
+    """
+    values = matrix[:, np.sort(columns)]  # sorted: a backed matrix reads columns in order
+    values = np.asarray(values.toarray() if sp.issparse(values) else values, dtype=np.float64)
+    spread = values.std(axis=0)
+    z = np.divide(values - values.mean(axis=0), spread, out=np.zeros_like(values), where=spread > 0)
+    return np.clip(z, -clip, clip).mean(axis=1)
+
+
 def _bounded_logistic(score, low: float, high: float, centre: float, width: float) -> np.ndarray:
     """``low + (high - low) * sigmoid(4 (score - centre) / width)``.
 
@@ -179,15 +204,21 @@ def score_growth(
     min_genes: int = 10,
     seed: int = 0,
     time_unit: str = "day",
+    score: str = "mean_z",
 ) -> AnnData | None:
     r"""Score proliferation and apoptosis, and turn them into a prior growth rate.
 
     This is the prior that Waddington-OT (Schiebinger et al. 2019, Cell 176:928) and moscot
-    derive from gene signatures. Each cell gets a proliferation score and an apoptosis score
-    from :func:`scanpy.tl.score_genes` (mean expression of the markers minus that of random
-    control genes of similar mean expression, with a fixed ``seed`` so that repeated
-    calls agree). The scores become a birth and a death rate through Waddington-OT's
-    logistic functions,
+    derive from gene signatures. Each cell gets a proliferation score and an apoptosis score:
+    by default Waddington-OT's own gene-set score, for which its constants below were chosen
+    (each marker's expression z-scored over all cells, truncated at -5 and 5, and averaged over
+    the markers of the list), so that a cell of average expression gets rate 0 (birth and
+    death 0.47 per day), proliferating cells up to +1.4 per day (a doubling in half a day at
+    most) and apoptotic ones down to -1.4 per day; or, with ``score="score_genes"``,
+    :func:`scanpy.tl.score_genes` (mean expression of the markers minus that of random control
+    genes of similar mean expression, with a fixed ``seed``), as moscot does, whose scale
+    depends on the data's normalisation and can put every non-cycling cell near -1.4 per day.
+    The scores become a birth and a death rate through Waddington-OT's logistic functions,
 
     .. math::
 
@@ -201,10 +232,10 @@ def score_growth(
     ``time_unit`` (the unit of the time column the prior will be used with: per hour is per day
     / 24). A cell's expected number of descendants after ``dt`` time units is
     ``exp(rate * dt)``; per day the rate lies in ``[-1.4, 1.4]``. Waddington-OT chose the constants
-    for days as the time unit and for its own gene-set scores (mean z-scores); moscot, like
-    this function, applies them to :func:`scanpy.tl.score_genes` scores. The level of the
-    prior therefore depends on the scoring: score log-normalised expression in ``X`` (or
-    ``layer``), and treat the prior as a relative guide rather than a measured rate.
+    for days as the time unit and for its mean z-scores. Being relative to the cells scored,
+    the prior says which cells grow faster than others, not the population's absolute growth:
+    give that as ``population_size`` of :func:`cellflow.tl.fit` when it is known. Score
+    log-normalised expression in ``X`` (or ``layer``).
 
     Parameters
     ----------
@@ -230,6 +261,9 @@ def score_growth(
     time_unit
         Unit of the time column the prior is for: ``"day"`` (default, Waddington-OT's unit),
         ``"hour"``, ``"week"``, ``"minute"``, ``"year"`` (plural and short forms such as ``"h"`` too).
+    score
+        ``"mean_z"`` (default, Waddington-OT's gene-set score) or ``"score_genes"`` (scanpy's, as
+        moscot), see above.
     copy
         Work on a copy of ``adata``, write into it and return it (``adata`` is left as it was).
 
@@ -268,6 +302,7 @@ def score_growth(
 
     organism = _check_organism(organism)
     per_unit = rate_factor("day", time_unit, "day", "time_unit")  # checks the unit before any work
+    score = choice("score", score, ["mean_z", "score_genes"])
     if layer is not None and layer not in adata.layers:
         raise ValueError(
             f"adata.layers has no {layer!r}; available: {list(adata.layers.keys())}. "
@@ -307,17 +342,19 @@ def score_growth(
             )
         found[kind] = hits
 
-    # Score on a bare AnnData that shares the matrix, so that score_genes writes nothing into
-    # the user's object (it adds obs columns and may read .raw).
-    scratch = AnnData(X=matrix, obs=pd.DataFrame(index=pd.RangeIndex(adata.n_obs).astype(str)),
-                      var=pd.DataFrame(index=var_names))
-    if not var_names.is_unique:
-        scratch.var_names_make_unique()
-    scores = {}
-    for kind in _MARKER_KINDS:
-        sc.tl.score_genes(scratch, found[kind], score_name=kind, random_state=seed,
-                          use_raw=False)
-        scores[kind] = scratch.obs[kind].to_numpy(dtype=float)
+    if score == "mean_z":
+        scores = {kind: _mean_z_score(matrix, var_names.get_indexer(found[kind])) for kind in _MARKER_KINDS}
+    else:
+        # on a bare AnnData that shares the matrix, so that score_genes writes nothing into the
+        # user's object (it adds obs columns and may read .raw)
+        scratch = AnnData(X=matrix, obs=pd.DataFrame(index=pd.RangeIndex(adata.n_obs).astype(str)),
+                          var=pd.DataFrame(index=var_names))
+        if not var_names.is_unique:
+            scratch.var_names_make_unique()
+        scores = {}
+        for kind in _MARKER_KINDS:
+            sc.tl.score_genes(scratch, found[kind], score_name=kind, random_state=seed, use_raw=False)
+            scores[kind] = scratch.obs[kind].to_numpy(dtype=float)
 
     rate = (birth_rate(scores["proliferation"]) - death_rate(scores["apoptosis"])) * per_unit
 

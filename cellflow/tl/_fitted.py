@@ -1,8 +1,7 @@
 """The shared pieces of every analysis: the fit an AnnData holds, neighbour weights, and cells pushed and matched.
 
-Every analysis (:mod:`cellflow.tl`, :mod:`cellflow.tl`, :mod:`cellflow.tl`,
-:mod:`cellflow.tl`, :mod:`cellflow.tl` and :mod:`cellflow.tl`) moves real cells
-through a fitted flow (with their mass, for methods that learn growth) and reads off where they
+Every analysis of :mod:`cellflow.tl` (fates and ancestors, transitions, push and pull, trajectories,
+label transfer, gene trends) moves real cells through a fitted flow (with their mass, for methods that learn growth) and reads off where they
 land by their nearest real neighbours.
 
 Neighbour weights, used throughout: a pushed cell is compared with the ``n_neighbors`` nearest
