@@ -1,8 +1,8 @@
 """The shared pieces of every analysis: the fit an AnnData holds, neighbour weights, and cells pushed and matched.
 
 Every analysis of :mod:`cellflow.tl` (fates and ancestors, transitions, push and pull, trajectories,
-label transfer, gene trends) moves real cells through a fitted flow (with their mass, for methods that learn growth) and reads off where they
-land by their nearest real neighbours.
+label transfer, gene trends) moves real cells through a fitted flow (with their mass, for methods that
+learn growth) and reads off where they land by their nearest real neighbours.
 
 Neighbour weights, used throughout: a pushed cell is compared with the ``n_neighbors`` nearest
 real cells of the time point it was pushed to, and each neighbour gets the Gaussian weight
