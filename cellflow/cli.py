@@ -78,6 +78,13 @@ def _require_output_file(path: str) -> None:
     _require_writable_folder(Path(path).parent, "--out", path)
 
 
+def _bars(main: bool, args) -> bool:
+    """Progress bars on the main process, unless ``--no-progress`` or stderr is not a terminal (a bar redrawn
+    into a log would fill it with lines).
+    """
+    return main and args.progress and sys.stderr.isatty()
+
+
 def _join(device: str = "auto") -> bool:
     """Join the process group of ``torchrun`` (nothing outside it); whether this process prints and writes.
 
@@ -107,7 +114,8 @@ def _demo(args) -> None:
     adata = datasets.simulate(seed=args.seed)
     if main:
         print(f"simulated time course: {adata.n_obs} cells, times {sorted(set(adata.obs['time']))}")
-    model = tl.fit(adata, time_key="time", use_rep="X_pca", method=args.method, seed=args.seed, n_steps=args.steps)
+    model = tl.fit(adata, time_key="time", use_rep="X_pca", method=args.method, seed=args.seed, n_steps=args.steps,
+                   progress=_bars(main, args))
     if not main:
         return
     h5ad, png = out / "cellflow_demo.h5ad", out / "cellflow_demo_velocity.png"
@@ -130,7 +138,7 @@ def _fit(args) -> None:
               flush=True)
     tl.fit(adata, time_key=args.time_key, use_rep=args.use_rep, method=args.method, seed=args.seed,
            n_steps=args.steps, field=args.field, reflow=args.reflow, rollout=ROLLOUT_OPTIONS[args.rollout],
-           device=args.device, key_added=args.key_added)
+           device=args.device, key_added=args.key_added, progress=_bars(main, args))
     if main:
         from .io import describe_reading
 
@@ -167,7 +175,7 @@ def _benchmark(args) -> None:
         print(f"read {adata.n_obs} cells; leave-one-out with {args.method}, seeds {args.seeds}", flush=True)
     table = tl.leave_one_out(adata, time_key=args.time_key, use_rep=args.use_rep, method=args.method,
                              seeds=args.seeds, n_steps=args.steps, field=args.field, reflow=args.reflow,
-                             rollout=ROLLOUT_OPTIONS[args.rollout], progress=main)
+                             rollout=ROLLOUT_OPTIONS[args.rollout], progress=_bars(main, args))
     if not main:
         return
     if args.out:
@@ -202,6 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--method", default="otcfm", choices=METHODS, metavar="METHOD", help=method_help)
     demo.add_argument("--steps", type=steps, default="auto", help=steps_help)
     demo.add_argument("--seed", type=seed, default=0)
+    demo.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
     demo.set_defaults(run=_demo)
 
     def common(sub):
@@ -214,6 +223,8 @@ def build_parser() -> argparse.ArgumentParser:
                          help="velocity network: 'direct', or 'gradient' of a learned potential (default: direct)")
         sub.add_argument("--reflow", type=_whole_number("--reflow", 0), default=0,
                          help="rounds of rectified flow after the fit, balanced methods only (default: 0)")
+        sub.add_argument("--no-progress", dest="progress", action="store_false",
+                         help="no progress bars (they are drawn when stderr is a terminal)")
         sub.add_argument("--rollout", default="auto", choices=["auto", "on", "off"],
                          help="rollout fitting after flow matching, so that pushes across many intervals stay on "
                               "the data ('auto': when flow matching ran enough steps to pay for it; default: auto)")

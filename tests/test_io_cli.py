@@ -80,6 +80,7 @@ def cli_runs(tmp_path_factory, moscot_fit):
                       "--out", "runs.csv"],
         "bad_time_key": ["fit", "in.h5ad", "--time-key", "timepoint", "--out", "bad.h5ad"],
         "bad_from_time": ["interpolate", "fitted.h5ad", "--from", "10.2", "--to", "11", "--out", "bad.h5ad"],
+        "missing_input": ["interpolate", "nope.h5ad", "--from", "0", "--to", "1", "--out", "bad.h5ad"],
     }
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     running = {
@@ -130,7 +131,8 @@ def test_cli_demo(tmp_path, monkeypatch, capsys):
     assert "velocity plot" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("name, needle", [("bad_time_key", "timepoint"), ("bad_from_time", "10.2 is not a measured")])
+@pytest.mark.parametrize("name, needle", [("bad_time_key", "timepoint"), ("bad_from_time", "10.2 is not a measured"),
+                                          ("missing_input", "nope.h5ad")])
 def test_cli_bad_input_exits_1_with_one_line(cli_runs, name, needle):
     _, runs = cli_runs
     done = runs[name]

@@ -88,3 +88,23 @@ class TimeCourse:
             obs_times=self.obs_times,
             time_reading=self.time_reading,
         )
+
+    def resampled(self, rng: np.random.Generator) -> TimeCourse:
+        """A bootstrap resample: the cells of each time point drawn with replacement, as many as it has.
+
+        Masses, prior growth and AnnData rows follow the cells drawn; known sizes stay as they are.
+        """
+        draws = [rng.integers(0, len(cells), len(cells)) for cells in self.populations]
+        return TimeCourse(
+            times=self.times,
+            populations=[cells[d] for cells, d in zip(self.populations, draws)],
+            indices=[rows[d] for rows, d in zip(self.indices, draws)],
+            weights=None if self.weights is None else [w[d] for w, d in zip(self.weights, draws)],
+            growth=None if self.growth is None else [g[d] for g, d in zip(self.growth, draws)],
+            sizes=self.sizes,
+            growth_key=self.growth_key,
+            use_rep=self.use_rep,
+            time_key=self.time_key,
+            obs_times=self.obs_times,
+            time_reading=self.time_reading,
+        )

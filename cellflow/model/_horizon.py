@@ -175,8 +175,11 @@ def _table(model: Transporter, course: TimeCourse, samples: Samples, pushes: Pus
 
 
 def _median_neighbour_distance(cells: np.ndarray) -> float:
-    """Median distance from each cell to its nearest other cell."""
+    """Median distance from each distinct cell to its nearest other one (repeated cells, as in a bootstrap
+    resample, count once).
+    """
     import ot
+    cells = np.unique(cells, axis=0)
     squared = ot.dist(cells, cells)
     np.fill_diagonal(squared, np.inf)
     return float(np.sqrt(np.median(squared.min(axis=1))))

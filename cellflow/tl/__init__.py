@@ -4,7 +4,7 @@ gene trends from it, and hand it to CellRank.
 
 from ._drivers import fate_drivers
 from ._fate import ancestors, fate
-from ._fit import fit, leave_one_out, load_model
+from ._fit import fit, leave_one_out, load_ensemble, load_model
 from ._genes import gene_trends
 from ._interop import cellrank_couplings
 from ._interpolate import interpolate
@@ -15,7 +15,7 @@ from ._transitions import transitions
 
 __all__ = [
     "ancestors", "cellrank_couplings", "fate", "fate_drivers", "fit", "gene_trends", "interpolate", "leave_one_out",
-    "load_model", "pull", "push", "trajectories", "transfer_labels", "transitions",
+    "load_ensemble", "load_model", "pull", "push", "trajectories", "transfer_labels", "transitions",
 ]
 
 

@@ -10,14 +10,15 @@ import scipy.sparse as sp
 from anndata import AnnData
 
 from .. import _distributed as distributed
-from .._checks import choice
+from .._checks import choice, integer
 from .._utils import copy_option
 from ..benchmark import _protocol as benchmark
 from ..io._readers import TimeCourse, read_time_course
-from ..model import CellFlow
+from ..model import CellFlow, Ensemble
 from . import _keys as keys
 from ._expression import gene_space, sparse_gene_velocity, velocity_genes
 from ._fitted import _stored_model
+from ._uncertainty import GROWTH_SUMMARIES, SUMMARIES, ensemble_summaries
 
 _GENE_BLOCK_VALUES = 2**22  # entries of an output computed (gene space) or checked (finite) at a time
 
@@ -75,6 +76,8 @@ def fit(
     growth_unit: str | None = None,
     time_map: Mapping | None = None,
     gene_velocity: str = "representation",
+    n_fits: int = 1,
+    interval: float = 0.9,
     key_added: str = "cellflow",
     overwrite: bool = False,
     progress: bool | None = None,
@@ -123,6 +126,12 @@ def fit(
         ``var["{key_added}_velocity_genes"]`` marks the genes the PCA describes (scVelo reads it). With
         ``use_rep="X"`` the representation is the genes: the layer is the velocity itself (not with
         ``"none"``).
+    n_fits
+        With ``n_fits=K`` (at least 2), also fit ``K`` members on bootstrap resamples of each time point's cells,
+        each with its own seed (:class:`cellflow.model.Ensemble`), and write how much they disagree, cell by cell
+        (see Returns). The written velocity and growth stay those of the fit on all cells.
+    interval
+        The level of the intervals drawn from the members (default 0.9, a 90% interval).
     key_added
         Prefix of every key written, and the ``uns`` key of the fit.
     overwrite
@@ -148,7 +157,14 @@ def fit(
     an ``.h5ad`` round trip restores both; ``time_reading``, how the time labels were read: each
     label, its time and the unit detected, see :func:`cellflow.io.read_times`, which the model's
     printed summary shows); for methods with growth also
-    ``obs["{key_added}_growth_rate"]`` (``d log m / dt`` per time unit). Every key is checked
+    ``obs["{key_added}_growth_rate"]`` (``d log m / dt`` per time unit). With ``n_fits`` also
+    ``obs["{key_added}_velocity_spread"]`` (root mean square distance of the members' velocities from
+    their mean), ``obs["{key_added}_velocity_agreement"]`` (mean cosine of each member's velocity to
+    the mean), ``obs["{key_added}_on_data_share"]`` (share of members whose push of the cell to the
+    next time point, the one before for the last, lands on the measured cells) and, with growth,
+    ``obs["{key_added}_growth_rate_low"]`` and ``obs["{key_added}_growth_rate_high"]`` (the central
+    ``interval`` of the members' growth rates), and the members in ``uns[key_added]["ensemble"]``
+    (:func:`load_ensemble`). Every key is checked
     before training, and nothing is written when a check fails. A refit of the same
     ``key_added`` first removes what the earlier fit, and the analyses of its model
     (:func:`fate`, :func:`ancestors`), wrote.
@@ -158,6 +174,9 @@ def fit(
     ``adata``, and only rank 0 shows progress.
     """
     gene_velocity = choice("gene_velocity", gene_velocity, ["representation", "all", "none"])
+    n_fits = integer("n_fits", n_fits)
+    if not 0 < interval < 1:
+        raise ValueError(f"interval={interval!r} must lie between 0 and 1 (e.g. 0.9 for a 90% interval)")
     model = CellFlow(method, **model_kwargs)
     course = read_time_course(adata, time_key, use_rep, weight_key, time_map, growth_key,
                               population_size=population_size, time_unit=time_unit, growth_unit=growth_unit)
@@ -172,11 +191,20 @@ def fit(
         written.append(f"var/{layer_key}_genes")
     if model.has_growth:
         written.append(f"obs/{growth_key_added}")
+    if n_fits > 1:
+        names = [*SUMMARIES, *(GROWTH_SUMMARIES if model.has_growth else ())]
+        written += [f"obs/{key_added}_{name}" for name in names]
     keys.claim(adata, key_added, [*written, f"uns/{key_added}"], overwrite)
 
     # under torchrun rank 0 alone shows progress
     model.fit(course, progress=progress if distributed.is_main() else False)
     velocity, growth = _evaluate_cells(model, course, adata.n_obs)
+    ensemble = None
+    if n_fits > 1:
+        settings = {k: v for k, v in model_kwargs.items() if k != "seed"}
+        ensemble = Ensemble(method, n_fits, seed=int(model.params["seed"]), **settings)
+        ensemble.fit(course, progress=progress if distributed.is_main() else False)
+        summaries = ensemble_summaries(ensemble, course, adata.n_obs, interval)
     genes = None if loadings is None else velocity_genes(loadings)
     if f"layers/{layer_key}" not in written:
         layer = None
@@ -195,7 +223,12 @@ def fit(
         adata.var[f"{layer_key}_genes"] = genes
     if growth is not None:
         adata.obs[growth_key_added] = growth
+    if ensemble is not None:
+        for name, values in summaries.items():
+            adata.obs[f"{key_added}_{name}"] = values
     state = model.to_dict()
+    if ensemble is not None:
+        state["ensemble"] = {**ensemble.to_dict(), "interval": float(interval)}
     state.update(time_key=time_key, use_rep=use_rep)
     if time_map is not None:
         state["time_map"] = {str(k): float(v) for k, v in time_map.items()}
@@ -224,6 +257,31 @@ def load_model(adata: AnnData, key: str = "cellflow", device: str = "auto") -> C
     The trained :class:`cellflow.CellFlow`; nothing is written.
     """
     return _stored_model(adata, key, device)
+
+
+def load_ensemble(adata: AnnData, key: str = "cellflow", device: str = "auto") -> Ensemble:
+    """Restore the bootstrap ensemble that :func:`fit` stored with ``n_fits`` in ``adata.uns[key]["ensemble"]``.
+
+    Parameters
+    ----------
+    adata
+        The AnnData that :func:`fit` wrote into (in memory, backed, or read back from ``.h5ad``).
+    key
+        The ``key_added`` of the fit.
+    device
+        Where to put the networks.
+
+    Returns
+    -------
+    The :class:`cellflow.model.Ensemble` of the fit's members; nothing is written.
+    """
+    state = keys.fit_state(adata, key)
+    if "ensemble" not in state:
+        raise KeyError(f"adata.uns[{key!r}] holds no ensemble: fit with cellflow.tl.fit(..., n_fits=10) first")
+    try:
+        return Ensemble.from_dict(state["ensemble"], device=device)
+    except ValueError as err:
+        raise ValueError(f"adata.uns[{key!r}]['ensemble']: {err}") from err
 
 
 def leave_one_out(
