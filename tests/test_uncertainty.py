@@ -108,3 +108,50 @@ def test_one_fit_writes_no_summaries_and_bad_settings_are_refused():
         cf.tl.fit(adata, n_steps=5, progress=False, n_fits=2, interval=90)
     with pytest.raises(ValueError, match="n_fits"):
         Ensemble("otcfm", 1)
+
+
+@pytest.fixture(scope="module")
+def branching():
+    """The simulated branching course (no growth), fitted with a bootstrap ensemble of 4; ``branch``: the side of
+    the split each cell is on (the sign of its latent second coordinate), known at every time."""
+    adata = cf.datasets.simulate(n_cells=150, times=(0, 1, 2), growth_scale=0.0, seed=4)
+    adata.obs["branch"] = np.where(adata.obsm["X_pca"][:, 1] > 0, "upper", "lower")
+    cf.tl.fit(adata, n_fits=4, n_steps=200, hidden=(32, 32), seed=0, progress=False)
+    return adata
+
+
+def test_fate_intervals_come_from_the_members_and_are_widest_where_the_branches_part(branching):
+    adata = branching
+    fate = cf.tl.fate(adata, 0, 1, "branch", progress=False)
+    low, high = adata.obsm["cellflow_fate_low"], adata.obsm["cellflow_fate_high"]
+    start = (adata.obs["time"] == 0).to_numpy()
+    assert list(low.columns) == list(fate.columns) == list(high.columns)
+    assert (low[start] <= high[start] + 1e-12).all().all() and low[~start].isna().all().all()
+    members = cf.tl.load_ensemble(adata).members
+    answers = np.stack([cf.tl.fate(adata.copy(), 0, 1, "branch", model=m, progress=False)[start].to_numpy()
+                        for m in members])
+    np.testing.assert_allclose(high[start].to_numpy(), np.quantile(answers, 0.95, axis=0), atol=1e-12)
+    assert "cellflow_fate_low" not in cf.tl.fate(adata.copy(), 0, 1, "branch", model=members[0], progress=False,
+                                                 copy=True).obsm  # another model: its own answer only
+    # a cell on the fence between the branches (small |z2|) is where the members disagree
+    width = (high["upper"] - low["upper"])[start].to_numpy()
+    fence = np.abs(adata.obsm["X_pca"][start, 1])
+    near, far = fence < np.quantile(fence, 0.2), fence > np.quantile(fence, 0.8)
+    assert width[near].mean() > 2 * width[far].mean()
+
+
+def test_transition_intervals_come_from_the_members_and_hold_the_estimate(branching):
+    adata = branching
+    result = cf.tl.transitions(adata, 0, 2, "branch", progress=False)
+    low, high = result.row_normalized_low, result.row_normalized_high
+    assert low.shape == high.shape == result.row_normalized.shape
+    members = cf.tl.load_ensemble(adata).members
+    shares = np.stack([cf.tl.transitions(adata, 0, 2, "branch", model=m, progress=False).row_normalized.to_numpy()
+                       for m in members])
+    np.testing.assert_allclose(low.to_numpy(), np.quantile(shares, 0.05, axis=0), atol=1e-12)
+    assert (shares.std(axis=0) > 0).any()  # the members differ, so the interval is not one fit's answer
+    tidy = result.table()
+    assert list(tidy.columns) == ["source", "target", "estimate", "low", "high"] and len(tidy) == low.size
+    assert (low.to_numpy() <= high.to_numpy() + 1e-12).all()
+    single = cf.tl.transitions(adata, 0, 2, "branch", model=members[0], progress=False)
+    assert single.row_normalized_low is None and list(single.table().columns) == ["source", "target", "estimate"]

@@ -6,16 +6,18 @@ matched) are in :mod:`cellflow.tl`; they are importable from here as well.
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pandas as pd
 from anndata import AnnData
 
 from .._checks import integer, number
 from .._utils import copy_option
-from ..model import CellFlow
+from ..model import CellFlow, interval
 from . import _chain as chain
 from . import _keys as keys
-from ._fitted import _fitted, _group_codes, _push_and_match, _soft_labels
+from ._fitted import _fitted, _group_codes, _push_and_match, _soft_labels, ensemble_members
 from ._support import warn_off_data
 
 
@@ -77,11 +79,20 @@ def _group_probabilities(
     n_neighbors = integer("n_neighbors", n_neighbors)
     across = chain.checked_across(across)
     fitted = _fitted(adata, key, model)
+    members, level = ensemble_members(adata, key, model)
     written = [f"obsm/{key_added}", f"obs/{key_added}_label", f"uns/{key_added}_params"]
+    if members:
+        written += [f"obsm/{key_added}_low", f"obsm/{key_added}_high"]
     keys.claim(adata, key, written, overwrite)
     sources, probs, groups, record = _label_probabilities(
         adata, fitted, groupby, t_start, t_end, n_neighbors, solver, step_size, progress, desc, across
     )
+    bounds = []
+    if members:  # the same question put to every bootstrap member: the interval of the answer
+        answers = [_label_probabilities(adata, dataclasses.replace(fitted, model=member), groupby, t_start, t_end,
+                                        n_neighbors, solver, step_size, False, desc, across)[1] for member in members]
+        bounds = list(interval(np.stack(answers), level))
+        record["interval"] = level
     warn_off_data(record["off_data_share"], desc, stacklevel=5)
     chain.warn_disagreement(desc, record["disagreement"], stacklevel=5)
     # labels of the default string dtype (object in pandas 2, str in pandas 3), as an .h5ad reads them back
@@ -90,6 +101,13 @@ def _group_probabilities(
     codes = np.full(adata.n_obs, -1)
     codes[sources] = probs.argmax(axis=1)
     adata.obsm[key_added] = table
+    for name in ("low", "high"):  # an earlier call's interval must not stand beside this answer
+        if f"obsm/{key_added}_{name}" in keys.written_keys(adata, key) and f"{key_added}_{name}" in adata.obsm:
+            del adata.obsm[f"{key_added}_{name}"]
+    for name, values in zip(("low", "high"), bounds):
+        bound = pd.DataFrame(np.nan, index=adata.obs_names.copy(), columns=pd.Index(groups))
+        bound.iloc[sources] = values
+        adata.obsm[f"{key_added}_{name}"] = bound
     adata.obs[f"{key_added}_label"] = pd.Categorical.from_codes(codes, categories=groups)
     adata.uns[f"{key_added}_params"] = {"from_time": t_start, "to_time": t_end, "groupby": groupby, **record}
     keys.record(adata, key, written)
@@ -168,7 +186,10 @@ def fate(
     A DataFrame indexed by ``obs_names`` with one column per group of ``to_time``; rows of cells
     not measured at ``from_time`` are NaN. It is also written to ``adata.obsm[key_added]`` (a
     DataFrame in ``obsm`` survives ``write_h5ad``), its row-wise argmax to
-    ``adata.obs[f"{key_added}_label"]``; nothing is written when a check fails. With
+    ``adata.obs[f"{key_added}_label"]``; nothing is written when a check fails. When the fit has
+    a bootstrap ensemble (:func:`cellflow.tl.fit` with ``n_fits``) and no other ``model`` is given,
+    every member answers too, and the central interval of their answers (at the fit's ``interval``)
+    goes to ``adata.obsm[f"{key_added}_low"]`` and ``adata.obsm[f"{key_added}_high"]``. With
     ``copy=True``, the copy written into instead.
     """
     from_time, to_time = _checked_times(from_time, to_time, "from_time", "to_time", "ancestors")

@@ -70,6 +70,22 @@ def _stored_model(adata: AnnData, key: str, device: str = "auto") -> CellFlow:
     return model
 
 
+def ensemble_members(adata: AnnData, key: str, model: CellFlow | None) -> tuple[list[CellFlow], float]:
+    """The bootstrap members of the fit ``key`` (:func:`cellflow.tl.fit` with ``n_fits``) and the level of
+    their intervals; none when the fit has no ensemble or another ``model`` is given.
+    """
+    state = keys.fit_state(adata, key)
+    if model is not None or "ensemble" not in state:
+        return [], 0.0
+    from ..model import Ensemble
+
+    try:
+        ensemble = Ensemble.from_dict(state["ensemble"])
+    except ValueError as err:
+        raise ValueError(f"adata.uns[{key!r}]['ensemble']: {err}") from err
+    return ensemble.members, float(state["ensemble"].get("interval", 0.9))
+
+
 def _fitted(adata: AnnData, key: str, model: CellFlow | None) -> _Fitted:
     """Read back the fit stored in ``adata.uns[key]``, with ``model`` in place of the stored one if given."""
     state = keys.fit_state(adata, key)

@@ -7,6 +7,7 @@ spread it over their nearest real cells of the later one (the neighbour weights 
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from dataclasses import dataclass
 
@@ -17,10 +18,10 @@ from anndata import AnnData
 
 from .._checks import integer
 from .._utils import renamed_arguments
-from ..model import CellFlow
+from ..model import CellFlow, interval
 from . import _chain as chain
 from ._fate import _checked_times
-from ._fitted import _fitted, _group_codes, _push_and_match
+from ._fitted import _fitted, _group_codes, _push_and_match, ensemble_members
 from ._support import warn_off_data
 
 
@@ -55,6 +56,9 @@ class Transitions:
     disagreement
         Across several intervals, the mean total-variation distance between the chain's and the
         flow's per-cell distributions over the groups of ``to_time``; 0 within one interval.
+    row_normalized_low, row_normalized_high
+        For a fit with a bootstrap ensemble (:func:`cellflow.tl.fit` with ``n_fits``): the central
+        interval (at the fit's ``interval``) of :attr:`row_normalized` over the members, else ``None``.
 
     The old names ``t1``, ``t2``, ``row_normalised`` and ``column_normalised`` still read the same
     values, with a ``FutureWarning``, for one release.
@@ -71,6 +75,22 @@ class Transitions:
     across: str = "flow"
     off_data_share: float = 0.0
     disagreement: float = 0.0
+    row_normalized_low: pd.DataFrame | None = None
+    row_normalized_high: pd.DataFrame | None = None
+
+    def table(self) -> pd.DataFrame:
+        """:attr:`row_normalized` as a tidy table: one row per pair of groups, with ``estimate`` and, for a fit
+        with a bootstrap ensemble, ``low`` and ``high``.
+
+        Returns
+        -------
+        Columns ``source``, ``target``, ``estimate`` (and ``low``, ``high``).
+        """
+        frames = {"estimate": self.row_normalized, "low": self.row_normalized_low,
+                  "high": self.row_normalized_high}
+        long = {name: frame.rename_axis(index="source", columns="target").stack(future_stack=True)
+                for name, frame in frames.items() if frame is not None}
+        return pd.DataFrame(long).reset_index()
 
     def __repr__(self) -> str:
         by = repr(self.groupby)
@@ -133,6 +153,38 @@ def _in_subset(adata, subset, name: str, groupby: str, rows, codes, groups, time
     if not keep.any():
         raise ValueError(f"{name} keeps no cell of time {time:g}; choose groups or cells of that time")
     return keep
+
+
+def _coupling(fitted, sources, targets, tgt_codes, n_groups, t1, t2, n_neighbors, solver, step_size, across,
+              progress) -> tuple[sp.csr_matrix, float, float]:
+    """The cell-to-cell coupling of :func:`transitions` (mass-weighted neighbour weights), the share of its pushed
+    cells off the data, and across several intervals the disagreement of chain and flow.
+    """
+    index, weights, mass, off = _push_and_match(
+        fitted, sources, t1, t2, targets, n_neighbors, solver, step_size, progress, "transitions"
+    )
+    rows = np.repeat(np.arange(len(sources)), index.shape[1])
+    matrix = sp.csr_matrix(
+        ((weights * mass[:, None]).ravel(), (rows, index.ravel())), shape=(len(sources), len(targets))
+    )
+    matrix.sum_duplicates()
+    course, off_data_share, disagreement = fitted.course, float(off.mean()), 0.0
+    if chain.spans_several(course, t1, t2):
+        chained, chain_off = chain.chained_coupling(
+            fitted, course.index_of(t1), course.index_of(t2), n_neighbors, solver, step_size, progress
+        )
+        fates = [np.asarray((m @ _onehot(tgt_codes, n_groups)).todense()) for m in (matrix, chained)]
+        with np.errstate(invalid="ignore", divide="ignore"):  # cells whose mass reaches no labelled cell: NaN, left out
+            disagreement = chain.mean_total_variation(*[f / f.sum(axis=1, keepdims=True) for f in fates])
+        if across == "chain":
+            matrix, off_data_share = chained, chain_off
+    return matrix, off_data_share, disagreement
+
+
+def _group_counts(matrix: sp.csr_matrix, src_codes: np.ndarray, tgt_codes: np.ndarray, names) -> pd.DataFrame:
+    """The coupling summed over the groups of its rows and columns."""
+    onehots = [_onehot(codes, len(index)) for codes, index in zip((src_codes, tgt_codes), names)]
+    return pd.DataFrame(np.asarray((onehots[0].T @ matrix @ onehots[1]).todense()), index=names[0], columns=names[1])
 
 
 @renamed_arguments(t1="from_time", t2="to_time")
@@ -207,34 +259,25 @@ def transitions(
         )
     src_kept = _in_subset(adata, source_subset, "source_subset", groupby, sources, src_codes, src_groups, t1)
     tgt_kept = _in_subset(adata, target_subset, "target_subset", groupby_target, targets, tgt_codes, tgt_groups, t2)
-    index, weights, mass, off = _push_and_match(
-        fitted, sources, t1, t2, targets, n_neighbors, solver, step_size, progress, "transitions"
-    )
-    rows = np.repeat(np.arange(len(sources)), index.shape[1])
-    matrix = sp.csr_matrix(
-        ((weights * mass[:, None]).ravel(), (rows, index.ravel())), shape=(len(sources), len(targets))
-    )
-    matrix.sum_duplicates()
-    off_data_share, disagreement = float(off.mean()), 0.0
-    if chain.spans_several(course, t1, t2):
-        chained, chain_off = chain.chained_coupling(
-            fitted, course.index_of(t1), course.index_of(t2), n_neighbors, solver, step_size, progress
-        )
-        fates = [np.asarray((m @ _onehot(tgt_codes, len(tgt_groups))).todense()) for m in (matrix, chained)]
-        with np.errstate(invalid="ignore", divide="ignore"):  # cells whose mass reaches no labelled cell: NaN, left out
-            disagreement = chain.mean_total_variation(*[f / f.sum(axis=1, keepdims=True) for f in fates])
-        if across == "chain":
-            matrix, off_data_share = chained, chain_off
+    pieces = (sources, targets, tgt_codes, len(tgt_groups), t1, t2, n_neighbors, solver, step_size, across)
+    matrix, off_data_share, disagreement = _coupling(fitted, *pieces, progress)
     warn_off_data(off_data_share, "transitions", stacklevel=4)  # past renamed_arguments, to the caller
     chain.warn_disagreement("transitions", disagreement, stacklevel=4)
-    matrix, sources, src_codes = matrix[src_kept], sources[src_kept], src_codes[src_kept]
+    sources, src_codes = sources[src_kept], src_codes[src_kept]
     tgt_codes = np.where(tgt_kept, tgt_codes, -1)
-    counts = pd.DataFrame(
-        np.asarray((_onehot(src_codes, len(src_groups)).T @ matrix @ _onehot(tgt_codes, len(tgt_groups))).todense()),
-        index=pd.Index(src_groups, name=f"{groupby} at {t1:g}"),
-        columns=pd.Index(tgt_groups, name=f"{groupby_target} at {t2:g}"),
-    )
-    counts = counts.iloc[np.unique(src_codes[src_codes >= 0]), np.unique(tgt_codes[tgt_codes >= 0])]  # kept groups
+    names = (pd.Index(src_groups, name=f"{groupby} at {t1:g}"),
+             pd.Index(tgt_groups, name=f"{groupby_target} at {t2:g}"))
+    kept = (np.unique(src_codes[src_codes >= 0]), np.unique(tgt_codes[tgt_codes >= 0]))  # the groups kept
+    matrix = matrix[src_kept]
+    counts = _group_counts(matrix, src_codes, tgt_codes, names).iloc[kept]
+    members, level = ensemble_members(adata, key, model)
+    bounds: list[pd.DataFrame | None] = [None, None]
+    if members:  # the same table from every bootstrap member: the interval of its rows' shares
+        shares = [_normalize(_group_counts(_coupling(dataclasses.replace(fitted, model=member), *pieces, False)[0]
+                                           [src_kept], src_codes, tgt_codes, names).iloc[kept], axis=1).to_numpy()
+                  for member in members]
+        bounds = [pd.DataFrame(bound, index=counts.index, columns=counts.columns)
+                  for bound in interval(np.stack(shares), level)]
 
     keep = list(dict.fromkeys([fitted.time_key, groupby, groupby_target]))
     obs = adata.obs.iloc[sources][keep].copy()
@@ -253,5 +296,7 @@ def transitions(
         groupby_target=groupby_target,
         across=across,
         off_data_share=off_data_share,
+        row_normalized_low=bounds[0],
+        row_normalized_high=bounds[1],
         disagreement=disagreement,
     )
