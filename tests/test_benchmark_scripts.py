@@ -41,6 +41,7 @@ QUICK_RUNS = {
     "small_data_speed": (["--results", RESULTS], ["small_data_speed_quick.csv"], ["small_data_speed"]),
     "scale": (["--results", RESULTS], ["scale_quick.csv", "scale_quick.png"], ["scale"]),
     "expression": (["--results", RESULTS], ["expression_quick.csv"], ["expression"]),
+    "calibration": (["--results", RESULTS], ["calibration_quick.csv"], ["calibration"]),
     "gpu_check": (["--device", "cpu", "--write", "--out", f"{RESULTS}/{QUICK_REPORT}"], [], ["gpu_check"]),
 }
 

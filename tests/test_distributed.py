@@ -60,6 +60,13 @@ def _torchrun(*args, cwd) -> subprocess.CompletedProcess:
     return done
 
 
+# the fit of two ranks under torchrun, shared by the tests below: two processes, once per CI run (the slow step),
+# all on one pytest-xdist worker (their group), so that the module fixture runs once
+def slow_two_ranks(test):
+    """Mark ``test`` slow and in the pytest-xdist group ``two_ranks``."""
+    return pytest.mark.slow(pytest.mark.xdist_group("two_ranks")(test))
+
+
 @pytest.fixture(scope="module")
 def two_ranks(tmp_path_factory):
     """The worker script and the files each of the two ranks saved after one fit."""
@@ -72,6 +79,7 @@ def two_ranks(tmp_path_factory):
     ]
 
 
+@slow_two_ranks
 def test_both_ranks_end_with_identical_parameters(two_ranks):
     _, [(weights0, result0), (weights1, result1)] = two_ranks
     assert int(result0["size"]) == int(result1["size"]) == 2
@@ -82,6 +90,7 @@ def test_both_ranks_end_with_identical_parameters(two_ranks):
     assert result0["loss"].shape == (600,) and not np.array_equal(result0["loss"], result1["loss"])
 
 
+@slow_two_ranks
 def test_both_ranks_end_with_the_same_velocity(two_ranks):
     _, [(_, result0), (_, result1)] = two_ranks
     np.testing.assert_array_equal(result0["clock_units"], result1["clock_units"])
@@ -89,6 +98,7 @@ def test_both_ranks_end_with_the_same_velocity(two_ranks):
     assert float(result0["w1"]) == float(result1["w1"])
 
 
+@slow_two_ranks
 def test_two_ranks_as_accurate_as_one_process_at_the_same_total_batch(two_ranks):
     script, [(_, result0), _] = two_ranks
     loo_fit = runpy.run_path(str(script))["loo_fit"]

@@ -65,6 +65,13 @@ def test_cli_help(command, capsys):
 
 
 # -- the commands through subprocesses, started together: each pays the import of cellflow ----------
+# once per CI run (the slow step; the 3.13 lane's smoke check runs the installed command too), all on one
+# pytest-xdist worker (their group), so that the module fixture runs once
+def slow_cli_runs(test):
+    """Mark ``test`` slow and in the pytest-xdist group ``cli_runs``."""
+    return pytest.mark.slow(pytest.mark.xdist_group("cli_runs")(test))
+
+
 @pytest.fixture(scope="module")
 def cli_runs(tmp_path_factory, moscot_fit):
     folder = tmp_path_factory.mktemp("cli")
@@ -95,6 +102,7 @@ def cli_runs(tmp_path_factory, moscot_fit):
     return folder, results
 
 
+@slow_cli_runs
 def test_cli_fit_wfr(cli_runs):
     folder, runs = cli_runs
     done = runs["fit"]
@@ -105,6 +113,7 @@ def test_cli_fit_wfr(cli_runs):
     assert str(out.uns["cellflow"]["params"]["method"]) == "wfr"
 
 
+@slow_cli_runs
 def test_cli_interpolate(cli_runs):
     folder, runs = cli_runs
     done = runs["interpolate"]
@@ -113,6 +122,7 @@ def test_cli_interpolate(cli_runs):
     assert pred.n_obs == 85 and (pred.obs["time"] == 10.25).all() and pred.obsm["X_pca"].shape == (85, 10)
 
 
+@slow_cli_runs
 def test_cli_benchmark(cli_runs):
     folder, runs = cli_runs
     done = runs["benchmark"]
@@ -131,6 +141,7 @@ def test_cli_demo(tmp_path, monkeypatch, capsys):
     assert "velocity plot" in capsys.readouterr().out
 
 
+@slow_cli_runs
 @pytest.mark.parametrize("name, needle", [("bad_time_key", "timepoint"), ("bad_from_time", "10.2 is not a measured"),
                                           ("missing_input", "nope.h5ad")])
 def test_cli_bad_input_exits_1_with_one_line(cli_runs, name, needle):

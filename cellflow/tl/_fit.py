@@ -129,7 +129,9 @@ def fit(
     n_fits
         With ``n_fits=K`` (at least 2), also fit ``K`` members on bootstrap resamples of each time point's cells,
         each with its own seed (:class:`cellflow.model.Ensemble`), and write how much they disagree, cell by cell
-        (see Returns). The written velocity and growth stay those of the fit on all cells.
+        (see Returns). The written velocity and growth stay those of the fit on all cells. Each member chooses its
+        own ``delta`` and entropy rate from its resample (when not given): sharing the full fit's choice narrowed
+        the intervals and cut their coverage of a known growth rate from 66% to 46% (``tests/test_uncertainty.py``).
     interval
         The level of the intervals drawn from the members (default 0.9, a 90% interval).
     key_added
