@@ -9,7 +9,9 @@ added), and the wall time of the ensemble against that of the single fit on all 
 Run: ``python benchmarks/calibration.py [--fits 8] [--steps 500] [--seeds 0 1] [--cells 100 300]``; writes its
 section of BENCHMARKS.md (or ``--out``) and the rows to ``calibration.csv`` in ``--results`` (default
 ``benchmarks/results/``). ``--quick``: one small course, three members, few steps (seconds, for tests), written to
-``BENCHMARKS_quick.md`` in ``--results`` unless ``--out`` says otherwise.
+``BENCHMARKS_quick.md`` in ``--results`` unless ``--out`` says otherwise. On real courses (``--real``, default
+kouno_thp1 and moscot_temporal) it measures how the members' spread grows with the distance from the measured
+cells (``--skip-simulated`` runs that part alone).
 """
 
 from __future__ import annotations
@@ -70,6 +72,53 @@ def rows_for(setting: str, n_cells: int, seed: int, n_fits: int, steps: int) -> 
     return row
 
 
+def spread_against_distance(name: str, n_fits: int, steps: int, seed: int = 0) -> dict:
+    """On a real course: the members' velocity spread at the measured cells moved by random offsets, against the
+    distance of each moved cell from the nearest measured cell of its time point (Spearman's rank correlation).
+    """
+    from scipy.stats import spearmanr
+    from sklearn.neighbors import NearestNeighbors
+
+    if name == "simulate":
+        adata = cf.datasets.simulate(n_cells=60, times=(0.0, 1.0, 2.0), seed=seed)
+    else:
+        adata = getattr(cf.datasets, name)(n_pcs=10)
+    course = cf.read_time_course(adata, use_rep="X_pca")
+    ensemble = Ensemble("otcfm", n_fits, seed=seed, n_steps=steps).fit(course, progress=False)
+    rng = np.random.default_rng(seed)
+    spreads, distances = [], []
+    for t, cells in zip(course.times, course.populations):
+        scale = cells.std(axis=0) * rng.uniform(0.0, 3.0, size=(len(cells), 1))  # from on the data to far off
+        moved = cells + rng.normal(size=cells.shape) * scale
+        velocity, _ = ensemble.evaluate(moved, t)
+        spreads.append(np.sqrt(((velocity - velocity.mean(axis=0)) ** 2).sum(axis=-1).mean(axis=0)))
+        distances.append(NearestNeighbors(n_neighbors=1).fit(cells).kneighbors(moved)[0][:, 0])
+    spread, distance = np.concatenate(spreads), np.concatenate(distances)
+    near = distance <= np.quantile(distance, 0.25)
+    far = distance >= np.quantile(distance, 0.75)
+    return {"dataset": name, "n_fits": n_fits, "spearman": float(spearmanr(spread, distance).correlation),
+            "spread_near": float(np.median(spread[near])), "spread_far": float(np.median(spread[far]))}
+
+
+def real_section(rows: list[dict], minutes: float, code: str) -> str:
+    lines = [
+        "## Ensemble spread against the distance from the data (real courses)",
+        "",
+        f"`{invocation('calibration')}` ({code}; {minutes:.1f} min).",
+        "",
+        "Each measured cell moved by a Gaussian offset of 0 to 3 times its time point's spread per dimension; the "
+        "members' velocity spread there (root mean square distance from their mean) against the moved cell's "
+        "distance to the nearest measured cell of that time point (PCA with 10 components, `otcfm`).",
+        "",
+        "| dataset | members | Spearman (spread, distance) | median spread, nearest quarter | median spread, "
+        "farthest quarter |",
+        "|---|---|---|---|---|",
+        *(f"| {r['dataset']} | {r['n_fits']} | {r['spearman']:.2f} | {r['spread_near']:.3f} | {r['spread_far']:.3f} |"
+          for r in rows),
+    ]
+    return "\n".join(lines)
+
+
 def section(table: pd.DataFrame, minutes: float, code: str) -> str:
     lines = [
         "## Calibration of the bootstrap ensembles (`n_fits`)",
@@ -111,23 +160,37 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=None,
                         help="report whose section is written (default BENCHMARKS.md; with --quick "
                              "BENCHMARKS_quick.md in --results)")
+    parser.add_argument("--real", nargs="*", default=["kouno_thp1", "moscot_temporal"],
+                        help="real courses for the spread against the distance from the data (none: skip)")
+    parser.add_argument("--skip-simulated", action="store_true", help="only the real courses")
     parser.add_argument("--quick", action="store_true", help=f"one small course, 3 members, {QUICK_STEPS} steps")
     args = parser.parse_args()
-    settings = list(SETTINGS)
+    settings = [] if args.skip_simulated else list(SETTINGS)
     if args.quick:
-        args.fits, args.steps, args.seeds, args.cells, settings = 3, QUICK_STEPS, [0], [60], settings[1:]
+        args.fits, args.steps, args.seeds, args.cells, settings = 3, QUICK_STEPS, [0], [60], list(SETTINGS)[1:]
+        args.real = ["simulate"]
     torch.set_num_threads(args.threads)
     code = code_version()
-    clock = time.perf_counter()
+    args.results.mkdir(parents=True, exist_ok=True)
+    report = report_file(args.out, args.quick, args.results)
+    suffix = "_quick" if args.quick else ""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # off-data and extrapolation warnings of the short fits
-        table = pd.DataFrame([rows_for(s, n, seed, args.fits, args.steps)
-                              for s in settings for n in args.cells for seed in args.seeds])
-    args.results.mkdir(parents=True, exist_ok=True)
-    table.to_csv(args.results / f"calibration{'_quick' if args.quick else ''}.csv", index=False)
-    text = section(table, (time.perf_counter() - clock) / 60, code)
-    write_section("calibration", text, report_file(args.out, args.quick, args.results))
-    print(text)
+        if settings:
+            clock = time.perf_counter()
+            table = pd.DataFrame([rows_for(s, n, seed, args.fits, args.steps)
+                                  for s in settings for n in args.cells for seed in args.seeds])
+            table.to_csv(args.results / f"calibration{suffix}.csv", index=False)
+            text = section(table, (time.perf_counter() - clock) / 60, code)
+            write_section("calibration", text, report)
+            print(text)
+        if args.real:
+            clock = time.perf_counter()
+            rows = [spread_against_distance(name, args.fits, args.steps) for name in args.real]
+            pd.DataFrame(rows).to_csv(args.results / f"calibration_real{suffix}.csv", index=False)
+            text = real_section(rows, (time.perf_counter() - clock) / 60, code)
+            write_section("calibration_real", text, report)
+            print(text)
     return 0
 
 

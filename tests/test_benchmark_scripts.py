@@ -41,7 +41,8 @@ QUICK_RUNS = {
     "small_data_speed": (["--results", RESULTS], ["small_data_speed_quick.csv"], ["small_data_speed"]),
     "scale": (["--results", RESULTS], ["scale_quick.csv", "scale_quick.png"], ["scale"]),
     "expression": (["--results", RESULTS], ["expression_quick.csv"], ["expression"]),
-    "calibration": (["--results", RESULTS], ["calibration_quick.csv"], ["calibration"]),
+    "calibration": (["--results", RESULTS], ["calibration_quick.csv", "calibration_real_quick.csv"],
+                    ["calibration", "calibration_real"]),
     "gpu_check": (["--device", "cpu", "--write", "--out", f"{RESULTS}/{QUICK_REPORT}"], [], ["gpu_check"]),
 }
 
