@@ -17,7 +17,7 @@ from ..io._readers import TimeCourse, read_time_course
 from ..model import CellFlow, Ensemble
 from . import _keys as keys
 from ._expression import gene_space, sparse_gene_velocity, velocity_genes
-from ._fitted import _stored_model
+from ._fitted import _stored_ensemble, _stored_model
 from ._uncertainty import GROWTH_SUMMARIES, SUMMARIES, ensemble_summaries
 
 _GENE_BLOCK_VALUES = 2**22  # entries of an output computed (gene space) or checked (finite) at a time
@@ -277,13 +277,7 @@ def load_ensemble(adata: AnnData, key: str = "cellflow", device: str = "auto") -
     -------
     The :class:`cellflow.model.Ensemble` of the fit's members; nothing is written.
     """
-    state = keys.fit_state(adata, key)
-    if "ensemble" not in state:
-        raise KeyError(f"adata.uns[{key!r}] holds no ensemble: fit with cellflow.tl.fit(..., n_fits=10) first")
-    try:
-        return Ensemble.from_dict(state["ensemble"], device=device)
-    except ValueError as err:
-        raise ValueError(f"adata.uns[{key!r}]['ensemble']: {err}") from err
+    return _stored_ensemble(adata, key, device)
 
 
 def leave_one_out(

@@ -21,7 +21,7 @@ from anndata import AnnData
 
 from .._utils import progress_bar
 from ..io._readers import TimeCourse, read_time_course
-from ..model import CellFlow
+from ..model import CellFlow, Ensemble
 from . import _keys as keys
 from ._support import Support
 
@@ -70,6 +70,17 @@ def _stored_model(adata: AnnData, key: str, device: str = "auto") -> CellFlow:
     return model
 
 
+def _stored_ensemble(adata: AnnData, key: str, device: str = "auto") -> Ensemble:
+    """The bootstrap ensemble that :func:`cellflow.tl.fit` stored in ``adata.uns[key]["ensemble"]``; errors name it."""
+    state = keys.fit_state(adata, key)
+    if "ensemble" not in state:
+        raise KeyError(f"adata.uns[{key!r}] holds no ensemble: fit with cellflow.tl.fit(..., n_fits=10) first")
+    try:
+        return Ensemble.from_dict(state["ensemble"], device=device)
+    except ValueError as err:
+        raise ValueError(f"adata.uns[{key!r}]['ensemble']: {err}") from err
+
+
 def ensemble_members(adata: AnnData, key: str, model: CellFlow | None) -> tuple[list[CellFlow], float]:
     """The bootstrap members of the fit ``key`` (:func:`cellflow.tl.fit` with ``n_fits``) and the level of
     their intervals; none when the fit has no ensemble or another ``model`` is given.
@@ -77,13 +88,7 @@ def ensemble_members(adata: AnnData, key: str, model: CellFlow | None) -> tuple[
     state = keys.fit_state(adata, key)
     if model is not None or "ensemble" not in state:
         return [], 0.0
-    from ..model import Ensemble
-
-    try:
-        ensemble = Ensemble.from_dict(state["ensemble"])
-    except ValueError as err:
-        raise ValueError(f"adata.uns[{key!r}]['ensemble']: {err}") from err
-    return ensemble.members, float(state["ensemble"].get("interval", 0.9))
+    return _stored_ensemble(adata, key).members, float(state["ensemble"].get("interval", 0.9))
 
 
 def _fitted(adata: AnnData, key: str, model: CellFlow | None) -> _Fitted:
